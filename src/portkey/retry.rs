@@ -1,0 +1,179 @@
+//! Retry rules of the Admin API client.
+//!
+//! * Retried: transport errors, HTTP 429 (honouring `Retry-After`), and 5xx except 501.
+//! * Never retried: any other 4xx (400, 401, 403, 404, 409, …).
+//! * Delays grow exponentially from `initial_backoff`, capped at `max_backoff`, with "equal
+//!   jitter" (a random delay between half and all of the step) so that many clients do not retry
+//!   in lock-step. A 429's `Retry-After` is waited exactly; one longer than `max_retry_after` is
+//!   not waited in-process: the error goes back to the caller (the controller requeues).
+//! * A create (`POST`) is not idempotent: Portkey has no idempotency key, so a create that may
+//!   have reached the server (a timeout, a reset connection, a 5xx) is **not** retried; doing so
+//!   could make a duplicate policy. Only a 429 or a failed connect (nothing was sent) is retried.
+//!   The controller recovers the other cases by looking for its ownership marker before creating.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::error::PortkeyError;
+
+/// Whether a request may be repeated safely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// GET, PUT (the same body twice is the same state), DELETE (archive).
+    Idempotent,
+    /// POST create: repeat only when the server certainly did not act on it.
+    CreateOnce,
+}
+
+/// Bounded exponential backoff with jitter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (so at most `max_retries + 1` calls).
+    pub max_retries: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// The longest `Retry-After` waited in-process.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 4,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        }
+    }
+
+    /// The capped exponential step for retry number `attempt` (0 = first retry), before jitter.
+    pub fn step(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
+    }
+
+    /// The step with equal jitter: uniformly in `[step/2, step]`.
+    pub fn jittered(&self, attempt: u32) -> Duration {
+        let step = self.step(attempt);
+        let half = step / 2;
+        let extra_nanos = step.saturating_sub(half).as_nanos() as u64;
+        let extra = if extra_nanos == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=extra_nanos)
+        };
+        half + Duration::from_nanos(extra)
+    }
+
+    /// How long to wait before retry number `attempt` after `err`, or `None` to give up.
+    pub fn delay_for(
+        &self,
+        err: &PortkeyError,
+        attempt: u32,
+        idempotency: Idempotency,
+    ) -> Option<Duration> {
+        if attempt >= self.max_retries || !err.is_retryable() {
+            return None;
+        }
+        if idempotency == Idempotency::CreateOnce {
+            let never_reached_server = matches!(err, PortkeyError::RateLimited { .. })
+                || matches!(err, PortkeyError::Transport { connect: true, .. });
+            if !never_reached_server {
+                return None;
+            }
+        }
+        match err.retry_after() {
+            Some(wait) if wait > self.max_retry_after => None,
+            Some(wait) => Some(wait),
+            None => Some(self.jittered(attempt)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error() -> PortkeyError {
+        PortkeyError::from_response(503, "", None)
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_retries: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(5),
+        };
+        assert_eq!(p.step(0), Duration::from_millis(100));
+        assert_eq!(p.step(3), Duration::from_millis(800));
+        assert_eq!(p.step(4), Duration::from_secs(1));
+        assert_eq!(p.step(60), Duration::from_secs(1));
+        for attempt in 0..8 {
+            let d = p.jittered(attempt);
+            assert!(d >= p.step(attempt) / 2 && d <= p.step(attempt), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn decides_what_to_retry() {
+        let p = RetryPolicy::default();
+        assert!(
+            p.delay_for(&server_error(), 0, Idempotency::Idempotent)
+                .is_some()
+        );
+        assert!(
+            p.delay_for(&server_error(), p.max_retries, Idempotency::Idempotent)
+                .is_none()
+        );
+        let not_found = PortkeyError::from_response(404, "", None);
+        assert!(
+            p.delay_for(&not_found, 0, Idempotency::Idempotent)
+                .is_none()
+        );
+        let limited = PortkeyError::from_response(429, "", Some(Duration::from_secs(2)));
+        assert_eq!(
+            p.delay_for(&limited, 0, Idempotency::Idempotent),
+            Some(Duration::from_secs(2))
+        );
+        let too_long = PortkeyError::from_response(429, "", Some(Duration::from_secs(3600)));
+        assert_eq!(p.delay_for(&too_long, 0, Idempotency::Idempotent), None);
+    }
+
+    #[test]
+    fn creates_are_retried_only_when_nothing_reached_the_server() {
+        let p = RetryPolicy::default();
+        assert!(
+            p.delay_for(&server_error(), 0, Idempotency::CreateOnce)
+                .is_none()
+        );
+        let timeout = PortkeyError::Transport {
+            message: "timed out".into(),
+            timeout: true,
+            connect: false,
+        };
+        assert!(p.delay_for(&timeout, 0, Idempotency::CreateOnce).is_none());
+        let refused = PortkeyError::Transport {
+            message: "refused".into(),
+            timeout: false,
+            connect: true,
+        };
+        assert!(p.delay_for(&refused, 0, Idempotency::CreateOnce).is_some());
+        let limited = PortkeyError::from_response(429, "", None);
+        assert!(p.delay_for(&limited, 0, Idempotency::CreateOnce).is_some());
+    }
+}
