@@ -1,1 +1,86 @@
-fn main() {}
+//! `portkey-budget-operator`: the operator and its tools, as subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
+use portkey_budget_operator::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "portkey-budget-operator",
+    version,
+    about = "Enforce LLM-gateway budgets declared as Kubernetes resources in Portkey"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `info`, `portkey_budget_operator=debug`); `RUST_LOG` wins.
+    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local Portkey Admin API emulator (in-memory, for tests and demos).
+    Emulator(EmulatorArgs),
+}
+
+#[derive(Args)]
+struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: SocketAddr,
+    /// An API key the emulator accepts (repeatable). Without any, every non-empty key is accepted.
+    #[arg(long = "api-key", value_name = "KEY")]
+    api_keys: Vec<String>,
+    /// A workspace to start with, `ID:SLUG[:NAME]` with ID a UUID (repeatable).
+    #[arg(long = "workspace", value_name = "ID:SLUG[:NAME]")]
+    workspaces: Vec<SeedWorkspace>,
+    /// Keep the state in this JSON file across restarts.
+    #[arg(long, value_name = "PATH")]
+    state_file: Option<PathBuf>,
+}
+
+async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
+    let handle = emulator::spawn(EmulatorConfig {
+        listen: args.listen,
+        api_keys: args.api_keys,
+        workspaces: args.workspaces,
+        state_file: args.state_file,
+    })
+    .await
+    .map_err(|e| format!("could not start the emulator on {}: {e}", args.listen))?;
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutting down the emulator");
+    handle.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format, &cli.log_level);
+    let result = match cli.command {
+        Command::Emulator(args) => run_emulator(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

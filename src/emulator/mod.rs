@@ -1,0 +1,804 @@
+//! A local Portkey Admin API emulator: real HTTP on loopback, in-memory state.
+//!
+//! It serves the Admin API paths the operator uses under `/v1` and behaves as the reference
+//! (`shared/reference/portkey-admin-api.md`) says Portkey does. Test and demo controls live under
+//! `/_emulator/` (not part of Portkey). See README "Emulator".
+
+pub mod control;
+pub mod schedule;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{OriginalUri, Path, Query, Request, State as AxState};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use jiff::Timestamp;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+pub use control::EmulatorControl;
+use state::{ApiError, ApiResult, State, object};
+
+use crate::portkey::{
+    API_KEY_HEADER, BucketStatus, ListResponse, PolicyStatus, RateLimitType, RateLimitUnit,
+    UsageLimitType, Workspace,
+};
+
+/// A workspace the emulator starts with: `ID:SLUG[:NAME]`, ID a UUID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedWorkspace {
+    pub id: String,
+    pub slug: String,
+    pub name: String,
+}
+
+impl FromStr for SeedWorkspace {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.splitn(3, ':');
+        let id = parts.next().unwrap_or_default().trim();
+        let slug = parts.next().unwrap_or_default().trim();
+        let name = parts.next().map(str::trim).unwrap_or(slug);
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(format!(
+                "--workspace {s:?}: ID {id:?} must be a UUID (format ID:SLUG[:NAME])"
+            ));
+        }
+        if slug.is_empty() || slug.contains(char::is_whitespace) {
+            return Err(format!(
+                "--workspace {s:?}: SLUG must be non-empty without spaces (format ID:SLUG[:NAME])"
+            ));
+        }
+        Ok(SeedWorkspace {
+            id: id.to_ascii_lowercase(),
+            slug: slug.to_owned(),
+            name: if name.is_empty() { slug } else { name }.to_owned(),
+        })
+    }
+}
+
+impl SeedWorkspace {
+    /// A seed with a UUID derived from the slug (stable across runs), for demos and `--emulator`.
+    pub fn from_slug(slug: &str) -> Self {
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, slug.as_bytes()).to_string();
+        SeedWorkspace {
+            id,
+            slug: slug.to_owned(),
+            name: slug.to_owned(),
+        }
+    }
+}
+
+/// Emulator settings.
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub listen: SocketAddr,
+    /// Accepted API keys; empty = any non-empty key.
+    pub api_keys: Vec<String>,
+    pub workspaces: Vec<SeedWorkspace>,
+    /// Keep state across restarts in this JSON file.
+    pub state_file: Option<PathBuf>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_keys: Vec::new(),
+            workspaces: Vec::new(),
+            state_file: None,
+        }
+    }
+}
+
+/// Injected faults (`POST /_emulator/faults`). `{}` clears them all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Faults {
+    /// Fraction (0–1) of Admin API requests answered with `error_status`.
+    pub error_rate: f64,
+    /// Status of injected errors (default 500).
+    pub error_status: Option<u16>,
+    /// Delay added to every Admin API request.
+    pub latency_ms: u64,
+    /// Requests per second served; the excess gets 429 with `Retry-After`.
+    pub rate_limit_rps: Option<u32>,
+    /// `Retry-After` seconds on 429s (default 1).
+    pub retry_after_s: Option<u64>,
+    /// The next N Admin API requests fail with `error_status` (deterministic; counts down).
+    pub fail_next: u64,
+}
+
+/// One Admin API request as the emulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLogEntry {
+    pub seq: u64,
+    pub method: String,
+    pub path: String,
+    #[serde(default)]
+    pub query: Option<String>,
+    pub status: u16,
+}
+
+/// Entries kept in memory; the total count is exact beyond it.
+const MAX_LOG_ENTRIES: usize = 500_000;
+
+#[derive(Default)]
+struct RequestLog {
+    entries: Vec<RequestLogEntry>,
+    total: u64,
+}
+
+struct FaultState {
+    faults: Faults,
+    limiter: Option<DefaultDirectRateLimiter>,
+    rng: StdRng,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    faults: Mutex<FaultState>,
+    log: Mutex<RequestLog>,
+    api_keys: Vec<String>,
+    state_file: Option<PathBuf>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking handler must not take the whole emulator down with a poisoned lock.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Runs `f` on the state after applying due resets.
+    fn read<T>(&self, f: impl FnOnce(&State) -> ApiResult<T>) -> ApiResult<T> {
+        let mut state = lock(&self.state);
+        state.roll_resets();
+        f(&state)
+    }
+
+    /// Runs a mutation; persists the state when it succeeded.
+    fn write<T>(&self, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+        let mut state = lock(&self.state);
+        state.roll_resets();
+        let out = f(&mut state)?;
+        if let Some(path) = &self.state_file
+            && let Err(e) = save_state(path, &state)
+        {
+            tracing::error!(path = %path.display(), error = %e, "could not write the emulator state file");
+        }
+        Ok(out)
+    }
+}
+
+fn save_state(path: &std::path::Path, state: &State) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+    std::fs::rename(tmp, path)
+}
+
+fn load_state(config: &EmulatorConfig) -> std::io::Result<State> {
+    let mut state = match &config.state_file {
+        Some(path) if path.exists() => {
+            let bytes = std::fs::read(path)?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("state file {}: {e}", path.display()),
+                )
+            })?
+        }
+        _ => State::default(),
+    };
+    if state.organisation_id.is_empty() {
+        state.organisation_id = uuid::Uuid::new_v4().to_string();
+    }
+    let now = Timestamp::now();
+    for seed in &config.workspaces {
+        if state
+            .workspaces
+            .iter()
+            .any(|w| w.id == seed.id || w.slug.as_deref() == Some(seed.slug.as_str()))
+        {
+            continue;
+        }
+        state.workspaces.push(Workspace {
+            id: seed.id.clone(),
+            object: Some("workspace".into()),
+            slug: Some(seed.slug.clone()),
+            name: Some(seed.name.clone()),
+            description: None,
+            usage_limits: None,
+            rate_limits: None,
+            last_reset_at: None,
+            created_at: Some(now),
+            last_updated_at: Some(now),
+        });
+    }
+    Ok(state)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            json!({"success": false, "data": {"message": self.message, "errorCode": self.code}});
+        let mut resp = (status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_s {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+type Shr = AxState<Arc<Shared>>;
+type Q = Query<HashMap<String, String>>;
+type Reply = Result<axum::Json<Value>, ApiError>;
+
+fn ok<T: Serialize>(v: T) -> Reply {
+    serde_json::to_value(v)
+        .map(axum::Json)
+        .map_err(|e| ApiError {
+            status: 500,
+            code: "AB04",
+            message: format!("could not encode the answer: {e}"),
+            retry_after_s: None,
+        })
+}
+
+fn empty() -> Reply {
+    Ok(axum::Json(json!({})))
+}
+
+fn body_json(bytes: &Bytes) -> ApiResult<Value> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON ({e})")))
+}
+
+fn status_param(q: &HashMap<String, String>) -> ApiResult<PolicyStatus> {
+    match q.get("status") {
+        None => Ok(PolicyStatus::Active),
+        Some(s) => PolicyStatus::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                format!("must be one of: {}", PolicyStatus::expected()),
+            )
+        }),
+    }
+}
+
+fn parse_param<T>(
+    q: &HashMap<String, String>,
+    name: &str,
+    parse: fn(&str) -> Option<T>,
+    expected: String,
+) -> ApiResult<Option<T>> {
+    q.get(name)
+        .map(|s| {
+            parse(s).ok_or_else(|| ApiError::invalid(name, format!("must be one of: {expected}")))
+        })
+        .transpose()
+}
+
+fn workspace_param(q: &HashMap<String, String>) -> ApiResult<&str> {
+    q.get("workspace_id").map(String::as_str).ok_or_else(|| {
+        ApiError::invalid(
+            "workspace_id",
+            "is required when using an organisation API key",
+        )
+    })
+}
+
+/// Slices one page out of `items` (`page_size`, 0-based `current_page`).
+fn page<T: Serialize>(items: Vec<T>, q: &HashMap<String, String>, max: usize) -> Reply {
+    let num = |name: &str, default: usize| -> ApiResult<usize> {
+        match q.get(name) {
+            None => Ok(default),
+            Some(s) => s
+                .parse::<usize>()
+                .map_err(|_| ApiError::invalid(name, "must be a non-negative integer")),
+        }
+    };
+    let mut size = num("page_size", state::DEFAULT_PAGE_SIZE)?;
+    if size == 0 {
+        size = state::DEFAULT_PAGE_SIZE;
+    }
+    if size > max {
+        return Err(ApiError::invalid(
+            "page_size",
+            format!("must be at most {max}"),
+        ));
+    }
+    let current = num("current_page", 0)?;
+    let total = items.len() as i64;
+    let data: Vec<T> = items
+        .into_iter()
+        .skip(current.saturating_mul(size))
+        .take(size)
+        .collect();
+    ok(ListResponse {
+        object: Some("list".into()),
+        data,
+        total: Some(total),
+    })
+}
+
+// ----- usage-limits policies -----
+
+async fn usage_create(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    ok(s.write(|st| st.create_usage_policy(&body))?)
+}
+
+async fn usage_list(AxState(s): Shr, Query(q): Q) -> Reply {
+    let status = status_param(&q)?;
+    let t = parse_param(
+        &q,
+        "type",
+        UsageLimitType::parse,
+        UsageLimitType::expected(),
+    )?;
+    let items = s.read(|st| st.list_usage_policies(workspace_param(&q)?, status, t))?;
+    page(items, &q, state::MAX_PAGE_SIZE)
+}
+
+async fn usage_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
+    let status = status_param(&q)?;
+    let include_usage = match q.get("include_usage").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid("include_usage", "must be true or false")),
+    };
+    ok(s.read(|st| st.get_usage_policy(&id, status, include_usage))?)
+}
+
+async fn usage_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    s.write(|st| st.update_usage_policy(&id, &body))?;
+    empty()
+}
+
+async fn usage_delete(AxState(s): Shr, Path(id): Path<String>) -> Reply {
+    s.write(|st| st.archive_usage_policy(&id))?;
+    empty()
+}
+
+async fn usage_entities(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
+    let status = parse_param(&q, "status", BucketStatus::parse, BucketStatus::expected())?;
+    let search = q.get("search").cloned();
+    let items = s.read(|st| st.entities(&id, status, search.as_deref()))?;
+    page(items, &q, 100)
+}
+
+async fn usage_entity_reset(AxState(s): Shr, Path((id, entity)): Path<(String, String)>) -> Reply {
+    s.write(|st| st.reset_entity(&id, &entity))?;
+    empty()
+}
+
+// ----- rate-limits policies -----
+
+async fn rate_create(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    ok(s.write(|st| st.create_rate_policy(&body))?)
+}
+
+async fn rate_list(AxState(s): Shr, Query(q): Q) -> Reply {
+    let status = status_param(&q)?;
+    let t = parse_param(&q, "type", RateLimitType::parse, RateLimitType::expected())?;
+    let u = parse_param(&q, "unit", RateLimitUnit::parse, RateLimitUnit::expected())?;
+    let items = s.read(|st| st.list_rate_policies(workspace_param(&q)?, status, t, u))?;
+    page(items, &q, state::MAX_PAGE_SIZE)
+}
+
+async fn rate_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
+    let status = status_param(&q)?;
+    ok(s.read(|st| st.get_rate_policy(&id, status))?)
+}
+
+async fn rate_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    s.write(|st| st.update_rate_policy(&id, &body))?;
+    empty()
+}
+
+async fn rate_delete(AxState(s): Shr, Path(id): Path<String>) -> Reply {
+    s.write(|st| st.archive_rate_policy(&id))?;
+    empty()
+}
+
+// ----- workspaces -----
+
+async fn workspace_list(AxState(s): Shr, Query(q): Q) -> Reply {
+    let items = s.read(|st| Ok(st.workspaces.clone()))?;
+    page(items, &q, state::MAX_PAGE_SIZE)
+}
+
+async fn workspace_get(AxState(s): Shr, Path(id): Path<String>) -> Reply {
+    ok(s.read(|st| st.workspace(&id).cloned())?)
+}
+
+async fn workspace_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    s.write(|st| st.update_workspace(&id, &body))?;
+    empty()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route")
+}
+
+/// Auth, injected faults and the request log for every `/v1` request.
+async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    // Inside the nested `/v1` router the URI has lost its prefix; log the original one.
+    let uri = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map(|o| o.0.clone())
+        .unwrap_or_else(|| req.uri().clone());
+    let path = uri.path().to_owned();
+    let query = uri.query().map(str::to_owned);
+    let key = req
+        .headers()
+        .get(API_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let response = match s.gate(&key).await {
+        Err(e) => e.into_response(),
+        Ok(()) => next.run(req).await,
+    };
+    let mut log = lock(&s.log);
+    log.total += 1;
+    let seq = log.total;
+    if log.entries.len() < MAX_LOG_ENTRIES {
+        log.entries.push(RequestLogEntry {
+            seq,
+            method,
+            path,
+            query,
+            status: response.status().as_u16(),
+        });
+    }
+    response
+}
+
+impl Shared {
+    async fn gate(&self, key: &str) -> ApiResult<()> {
+        let unauthorized = key.is_empty()
+            || (!self.api_keys.is_empty() && !self.api_keys.iter().any(|k| k == key));
+        if unauthorized {
+            return Err(ApiError {
+                status: 401,
+                code: "AB05",
+                message: "Invalid API Key".into(),
+                retry_after_s: None,
+            });
+        }
+        let latency = lock(&self.faults).faults.latency_ms;
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        let mut f = lock(&self.faults);
+        let retry_after = f.faults.retry_after_s.unwrap_or(1);
+        if let Some(limiter) = &f.limiter
+            && limiter.check().is_err()
+        {
+            return Err(ApiError {
+                status: 429,
+                code: "AB06",
+                message: "Too many requests to the Admin API".into(),
+                retry_after_s: Some(retry_after),
+            });
+        }
+        let injected = if f.faults.fail_next > 0 {
+            f.faults.fail_next -= 1;
+            true
+        } else {
+            let rate = f.faults.error_rate;
+            rate > 0.0 && f.rng.random_bool(rate.min(1.0))
+        };
+        if injected {
+            let status = f.faults.error_status.unwrap_or(500);
+            return Err(ApiError {
+                status,
+                code: if status == 429 { "AB06" } else { "AB04" },
+                message: format!("injected fault (HTTP {status})"),
+                retry_after_s: (status == 429).then_some(retry_after),
+            });
+        }
+        Ok(())
+    }
+}
+
+// ----- control endpoints -----
+
+async fn control_usage(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    ok(s.write(|st| st.add_usage(&body))?)
+}
+
+fn parse_faults(body: &Value) -> ApiResult<Faults> {
+    let obj = object(body)?;
+    let known = [
+        "error_rate",
+        "error_status",
+        "latency_ms",
+        "rate_limit_rps",
+        "retry_after_s",
+        "fail_next",
+    ];
+    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::invalid(
+            k,
+            format!("unknown fault; known: {}", known.join(", ")),
+        ));
+    }
+    let int = |name: &str, lo: u64, hi: u64| -> ApiResult<Option<u64>> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (lo..=hi).contains(n))
+                .map(Some)
+                .ok_or_else(|| {
+                    ApiError::invalid(name, format!("must be an integer from {lo} to {hi}"))
+                }),
+        }
+    };
+    let error_rate = match obj.get("error_rate") {
+        None | Some(Value::Null) => 0.0,
+        Some(v) => v
+            .as_f64()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| ApiError::invalid("error_rate", "must be a number from 0 to 1"))?,
+    };
+    Ok(Faults {
+        error_rate,
+        error_status: int("error_status", 400, 599)?.map(|n| n as u16),
+        latency_ms: int("latency_ms", 0, 60_000)?.unwrap_or(0),
+        rate_limit_rps: int("rate_limit_rps", 1, 1_000_000)?.map(|n| n as u32),
+        retry_after_s: int("retry_after_s", 0, 3600)?,
+        fail_next: int("fail_next", 0, 1_000_000)?.unwrap_or(0),
+    })
+}
+
+async fn control_set_faults(AxState(s): Shr, body: Bytes) -> Reply {
+    let faults = parse_faults(&body_json(&body)?)?;
+    let mut f = lock(&s.faults);
+    f.limiter = faults
+        .rate_limit_rps
+        .and_then(NonZeroU32::new)
+        .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+    f.faults = faults;
+    ok(&f.faults)
+}
+
+async fn control_get_faults(AxState(s): Shr) -> Reply {
+    ok(&lock(&s.faults).faults)
+}
+
+async fn control_requests(AxState(s): Shr) -> Reply {
+    let log = lock(&s.log);
+    ok(json!({"total": log.total, "data": log.entries}))
+}
+
+async fn control_clear_requests(AxState(s): Shr) -> Reply {
+    *lock(&s.log) = RequestLog::default();
+    empty()
+}
+
+async fn control_clock(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    let obj = object(&body)?;
+    let now = match obj.get("now") {
+        Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_str()
+                .and_then(|t| Timestamp::from_str(t).ok())
+                .ok_or_else(|| ApiError::invalid("now", "must be an RFC 3339 timestamp or null"))?,
+        ),
+        None => {
+            return Err(ApiError::invalid(
+                "now",
+                "is required (a timestamp, or null for the real clock)",
+            ));
+        }
+    };
+    let now = s.write(|st| {
+        st.clock = now;
+        st.roll_resets();
+        Ok(st.now())
+    })?;
+    ok(json!({"now": now}))
+}
+
+async fn control_state(AxState(s): Shr) -> Reply {
+    ok(s.read(|st| Ok(st.clone()))?)
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    let api = Router::new()
+        .route("/policies/usage-limits", get(usage_list).post(usage_create))
+        .route(
+            "/policies/usage-limits/{id}",
+            get(usage_get).put(usage_update).delete(usage_delete),
+        )
+        .route("/policies/usage-limits/{id}/entities", get(usage_entities))
+        .route(
+            "/policies/usage-limits/{id}/entities/{entity}/reset",
+            put(usage_entity_reset),
+        )
+        .route("/policies/rate-limits", get(rate_list).post(rate_create))
+        .route(
+            "/policies/rate-limits/{id}",
+            get(rate_get).put(rate_update).delete(rate_delete),
+        )
+        .route("/admin/workspaces", get(workspace_list))
+        .route(
+            "/admin/workspaces/{id}",
+            get(workspace_get).put(workspace_update),
+        )
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            admin_api_gate,
+        ));
+    let control = Router::new()
+        .route("/usage", post(control_usage))
+        .route("/faults", get(control_get_faults).post(control_set_faults))
+        .route(
+            "/requests",
+            get(control_requests).delete(control_clear_requests),
+        )
+        .route("/clock", post(control_clock))
+        .route("/state", get(control_state));
+    Router::new()
+        .nest("/v1", api)
+        .nest("/_emulator", control)
+        .fallback(not_found)
+        .with_state(shared)
+}
+
+/// A running emulator. Dropping it stops the server.
+pub struct EmulatorHandle {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl EmulatorHandle {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The Admin API base URL, `http://ADDR/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// A client for the `/_emulator/` control endpoints.
+    pub fn control(&self) -> EmulatorControl {
+        EmulatorControl::new(format!("http://{}", self.addr))
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Waits until the server stops (it stops only when shut down).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for EmulatorHandle {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the emulator on `config.listen` and logs its address.
+pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
+    let state = load_state(&config)?;
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        faults: Mutex::new(FaultState {
+            faults: Faults::default(),
+            limiter: None,
+            rng: StdRng::from_os_rng(),
+        }),
+        log: Mutex::new(RequestLog::default()),
+        api_keys: config.api_keys.clone(),
+        state_file: config.state_file.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = router(shared);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = rx.await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "emulator server failed");
+        }
+    });
+    tracing::info!(
+        address = %addr,
+        base_url = %format!("http://{addr}/v1"),
+        "Portkey Admin API emulator listening (this is an emulator, not Portkey)"
+    );
+    Ok(EmulatorHandle {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seed_workspace_parsing() {
+        let s: SeedWorkspace = "2f1d4e8a-1111-4c3b-9d2e-000000000001:team-a:Team A"
+            .parse()
+            .unwrap();
+        assert_eq!(s.slug, "team-a");
+        assert_eq!(s.name, "Team A");
+        let s: SeedWorkspace = "2F1D4E8A-1111-4C3B-9D2E-000000000001:team-a"
+            .parse()
+            .unwrap();
+        assert_eq!(s.name, "team-a");
+        assert_eq!(s.id, "2f1d4e8a-1111-4c3b-9d2e-000000000001");
+        let err = "ws1:team-a".parse::<SeedWorkspace>().unwrap_err();
+        assert!(err.contains("must be a UUID"), "{err}");
+        assert!(
+            "2f1d4e8a-1111-4c3b-9d2e-000000000001:"
+                .parse::<SeedWorkspace>()
+                .is_err()
+        );
+        assert_eq!(
+            SeedWorkspace::from_slug("x").id,
+            SeedWorkspace::from_slug("x").id
+        );
+    }
+
+    #[test]
+    fn fault_bodies_are_validated() {
+        assert_eq!(parse_faults(&json!({})).unwrap(), Faults::default());
+        let f =
+            parse_faults(&json!({"error_rate": 0.3, "error_status": 503, "fail_next": 2})).unwrap();
+        assert_eq!(f.error_status, Some(503));
+        assert_eq!(f.fail_next, 2);
+        let e = parse_faults(&json!({"error_rate": 2})).unwrap_err();
+        assert!(e.message.starts_with("error_rate:"), "{}", e.message);
+        let e = parse_faults(&json!({"latency": 5})).unwrap_err();
+        assert!(e.message.contains("unknown fault"), "{}", e.message);
+    }
+}

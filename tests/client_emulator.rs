@@ -1,0 +1,1111 @@
+//! The Admin API client against the emulator, over real HTTP on loopback.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::portkey::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+
+const WS_ID: &str = "2f1d4e8a-1111-4c3b-9d2e-000000000001";
+const WS_SLUG: &str = "team-a";
+const KEY: &str = "test-admin-key-0123456789";
+
+fn dec(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+fn fast_retry(max_retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_retries,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+        max_retry_after: Duration::from_secs(5),
+    }
+}
+
+async fn start(config: EmulatorConfig) -> EmulatorHandle {
+    emulator::spawn(config).await.expect("emulator starts")
+}
+
+fn default_config() -> EmulatorConfig {
+    EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![
+            format!("{WS_ID}:{WS_SLUG}:Team A").parse().unwrap(),
+            SeedWorkspace::from_slug("team-b"),
+        ],
+        ..Default::default()
+    }
+}
+
+fn client_for(emu: &EmulatorHandle, retry: RetryPolicy, page_size: u32) -> PortkeyClient {
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = retry;
+    cfg.page_size = page_size;
+    cfg.timeout = Duration::from_secs(5);
+    PortkeyClient::new(cfg).unwrap()
+}
+
+async fn setup() -> (EmulatorHandle, PortkeyClient) {
+    let emu = start(default_config()).await;
+    let client = client_for(&emu, fast_retry(4), 100);
+    (emu, client)
+}
+
+fn usage_body(name: &str) -> CreateUsageLimitsPolicy {
+    CreateUsageLimitsPolicy {
+        name: name.into(),
+        description: None,
+        conditions: vec![Condition {
+            key: "metadata._team".into(),
+            value: ConditionValue::One("team-a".into()),
+            excludes: None,
+        }],
+        group_by: vec![GroupBy {
+            key: "metadata._user".into(),
+        }],
+        limit_type: UsageLimitType::Cost,
+        credit_limit: dec("50"),
+        alert_threshold: Some(dec("40.5")),
+        periodic_reset: Some(PeriodicReset::Monthly),
+        periodic_reset_days: None,
+        next_usage_reset_at: None,
+        workspace_id: Some(WS_SLUG.into()),
+    }
+}
+
+fn rate_body(name: &str) -> CreateRateLimitsPolicy {
+    CreateRateLimitsPolicy {
+        name: name.into(),
+        description: None,
+        conditions: vec![Condition {
+            key: "api_key".into(),
+            value: ConditionValue::One("*".into()),
+            excludes: None,
+        }],
+        group_by: vec![GroupBy {
+            key: "workspace_id".into(),
+        }],
+        limit_type: RateLimitType::Requests,
+        unit: RateLimitUnit::Rpm,
+        value: dec("120"),
+        workspace_id: Some(WS_ID.into()),
+    }
+}
+
+fn ws_filter() -> ListFilter {
+    ListFilter {
+        workspace_id: Some(WS_ID.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn usage_policy_create_get_reads_server_fields() {
+    let (emu, client) = setup().await;
+    emu.control()
+        .set_clock(Some("2026-11-21T14:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let p = client
+        .usage_limits()
+        .create_and_get(&usage_body("team-a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        p.workspace_id, WS_ID,
+        "the slug is answered as the workspace UUID"
+    );
+    assert_eq!(p.status, PolicyStatus::Active);
+    assert_eq!(p.credit_limit, dec("50"));
+    assert_eq!(p.alert_threshold, Some(dec("40.5")));
+    assert_eq!(
+        p.next_usage_reset_at,
+        Some("2026-12-01T00:00:00Z".parse().unwrap())
+    );
+    assert_eq!(p.object.as_deref(), Some("policy_usage_limits"));
+    let log = emu.control().requests().await.unwrap();
+    assert_eq!(log.count("POST", "/v1/policies/usage-limits"), 1);
+    assert_eq!(log.count("GET", "/v1/policies/usage-limits/"), 1);
+}
+
+#[tokio::test]
+async fn include_usage_and_entities_report_buckets() {
+    let (emu, client) = setup().await;
+    let id = client
+        .usage_limits()
+        .create(&usage_body("u"))
+        .await
+        .unwrap()
+        .id;
+    let ctl = emu.control();
+    ctl.add_usage(&id, "metadata._user:alice", dec("12.37"))
+        .await
+        .unwrap();
+    let bob = ctl
+        .add_usage(&id, "metadata._user:bob", dec("50"))
+        .await
+        .unwrap();
+    assert_eq!(bob.status, BucketStatus::Exhausted);
+    assert!(bob.is_exhausted_alerts_sent && bob.is_threshold_alerts_sent);
+
+    let plain = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert!(plain.value_key_usage_map.is_none());
+    let with_usage = client
+        .usage_limits()
+        .get(
+            &id,
+            GetOptions {
+                include_usage: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let map = with_usage.value_key_usage_map.unwrap();
+    assert_eq!(map["metadata._user:alice"].current_usage, dec("12.37"));
+    assert_eq!(map["metadata._user:alice"].status, BucketStatus::Active);
+    assert_eq!(map["metadata._user:bob"].status, BucketStatus::Exhausted);
+
+    let exhausted = client
+        .usage_limits()
+        .entities(
+            &id,
+            &EntityFilter {
+                status: Some(BucketStatus::Exhausted),
+                search: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(exhausted.len(), 1);
+    assert_eq!(exhausted[0].value_key, "metadata._user:bob");
+    client
+        .usage_limits()
+        .reset_entity(&id, &exhausted[0].id)
+        .await
+        .unwrap();
+    let all = client
+        .usage_limits()
+        .entities(&id, &EntityFilter::default())
+        .await
+        .unwrap();
+    let bob = all.iter().find(|e| e.value_key.ends_with("bob")).unwrap();
+    assert_eq!(bob.current_usage, Decimal::ZERO);
+    assert_eq!(bob.status, Some(BucketStatus::Active));
+    let err = client
+        .usage_limits()
+        .reset_entity(&id, "no-such-entity")
+        .await
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+#[tokio::test]
+async fn list_walks_every_page_and_filters() {
+    let emu = start(default_config()).await;
+    let client = client_for(&emu, fast_retry(0), 2);
+    for i in 0..5 {
+        let mut body = usage_body(&format!("p{i}"));
+        if i == 4 {
+            body.limit_type = UsageLimitType::Tokens;
+            body.credit_limit = dec("1000");
+            body.alert_threshold = None;
+        }
+        client.usage_limits().create(&body).await.unwrap();
+    }
+    let mut other = usage_body("other-ws");
+    other.workspace_id = Some("team-b".into());
+    client.usage_limits().create(&other).await.unwrap();
+    emu.control().clear_requests().await.unwrap();
+
+    let all = client.usage_limits().list(&ws_filter()).await.unwrap();
+    let names: Vec<_> = all.iter().map(|p| p.name.clone().unwrap()).collect();
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"]);
+    let log = emu.control().requests().await.unwrap();
+    assert_eq!(
+        log.count("GET", "/v1/policies/usage-limits"),
+        3,
+        "pages of 2: 2 + 2 + 1"
+    );
+    assert!(
+        log.data
+            .iter()
+            .all(|e| e.query.as_deref().unwrap().contains("page_size=2"))
+    );
+
+    let tokens = client
+        .usage_limits()
+        .list(&ListFilter {
+            limit_type: Some("tokens"),
+            ..ws_filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].name.as_deref(), Some("p4"));
+
+    // Exactly one full page: the walk must stop on `total`, not ask for an empty page forever.
+    emu.control().clear_requests().await.unwrap();
+    let client4 = client_for(&emu, fast_retry(0), 5);
+    assert_eq!(
+        client4
+            .usage_limits()
+            .list(&ws_filter())
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(emu.control().requests().await.unwrap().total, 1);
+
+    // Portkey needs a workspace to list with an organisation key.
+    let err = client
+        .usage_limits()
+        .list(&ListFilter::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PortkeyError::Validation { .. }), "{err}");
+    assert!(err.to_string().contains("workspace_id"), "{err}");
+}
+
+#[tokio::test]
+async fn partial_update_sends_only_given_fields_and_nulls_clear() {
+    let (emu, client) = setup().await;
+    let ctl = emu.control();
+    ctl.set_clock(Some("2026-11-21T14:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut body = usage_body("u");
+    body.periodic_reset = None;
+    body.periodic_reset_days = Some(10);
+    let id = client.usage_limits().create(&body).await.unwrap().id;
+    let before = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        before.next_usage_reset_at,
+        Some("2026-12-01T00:00:00Z".parse().unwrap())
+    );
+
+    // Two days later, raise the limit only: the reset schedule must not move.
+    ctl.set_clock(Some("2026-11-23T09:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let update = UpdateUsageLimitsPolicy {
+        credit_limit: Some(dec("80")),
+        ..Default::default()
+    };
+    client.usage_limits().update(&id, &update).await.unwrap();
+    let after = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(after.credit_limit, dec("80"));
+    assert_eq!(after.name, before.name);
+    assert_eq!(after.conditions, before.conditions);
+    assert_eq!(after.alert_threshold, before.alert_threshold);
+    assert_eq!(
+        after.next_usage_reset_at, before.next_usage_reset_at,
+        "schedule untouched"
+    );
+
+    // Re-sending the same periodic_reset_days reschedules (Portkey's trap, imitated).
+    let resend = UpdateUsageLimitsPolicy {
+        periodic_reset_days: Nullable::Value(10),
+        ..Default::default()
+    };
+    client.usage_limits().update(&id, &resend).await.unwrap();
+    let moved = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        moved.next_usage_reset_at,
+        Some("2026-12-03T00:00:00Z".parse().unwrap())
+    );
+
+    // Explicit nulls clear the threshold and the schedule.
+    let clear = UpdateUsageLimitsPolicy {
+        alert_threshold: Nullable::Null,
+        periodic_reset_days: Nullable::Null,
+        ..Default::default()
+    };
+    client.usage_limits().update(&id, &clear).await.unwrap();
+    let cleared = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(cleared.alert_threshold, None);
+    assert_eq!(cleared.periodic_reset_days, None);
+    assert_eq!(cleared.periodic_reset, None);
+    assert_eq!(cleared.next_usage_reset_at, None);
+    assert_eq!(cleared.credit_limit, dec("80"));
+
+    // Immutable fields are refused by the server.
+    let err = client
+        .usage_limits()
+        .update(&id, &UpdateUsageLimitsPolicy::default())
+        .await;
+    assert!(err.is_ok(), "an empty update is accepted");
+    let http = reqwest::Client::new();
+    let resp = http
+        .put(format!("{}/policies/usage-limits/{id}", emu.base_url()))
+        .header(API_KEY_HEADER, KEY)
+        .json(&json!({"type": "tokens"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains("type: cannot be changed") && text.contains("AB01"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn delete_archives() {
+    let (emu, client) = setup().await;
+    let id = client
+        .usage_limits()
+        .create(&usage_body("a"))
+        .await
+        .unwrap()
+        .id;
+    client.usage_limits().delete(&id).await.unwrap();
+    let err = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_not_found(),
+        "an archived id is 404 by default: {err}"
+    );
+    let archived = client
+        .usage_limits()
+        .get(
+            &id,
+            GetOptions {
+                status: Some(PolicyStatus::Archived),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(archived.status, PolicyStatus::Archived);
+    assert!(
+        client
+            .usage_limits()
+            .list(&ws_filter())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let listed = client
+        .usage_limits()
+        .list(&ListFilter {
+            status: Some(PolicyStatus::Archived),
+            ..ws_filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let again = client.usage_limits().delete(&id).await.unwrap_err();
+    assert!(again.is_not_found());
+    // The archived policy is still in the emulator's state: nothing is hard-deleted.
+    let state = emu.control().state().await.unwrap();
+    assert_eq!(state.usage_limits.len(), 1);
+    assert_eq!(state.usage_limits[0].policy.status, PolicyStatus::Archived);
+}
+
+#[tokio::test]
+async fn rate_limits_policy_lifecycle() {
+    let (_emu, client) = setup().await;
+    let p = client
+        .rate_limits()
+        .create_and_get(&rate_body("rpm"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p.limit_type, p.unit, p.value),
+        (RateLimitType::Requests, RateLimitUnit::Rpm, dec("120"))
+    );
+    assert_eq!(p.object.as_deref(), Some("policy_rate_limits"));
+    let update = UpdateRateLimitsPolicy {
+        unit: Some(RateLimitUnit::Rph),
+        value: Some(dec("5000")),
+        ..Default::default()
+    };
+    client.rate_limits().update(&p.id, &update).await.unwrap();
+    let got = client
+        .rate_limits()
+        .get(&p.id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((got.unit, got.value), (RateLimitUnit::Rph, dec("5000")));
+    assert_eq!(got.name.as_deref(), Some("rpm"));
+    let listed = client
+        .rate_limits()
+        .list(&ListFilter {
+            unit: Some("rph"),
+            ..ws_filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    client.rate_limits().delete(&p.id).await.unwrap();
+    assert!(
+        client
+            .rate_limits()
+            .get(&p.id, GetOptions::default())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    let archived = client
+        .rate_limits()
+        .list(&ListFilter {
+            status: Some(PolicyStatus::Archived),
+            ..ws_filter()
+        })
+        .await
+        .unwrap();
+    assert_eq!(archived.len(), 1);
+
+    let mut bad = rate_body("bad");
+    bad.value = dec("0");
+    let err = client.rate_limits().create(&bad).await.unwrap_err();
+    assert!(
+        err.to_string().contains("value: must be an integer from 1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn workspaces_by_id_or_slug_and_limits() {
+    let (emu, client) = setup().await;
+    emu.control()
+        .set_clock(Some("2026-11-21T14:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let by_slug = client.get_workspace(WS_SLUG).await.unwrap();
+    let by_id = client.get_workspace(WS_ID).await.unwrap();
+    assert_eq!(by_slug.id, WS_ID);
+    assert_eq!(by_slug, by_id);
+    assert_eq!(by_slug.usage_limits, None, "unset limits are null");
+    assert_eq!(client.resolve_workspace_id(WS_SLUG).await.unwrap(), WS_ID);
+    assert!(
+        client
+            .get_workspace("nope")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert_eq!(client.list_workspaces().await.unwrap().len(), 2);
+
+    let limits = vec![WorkspaceUsageLimit {
+        limit_type: UsageLimitType::Cost,
+        credit_limit: dec("500"),
+        alert_threshold: Some(dec("400")),
+        periodic_reset: Some(PeriodicReset::Weekly),
+        periodic_reset_days: None,
+        next_usage_reset_at: None,
+    }];
+    let rates = vec![WorkspaceRateLimit {
+        limit_type: RateLimitType::Requests,
+        unit: RateLimitUnit::Rpm,
+        value: dec("120"),
+    }];
+    let body = UpdateWorkspace {
+        usage_limits: Nullable::Value(limits.clone()),
+        rate_limits: Nullable::Value(rates.clone()),
+        ..Default::default()
+    };
+    client.update_workspace(WS_SLUG, &body).await.unwrap();
+    let ws = client.get_workspace(WS_ID).await.unwrap();
+    let got = ws.usage_limits.clone().unwrap();
+    assert_eq!(got[0].credit_limit, dec("500"));
+    // Workspace weekly resets fall on Sunday (DOC-WS); 2026-11-21 is a Saturday.
+    assert_eq!(
+        got[0].next_usage_reset_at,
+        Some("2026-11-22T00:00:00Z".parse().unwrap())
+    );
+    assert_eq!(ws.rate_limits, Some(rates));
+
+    // Omitted = unchanged.
+    let rename = UpdateWorkspace {
+        name: Some("Team A (renamed)".into()),
+        ..Default::default()
+    };
+    client.update_workspace(WS_ID, &rename).await.unwrap();
+    let ws2 = client.get_workspace(WS_ID).await.unwrap();
+    assert_eq!(ws2.usage_limits, ws.usage_limits);
+    assert_eq!(ws2.name.as_deref(), Some("Team A (renamed)"));
+
+    // Null clears one list; [] clears the other.
+    let clear = UpdateWorkspace {
+        usage_limits: Nullable::Null,
+        rate_limits: Nullable::Value(vec![]),
+        ..Default::default()
+    };
+    client.update_workspace(WS_ID, &clear).await.unwrap();
+    let ws3 = client.get_workspace(WS_ID).await.unwrap();
+    assert_eq!((ws3.usage_limits, ws3.rate_limits), (None, None));
+
+    // Workspaces do not take `requests` budgets.
+    let bad = UpdateWorkspace {
+        usage_limits: Nullable::Value(vec![WorkspaceUsageLimit {
+            limit_type: UsageLimitType::Requests,
+            ..limits[0].clone()
+        }]),
+        ..Default::default()
+    };
+    let err = client.update_workspace(WS_ID, &bad).await.unwrap_err();
+    assert!(err.to_string().contains("usage_limits[0].type"), "{err}");
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field_and_leave_state_alone() {
+    let (emu, client) = setup().await;
+    let id = client
+        .usage_limits()
+        .create(&usage_body("keep"))
+        .await
+        .unwrap()
+        .id;
+    let before = emu.control().state().await.unwrap();
+
+    let cases: Vec<(CreateUsageLimitsPolicy, &str)> = vec![
+        (
+            CreateUsageLimitsPolicy {
+                conditions: vec![],
+                ..usage_body("x")
+            },
+            "conditions: must not be empty",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                group_by: vec![],
+                ..usage_body("x")
+            },
+            "group_by: must not be empty",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                alert_threshold: Some(dec("50")),
+                ..usage_body("x")
+            },
+            "alert_threshold: must be less than credit_limit",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                name: "n".repeat(256),
+                ..usage_body("x")
+            },
+            "name: must be at most 255 characters",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                periodic_reset_days: Some(7),
+                ..usage_body("x")
+            },
+            "periodic_reset_days: cannot be combined with periodic_reset",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                periodic_reset: None,
+                periodic_reset_days: Some(366),
+                ..usage_body("x")
+            },
+            "periodic_reset_days: must be an integer from 1 to 365",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                workspace_id: Some("ghost".into()),
+                ..usage_body("x")
+            },
+            "workspace_id: workspace \"ghost\" not found",
+        ),
+        (
+            CreateUsageLimitsPolicy {
+                limit_type: UsageLimitType::Tokens,
+                alert_threshold: None,
+                ..usage_body("x")
+            },
+            "credit_limit: must be at least 100 for type tokens",
+        ),
+    ];
+    for (body, expected) in cases {
+        let err = client.usage_limits().create(&body).await.unwrap_err();
+        assert!(
+            err.to_string().contains(expected),
+            "expected {expected:?}, got {err}"
+        );
+        if !expected.starts_with("workspace_id") {
+            assert!(
+                matches!(err, PortkeyError::Validation { .. }) && err.code() == Some("AB01"),
+                "{err:?}"
+            );
+            assert!(err.is_terminal());
+        }
+    }
+
+    // Raw bodies the typed client cannot produce.
+    let http = reqwest::Client::new();
+    let raw = [
+        (
+            "POST",
+            "/policies/usage-limits".to_owned(),
+            "{not json",
+            "body: is not valid JSON",
+        ),
+        (
+            "POST",
+            "/policies/usage-limits".to_owned(),
+            r#"{"name":"x","workspace_id":"team-a","conditions":[{"key":"k","value":"v"}],"group_by":[{"key":"g"}],"type":"daily","credit_limit":5}"#,
+            "type: must be one of: cost, tokens, requests",
+        ),
+        (
+            "POST",
+            "/policies/usage-limits".to_owned(),
+            r#"{"name":"x","workspace_id":"team-a","conditions":[{"key":"k","value":"v"}],"group_by":[{"key":"g"}],"type":"cost"}"#,
+            "credit_limit: is required",
+        ),
+        (
+            "POST",
+            "/policies/usage-limits".to_owned(),
+            r#"{"name":"x","workspace_id":"team-a","conditions":[{"key":"k","value":"v"}],"group_by":[{"key":"g"}],"type":"cost","credit_limit":5,"periodic_reset":"daily"}"#,
+            "periodic_reset: must be one of: weekly, monthly",
+        ),
+        (
+            "PUT",
+            format!("/policies/usage-limits/{id}"),
+            r#"{"name":"changed","alert_threshold":99}"#,
+            "alert_threshold: must be less than credit_limit (50)",
+        ),
+        (
+            "PUT",
+            format!("/policies/usage-limits/{id}"),
+            r#"{"name":null}"#,
+            "name: must not be null",
+        ),
+        (
+            "PUT",
+            format!("/policies/usage-limits/{id}"),
+            r#"{"credit_limit":80,"group_by":[{"key":"other"}]}"#,
+            "group_by: cannot be changed",
+        ),
+        (
+            "PUT",
+            format!("/policies/usage-limits/{id}"),
+            r#"[1,2]"#,
+            "body: must be a JSON object",
+        ),
+    ];
+    for (method, path, body, expected) in raw {
+        let resp = http
+            .request(method.parse().unwrap(), format!("{}{path}", emu.base_url()))
+            .header(API_KEY_HEADER, KEY)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let text = resp.text().await.unwrap();
+        assert!(
+            text.contains(expected) && text.contains("AB01"),
+            "expected {expected:?}, got {text}"
+        );
+    }
+    let after = emu.control().state().await.unwrap();
+    assert_eq!(before, after, "rejected requests changed nothing");
+}
+
+#[tokio::test]
+async fn error_kinds_are_typed() {
+    let (emu, client) = setup().await;
+    let ctl = emu.control();
+
+    let mut bad_key = ClientConfig::new(emu.base_url(), ApiKey::new("wrong-key-abcdef"));
+    bad_key.retry = RetryPolicy::none();
+    let bad_client = PortkeyClient::new(bad_key).unwrap();
+    let err = bad_client.get_workspace(WS_ID).await.unwrap_err();
+    assert!(
+        matches!(err, PortkeyError::Unauthorized { .. }) && err.code() == Some("AB05"),
+        "{err:?}"
+    );
+    assert!(!err.is_retryable());
+
+    for (status, check) in [
+        (
+            403u16,
+            (|e: &PortkeyError| matches!(e, PortkeyError::Forbidden { .. }))
+                as fn(&PortkeyError) -> bool,
+        ),
+        (409, |e| matches!(e, PortkeyError::Conflict { .. })),
+        (402, |e| matches!(e, PortkeyError::Http { status: 402, .. })),
+        (501, |e| {
+            matches!(e, PortkeyError::Server { status: 501, .. })
+        }),
+    ] {
+        ctl.set_faults(json!({"fail_next": 1, "error_status": status}))
+            .await
+            .unwrap();
+        let err = client.get_workspace(WS_ID).await.unwrap_err();
+        assert!(check(&err), "HTTP {status}: {err:?}");
+    }
+    assert!(
+        client
+            .usage_limits()
+            .get("nope", GetOptions::default())
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+
+    // Connection refused: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let mut cfg = ClientConfig::new(format!("http://{addr}/v1"), ApiKey::new(KEY));
+    cfg.retry = RetryPolicy::none();
+    let err = PortkeyClient::new(cfg)
+        .unwrap()
+        .get_workspace(WS_ID)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PortkeyError::Transport { connect: true, .. }),
+        "{err:?}"
+    );
+
+    // Timeout: the emulator answers slower than the client waits.
+    ctl.set_faults(json!({"latency_ms": 1500})).await.unwrap();
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = RetryPolicy::none();
+    cfg.timeout = Duration::from_millis(200);
+    let err = PortkeyClient::new(cfg)
+        .unwrap()
+        .get_workspace(WS_ID)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, PortkeyError::Transport { timeout: true, .. }),
+        "{err:?}"
+    );
+    ctl.clear_faults().await.unwrap();
+}
+
+#[tokio::test]
+async fn retries_transient_errors_with_bounded_attempts() {
+    let (emu, client) = setup().await;
+    let ctl = emu.control();
+    let id = client
+        .usage_limits()
+        .create(&usage_body("r"))
+        .await
+        .unwrap()
+        .id;
+    let path = format!("/v1/policies/usage-limits/{id}");
+
+    // Two 503s then success: 3 calls.
+    ctl.clear_requests().await.unwrap();
+    ctl.set_faults(json!({"fail_next": 2, "error_status": 503}))
+        .await
+        .unwrap();
+    client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    let log = ctl.requests().await.unwrap();
+    let statuses: Vec<u16> = log.data.iter().map(|e| e.status).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+    assert!(log.data.iter().all(|e| e.path == path));
+
+    // Always failing: 1 try + max_retries (4) retries, then the error.
+    ctl.clear_requests().await.unwrap();
+    ctl.set_faults(json!({"error_rate": 1.0, "error_status": 500}))
+        .await
+        .unwrap();
+    let err = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PortkeyError::Server { status: 500, .. }));
+    assert_eq!(ctl.requests().await.unwrap().total, 5);
+
+    // Not retried: 501, 404 and 400.
+    for (faults, expect_calls) in [
+        (json!({"fail_next": 1, "error_status": 501}), 1u64),
+        (json!({"fail_next": 1, "error_status": 404}), 1),
+        (json!({"fail_next": 1, "error_status": 400}), 1),
+    ] {
+        ctl.clear_requests().await.unwrap();
+        ctl.set_faults(faults.clone()).await.unwrap();
+        assert!(
+            client
+                .usage_limits()
+                .get(&id, GetOptions::default())
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            ctl.requests().await.unwrap().total,
+            expect_calls,
+            "{faults}"
+        );
+    }
+
+    // A create that may have reached the server is not repeated (no duplicate policies)…
+    ctl.clear_requests().await.unwrap();
+    ctl.set_faults(json!({"fail_next": 1, "error_status": 500}))
+        .await
+        .unwrap();
+    assert!(
+        client
+            .usage_limits()
+            .create(&usage_body("once"))
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        ctl.requests()
+            .await
+            .unwrap()
+            .count("POST", "/v1/policies/usage-limits"),
+        1
+    );
+    // …but a 429 (rejected before any work) is.
+    ctl.clear_requests().await.unwrap();
+    ctl.set_faults(json!({"fail_next": 1, "error_status": 429, "retry_after_s": 0}))
+        .await
+        .unwrap();
+    client
+        .usage_limits()
+        .create(&usage_body("after-429"))
+        .await
+        .unwrap();
+    let log = ctl.requests().await.unwrap();
+    assert_eq!(
+        log.data.iter().map(|e| e.status).collect::<Vec<_>>(),
+        [429, 200]
+    );
+    let names: Vec<_> = client
+        .usage_limits()
+        .list(&ws_filter())
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["r", "after-429"],
+        "exactly one policy per successful create"
+    );
+}
+
+#[tokio::test]
+async fn honours_retry_after() {
+    let (emu, client) = setup().await;
+    let ctl = emu.control();
+    ctl.set_faults(json!({"fail_next": 1, "error_status": 429, "retry_after_s": 1}))
+        .await
+        .unwrap();
+    ctl.clear_requests().await.unwrap();
+    let started = Instant::now();
+    client.get_workspace(WS_ID).await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited the Retry-After before retrying"
+    );
+    assert_eq!(ctl.requests().await.unwrap().total, 2);
+
+    // A Retry-After longer than the client's cap is handed back instead of waited.
+    ctl.set_faults(json!({"fail_next": 1, "error_status": 429, "retry_after_s": 120}))
+        .await
+        .unwrap();
+    ctl.clear_requests().await.unwrap();
+    let err = client.get_workspace(WS_ID).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert_eq!(ctl.requests().await.unwrap().total, 1);
+
+    // The emulator's own rate limit answers 429 with Retry-After for the excess.
+    ctl.set_faults(json!({"rate_limit_rps": 1, "retry_after_s": 7}))
+        .await
+        .unwrap();
+    ctl.clear_requests().await.unwrap();
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = RetryPolicy::none();
+    let strict = PortkeyClient::new(cfg).unwrap();
+    let first = strict.get_workspace(WS_ID).await;
+    let second = strict.get_workspace(WS_ID).await;
+    assert!(first.is_ok());
+    let err = second.unwrap_err();
+    assert!(
+        matches!(err, PortkeyError::RateLimited { .. })
+            && err.retry_after() == Some(Duration::from_secs(7)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn clock_moves_trigger_resets() {
+    let (emu, client) = setup().await;
+    let ctl = emu.control();
+    ctl.set_clock(Some("2026-11-21T14:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let id = client
+        .usage_limits()
+        .create(&usage_body("monthly"))
+        .await
+        .unwrap()
+        .id;
+    ctl.add_usage(&id, "metadata._user:alice", dec("50"))
+        .await
+        .unwrap();
+    ctl.set_clock(Some("2026-12-01T00:00:01Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let p = client
+        .usage_limits()
+        .get(
+            &id,
+            GetOptions {
+                include_usage: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        p.last_reset_at,
+        Some("2026-12-01T00:00:00Z".parse().unwrap())
+    );
+    assert_eq!(
+        p.next_usage_reset_at,
+        Some("2027-01-01T00:00:00Z".parse().unwrap())
+    );
+    let alice = &p.value_key_usage_map.unwrap()["metadata._user:alice"];
+    assert_eq!(
+        (alice.current_usage, alice.status),
+        (Decimal::ZERO, BucketStatus::Active)
+    );
+}
+
+#[tokio::test]
+async fn raising_the_limit_reactivates_exhausted_buckets() {
+    let (emu, client) = setup().await;
+    let id = client
+        .usage_limits()
+        .create(&usage_body("x"))
+        .await
+        .unwrap()
+        .id;
+    emu.control()
+        .add_usage(&id, "metadata._user:a", dec("55"))
+        .await
+        .unwrap();
+    client
+        .usage_limits()
+        .update(
+            &id,
+            &UpdateUsageLimitsPolicy {
+                credit_limit: Some(dec("100")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let p = client
+        .usage_limits()
+        .get(
+            &id,
+            GetOptions {
+                include_usage: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let a = &p.value_key_usage_map.unwrap()["metadata._user:a"];
+    assert_eq!(a.status, BucketStatus::Active);
+    assert!(!a.is_exhausted_alerts_sent);
+}
+
+#[tokio::test]
+async fn state_file_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("state.json");
+    let config = EmulatorConfig {
+        state_file: Some(file.clone()),
+        ..default_config()
+    };
+    let emu = start(config.clone()).await;
+    let client = client_for(&emu, fast_retry(0), 100);
+    let id = client
+        .usage_limits()
+        .create(&usage_body("persisted"))
+        .await
+        .unwrap()
+        .id;
+    emu.shutdown().await;
+    assert!(file.exists());
+
+    let emu = start(config).await;
+    let client = client_for(&emu, fast_retry(0), 100);
+    let p = client
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(p.name.as_deref(), Some("persisted"));
+    assert_eq!(
+        client.list_workspaces().await.unwrap().len(),
+        2,
+        "seeds are not duplicated"
+    );
+}
+
+#[tokio::test]
+async fn api_key_never_printed() {
+    let (emu, client) = setup().await;
+    let cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    assert!(!format!("{cfg:?}").contains(KEY));
+    assert!(!format!("{client:?}").contains(KEY));
+    let mut bad = ClientConfig::new(emu.base_url(), ApiKey::new("secret-wrong-key-xyz"));
+    bad.retry = RetryPolicy::none();
+    let err = PortkeyClient::new(bad)
+        .unwrap()
+        .get_workspace(WS_ID)
+        .await
+        .unwrap_err();
+    assert!(!format!("{err} {err:?}").contains("secret-wrong-key-xyz"));
+    let state = serde_json::to_string(&emu.control().state().await.unwrap()).unwrap();
+    assert!(
+        !state.contains(KEY),
+        "the emulator's state dump holds no API key"
+    );
+
+    let err =
+        PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new("bad\nkey"))).unwrap_err();
+    assert!(!err.to_string().contains("bad\nkey"));
+    let err = PortkeyClient::new(ClientConfig::new("ftp://x", ApiKey::new("k"))).unwrap_err();
+    assert!(err.to_string().contains("must be an http(s) URL"), "{err}");
+}
