@@ -1,6 +1,7 @@
 //! portkey-budget-operator: enforce LLM-gateway budgets declared as Kubernetes resources in
 //! Portkey. The binary (`src/main.rs`) is a thin CLI over this library.
 
+pub mod api;
 pub mod emulator;
 pub mod portkey;
 pub mod telemetry;

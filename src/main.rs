@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+use portkey_budget_operator::api;
 use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
 use portkey_budget_operator::telemetry::{self, LogFormat};
 
@@ -34,8 +35,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
+    Crds(CrdsArgs),
     /// Run a local Portkey Admin API emulator (in-memory, for tests and demos).
     Emulator(EmulatorArgs),
+}
+
+#[derive(Args)]
+struct CrdsArgs {
+    /// Write `<crd name>.yaml` files into this folder instead of printing.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+}
+
+fn run_crds(args: CrdsArgs) -> Result<(), String> {
+    match args.output_dir {
+        None => {
+            print!("{}", api::crds_yaml());
+            Ok(())
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            for (name, yaml) in api::crd_files() {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            Ok(())
+        }
+    }
 }
 
 #[derive(Args)]
@@ -74,6 +102,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
+        Command::Crds(args) => run_crds(args),
         Command::Emulator(args) => run_emulator(args).await,
     };
     match result {

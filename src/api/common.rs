@@ -1,0 +1,224 @@
+//! Types shared by the custom resources.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::KubeSchema;
+use rust_decimal::Decimal;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Text form of an exact decimal amount: up to 12 integer digits and 6 decimals.
+pub const MONEY_PATTERN: &str = r"^[0-9]{1,12}(\.[0-9]{1,6})?$";
+
+/// An exact, non-negative decimal amount (USD for cost, a count for tokens and requests).
+///
+/// In YAML it is an integer (`500`) or a quoted decimal string (`"12.50"`), like a Kubernetes
+/// quantity: the schema is int-or-string, never a float, so no amount is ever rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money(pub Decimal);
+
+impl Money {
+    pub fn decimal(self) -> Decimal {
+        self.0
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.normalize())
+    }
+}
+
+impl From<Decimal> for Money {
+    fn from(d: Decimal) -> Self {
+        Money(d)
+    }
+}
+
+impl FromStr for Money {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let re = regex::Regex::new(MONEY_PATTERN).expect("valid pattern");
+        if !re.is_match(s) {
+            return Err(format!(
+                "{s:?} is not an amount: use digits with up to 6 decimals, e.g. \"12.50\""
+            ));
+        }
+        Decimal::from_str(s).map(Money).map_err(|e| e.to_string())
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let n = self.0.normalize();
+        match (n.scale(), i64::try_from(n)) {
+            (0, Ok(i)) => s.serialize_i64(i),
+            _ => s.serialize_str(&n.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Money;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or a quoted decimal string such as \"12.50\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Money, E> {
+                if v < 0 {
+                    return Err(E::custom(format!(
+                        "{v} is negative; amounts are never negative"
+                    )));
+                }
+                Ok(Money(Decimal::from(v)))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Money, E> {
+                Ok(Money(Decimal::from(v)))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Money, E> {
+                Err(E::custom(format!(
+                    "{v} is a floating-point number; write amounts as an integer or a quoted decimal string such as \"{v}\""
+                )))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Money, E> {
+                Money::from_str(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for Money {
+    fn schema_name() -> Cow<'static, str> {
+        "Money".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "x-kubernetes-int-or-string": true,
+            "pattern": MONEY_PATTERN,
+            "maxLength": 19,
+        })
+    }
+}
+
+/// A condition a request must match for the policy to count it (all conditions must match).
+///
+/// Set exactly one of `value` (one string) or `values` (a list, ORed). Kubernetes schemas cannot
+/// express "a string or a list" in one field, so Portkey's `value` is split in two here.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.value) != has(self.values)").message("set exactly one of value and values"))]
+pub struct PolicyCondition {
+    /// What to match: `api_key`, `metadata.<name>` (e.g. `metadata._team`), `workspace_id`,
+    /// `virtual_key`, `provider`, `config`, `prompt` or `model`.
+    #[schemars(length(min = 1, max = 128))]
+    pub key: String,
+    /// One value to match; `*` matches anything; `@openai/*` matches a provider's models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub value: Option<String>,
+    /// Several values, any of which matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50), inner(length(min = 1, max = 256)))]
+    pub values: Option<Vec<String>>,
+    /// Values to leave out even when `value`/`values` match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 50), inner(length(min = 1, max = 256)))]
+    pub excludes: Option<Vec<String>>,
+}
+
+/// A group-by key: every distinct value (combination) gets its own counter.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct GroupByKey {
+    /// E.g. `metadata._user`, `api_key`, `workspace_id`, `model`.
+    #[schemars(length(min = 1, max = 128))]
+    pub key: String,
+}
+
+/// What happens to the remote policy when the resource is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Archive the remote policy (Portkey's soft delete).
+    #[default]
+    Archive,
+    /// Leave the remote policy in force.
+    Retain,
+}
+
+/// Whether the operator may write to Portkey for this resource.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, update and archive the remote policy.
+    #[default]
+    Manage,
+    /// Never write: only read the remote policy and report it (needs `adoptPolicyId`).
+    Observe,
+}
+
+/// What to do when an immutable field (`type`, `groupBy`, `workspace`) changes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum OnImmutableChange {
+    /// Refuse the change (admission rejects it).
+    #[default]
+    Reject,
+    /// Archive the remote policy and create a new one. Its usage starts again from zero.
+    Recreate,
+}
+
+/// `metav1.Condition` list, merged by `type`.
+pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut item = generator.subschema_for::<Condition>();
+    // The apiserver wants inline schemas; `subschema_for` already inlines with kube's settings.
+    item.remove("$schema");
+    json_schema!({
+        "type": "array",
+        "maxItems": 8,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": item,
+    })
+}
+
+/// Usage of one bucket (one distinct group-by value).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketUsage {
+    /// Portkey's value key, e.g. `metadata._user:alice`.
+    pub value_key: String,
+    /// Usage in the current period (USD for cost).
+    pub current_usage: String,
+    /// Usage as a whole percentage of the limit (rounded down).
+    pub percent: i32,
+    /// `active` or `exhausted`.
+    pub status: String,
+}
+
+/// Usage summary of a budget.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSummary {
+    /// Buckets with usage in this period.
+    pub buckets: i32,
+    /// Buckets that reached the limit (requests from them are refused with HTTP 412).
+    pub exhausted_buckets: i32,
+    /// The largest usage of any bucket.
+    pub peak_usage: String,
+    /// The largest usage as a whole percentage of the limit (rounded down).
+    pub peak_percent: i32,
+    /// The 10 buckets with the most usage, largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub top: Vec<BucketUsage>,
+}
