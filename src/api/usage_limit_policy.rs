@@ -1,5 +1,9 @@
 //! `UsageLimitPolicy`: a Portkey usage-limits policy (a budget) declared in Kubernetes.
 
+// `#[kube(printcolumn(...))]` repeats `type_ = ...` per column, which clippy misreads as a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
