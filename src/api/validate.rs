@@ -180,14 +180,12 @@ fn check(schema: &Value, v: &Value, path: &str, errors: &mut Vec<FieldError>) {
                 format!("must be a number, got {}", describe(v)),
             ),
         },
-        Some("boolean") => {
-            if !v.is_boolean() {
-                err(
-                    errors,
-                    path,
-                    format!("must be true or false, got {}", describe(v)),
-                );
-            }
+        Some("boolean") if !v.is_boolean() => {
+            err(
+                errors,
+                path,
+                format!("must be true or false, got {}", describe(v)),
+            );
         }
         _ => {}
     }
