@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod emulator;
+pub mod plan;
 pub mod portkey;
 pub mod telemetry;
