@@ -2,6 +2,8 @@
 //! Portkey. The binary (`src/main.rs`) is a thin CLI over this library.
 
 pub mod api;
+pub mod config;
+pub mod controller;
 pub mod emulator;
 pub mod plan;
 pub mod portkey;

@@ -7,7 +7,10 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use portkey_budget_operator::api;
+use portkey_budget_operator::config::RunArgs;
+use portkey_budget_operator::controller;
 use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
+use portkey_budget_operator::portkey::{ClientConfig, PortkeyClient};
 use portkey_budget_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -35,6 +38,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the operator: reconcile UsageLimitPolicy resources against the Portkey Admin API.
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
     Crds(CrdsArgs),
     /// Run a local Portkey Admin API emulator (in-memory, for tests and demos).
@@ -82,6 +87,41 @@ struct EmulatorArgs {
     state_file: Option<PathBuf>,
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), String> {
+    let api_key = args.api_key()?;
+    let mut client_config = ClientConfig::new(args.admin_api_url.clone(), api_key);
+    client_config.timeout = args.admin_api_timeout.0;
+    let portkey = PortkeyClient::new(client_config).map_err(|e| e.to_string())?;
+    let kube = kube::Client::try_default().await.map_err(|e| {
+        format!("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {e}")
+    })?;
+    tracing::info!(admin_api = %portkey.base_url(), "starting portkey-budget-operator");
+    let ctx = controller::Context::new(
+        kube,
+        portkey,
+        args.controller_config(),
+        controller::reporter(),
+    );
+    controller::run(ctx, shutdown_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
 async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
     let handle = emulator::spawn(EmulatorConfig {
         listen: args.listen,
@@ -102,6 +142,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format, &cli.log_level);
     let result = match cli.command {
+        Command::Run(args) => run_operator(args).await,
         Command::Crds(args) => run_crds(args),
         Command::Emulator(args) => run_emulator(args).await,
     };

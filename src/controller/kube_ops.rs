@@ -1,0 +1,126 @@
+//! Kubernetes writes the controllers share: finalizers, annotations (with a resourceVersion
+//! precondition), status (server-side apply) and the namespace workspace binding.
+
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::api::{FINALIZER, WORKSPACE_ANNOTATION};
+
+/// Field manager of every write the operator makes.
+pub const FIELD_MANAGER: &str = "portkey-budget-operator";
+
+/// The object types the controllers manage.
+pub trait Managed:
+    Resource<DynamicType = ()> + Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static
+{
+}
+
+impl<K> Managed for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// A merge patch of `metadata` that only applies to the exact version the caller saw: a stale
+/// cached copy gets 409 Conflict instead of acting twice.
+async fn patch_metadata<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    metadata: serde_json::Value,
+) -> Result<K, kube::Error> {
+    let mut metadata = metadata;
+    metadata["resourceVersion"] = json!(obj.resource_version());
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "metadata": metadata })),
+    )
+    .await
+}
+
+pub fn has_finalizer<K: Resource>(obj: &K) -> bool {
+    obj.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+pub async fn add_finalizer<K: Managed>(api: &Api<K>, obj: &K) -> Result<K, kube::Error> {
+    let mut finalizers = obj.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    patch_metadata(api, obj, json!({ "finalizers": finalizers })).await
+}
+
+pub async fn remove_finalizer<K: Managed>(api: &Api<K>, obj: &K) -> Result<(), kube::Error> {
+    let finalizers: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    match patch_metadata(api, obj, json!({ "finalizers": finalizers })).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets (`Some`) or removes (`None`) one annotation, guarded by the resourceVersion.
+pub async fn set_annotation<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    key: &str,
+    value: Option<&str>,
+) -> Result<K, kube::Error> {
+    patch_metadata(api, obj, json!({ "annotations": { key: value } })).await
+}
+
+/// Replaces the status through server-side apply (fields the operator stops setting go away).
+pub async fn apply_status<K: Managed, S: Serialize>(
+    api: &Api<K>,
+    name: &str,
+    status: &S,
+) -> Result<(), kube::Error> {
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The workspace a namespace is bound to by annotation, if any.
+pub async fn namespace_binding(
+    client: &Client,
+    namespace: &str,
+) -> Result<Option<String>, kube::Error> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = api.get_opt(namespace).await?;
+    Ok(ns
+        .and_then(|n| n.annotations().get(WORKSPACE_ANNOTATION).cloned())
+        .map(|w| w.trim().to_owned())
+        .filter(|w| !w.is_empty()))
+}
+
+/// `Api` for a namespaced resource.
+pub fn namespaced_api<K>(client: &Client, namespace: &str) -> Api<K>
+where
+    K: Managed + Resource<Scope = NamespaceResourceScope>,
+{
+    Api::namespaced(client.clone(), namespace)
+}

@@ -1,0 +1,230 @@
+//! kube-runtime wiring: the shared context, errors, per-object backoff and the controller loop.
+
+pub mod conditions;
+pub mod kube_ops;
+pub mod usage;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::runtime::controller::{Action, Config as RuntimeConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
+use rand::Rng;
+
+use crate::api::UsageLimitPolicy;
+use crate::config::ControllerConfig;
+use crate::portkey::{PortkeyClient, PortkeyError};
+
+/// Why a reconcile failed (it is retried with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Portkey(#[from] PortkeyError),
+}
+
+impl Error {
+    /// CamelCase reason for conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubernetesApiError",
+            Error::Portkey(e) => e.reason(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Portkey(e) => e.retry_after(),
+            Error::Kube(_) => None,
+        }
+    }
+}
+
+/// Resolves workspace ids/slugs to UUIDs, cached for a while (they never change).
+#[derive(Default)]
+pub struct WorkspaceCache {
+    entries: Mutex<HashMap<String, (String, Instant)>>,
+}
+
+const WORKSPACE_TTL: Duration = Duration::from_secs(600);
+
+impl WorkspaceCache {
+    pub async fn resolve(
+        &self,
+        portkey: &PortkeyClient,
+        id_or_slug: &str,
+    ) -> Result<String, PortkeyError> {
+        let key = id_or_slug.to_ascii_lowercase();
+        if let Some((id, at)) = self.entries.lock().expect("cache lock").get(&key)
+            && at.elapsed() < WORKSPACE_TTL
+        {
+            return Ok(id.clone());
+        }
+        let id = portkey.resolve_workspace_id(id_or_slug).await?;
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .insert(key, (id.clone(), Instant::now()));
+        Ok(id)
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub portkey: PortkeyClient,
+    pub config: ControllerConfig,
+    pub recorder: Recorder,
+    pub workspaces: WorkspaceCache,
+    pub usage_crd: CustomResourceDefinition,
+    write_limiter: DefaultDirectRateLimiter,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        portkey: PortkeyClient,
+        config: ControllerConfig,
+        reporter: Reporter,
+    ) -> Arc<Self> {
+        let rate = NonZeroU32::new(config.admin_api_write_rate.max(1)).expect("non-zero");
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            portkey,
+            workspaces: WorkspaceCache::default(),
+            usage_crd: UsageLimitPolicy::crd(),
+            write_limiter: RateLimiter::direct(Quota::per_second(rate)),
+            failures: Mutex::new(HashMap::new()),
+            config,
+        })
+    }
+
+    /// Waits for the shared Admin API write rate limiter.
+    pub async fn write_permit(&self) {
+        self.write_limiter.until_ready().await;
+    }
+
+    /// Records an Event on `obj`; a failure to record is logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1024).collect()),
+            action: "Reconcile".to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+            tracing::warn!(reason, error = %e, "could not record an Event");
+        }
+    }
+
+    /// The usage refresh interval, jittered by ±10 % so resources do not poll in lock-step.
+    pub fn refresh_interval(&self) -> Duration {
+        let base = self.config.usage_refresh_interval.as_secs_f64();
+        let factor = rand::rng().random_range(0.9..=1.1);
+        Duration::from_secs_f64((base * factor).max(1.0))
+    }
+
+    fn backoff(&self, key: &str, err: &Error) -> Duration {
+        let mut failures = self.failures.lock().expect("failures lock");
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        let step = Duration::from_secs(2).saturating_mul(1u32 << (*n - 1).min(8));
+        let step = step.min(Duration::from_secs(300));
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        let delay = Duration::from_secs_f64(step.as_secs_f64() * jitter);
+        err.retry_after().map_or(delay, |r| r.max(delay))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("failures lock").remove(key);
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> String {
+    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// The reconcile entry point for `UsageLimitPolicy`.
+pub async fn reconcile_usage(
+    obj: Arc<UsageLimitPolicy>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let result = usage::reconcile(&obj, &ctx).await;
+    if result.is_ok() {
+        ctx.succeeded(&key_of(obj.as_ref()));
+    }
+    result
+}
+
+/// Per-object exponential backoff (2 s doubling to 5 min, jittered; at least any Retry-After).
+pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&key_of(obj.as_ref()), err);
+    tracing::warn!(object = %key_of(obj.as_ref()), error = %err, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Runs the `UsageLimitPolicy` controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let apis: Vec<Api<UsageLimitPolicy>> = if ctx.config.namespaces.is_empty() {
+        vec![Api::all(ctx.client.clone())]
+    } else {
+        ctx.config
+            .namespaces
+            .iter()
+            .map(|ns| Api::namespaced(ctx.client.clone(), ns))
+            .collect()
+    };
+    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    let concurrency = ctx.config.concurrency.max(1);
+    let controllers = apis.into_iter().map(|api| {
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            Controller::new(api, watcher::Config::default().any_semantic())
+                .with_config(RuntimeConfig::default().concurrency(concurrency))
+                .graceful_shutdown_on(shutdown)
+                .run(reconcile_usage, error_policy, ctx)
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
+                        Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                    }
+                })
+                .await;
+        }
+    });
+    futures::future::join_all(controllers).await;
+}
+
+/// A `Reporter` naming this process (pod name when set).
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "portkey-budget-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+/// `ResourceExt::name_any` for log fields.
+pub fn object_name<K: Resource>(obj: &K) -> String {
+    key_of(obj)
+}
+
+pub use kube::runtime::events::EventType as EventKind;
