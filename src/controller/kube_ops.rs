@@ -85,11 +85,12 @@ pub async fn set_annotation<K: Managed>(
 }
 
 /// Replaces the status through server-side apply (fields the operator stops setting go away).
+/// Returns the object as stored: its resourceVersion moved, and later guarded patches need it.
 pub async fn apply_status<K: Managed, S: Serialize>(
     api: &Api<K>,
     name: &str,
     status: &S,
-) -> Result<(), kube::Error> {
+) -> Result<K, kube::Error> {
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
@@ -100,8 +101,7 @@ pub async fn apply_status<K: Managed, S: Serialize>(
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(body),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// The workspace a namespace is bound to by annotation, if any.

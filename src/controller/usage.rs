@@ -120,8 +120,7 @@ impl Run<'_> {
         if self.obj.status.as_ref() == Some(&self.status) {
             return Ok(());
         }
-        kube_ops::apply_status(&self.api, &self.obj.name_any(), &self.status).await?;
-        self.obj.status = Some(self.status.clone());
+        self.obj = kube_ops::apply_status(&self.api, &self.obj.name_any(), &self.status).await?;
         Ok(())
     }
 

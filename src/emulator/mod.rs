@@ -121,6 +121,9 @@ pub struct Faults {
     pub retry_after_s: Option<u64>,
     /// The next N Admin API requests fail with `error_status` (deterministic; counts down).
     pub fail_next: u64,
+    /// Only requests with this HTTP method (e.g. `POST`) get `error_rate` / `fail_next` faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// One Admin API request as the emulator saw it.
@@ -458,7 +461,7 @@ async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let response = match s.gate(&key).await {
+    let response = match s.gate(&key, &method).await {
         Err(e) => e.into_response(),
         Ok(()) => next.run(req).await,
     };
@@ -478,7 +481,7 @@ async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
 }
 
 impl Shared {
-    async fn gate(&self, key: &str) -> ApiResult<()> {
+    async fn gate(&self, key: &str, method: &str) -> ApiResult<()> {
         let unauthorized = key.is_empty()
             || (!self.api_keys.is_empty() && !self.api_keys.iter().any(|k| k == key));
         if unauthorized {
@@ -505,7 +508,14 @@ impl Shared {
                 retry_after_s: Some(retry_after),
             });
         }
-        let injected = if f.faults.fail_next > 0 {
+        let targeted = f
+            .faults
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method));
+        let injected = if !targeted {
+            false
+        } else if f.faults.fail_next > 0 {
             f.faults.fail_next -= 1;
             true
         } else {
@@ -541,6 +551,7 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         "rate_limit_rps",
         "retry_after_s",
         "fail_next",
+        "method",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::invalid(
@@ -574,6 +585,20 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         rate_limit_rps: int("rate_limit_rps", 1, 1_000_000)?.map(|n| n as u32),
         retry_after_s: int("retry_after_s", 0, 3600)?,
         fail_next: int("fail_next", 0, 1_000_000)?.unwrap_or(0),
+        method: match obj.get("method") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(m))
+                if ["GET", "POST", "PUT", "DELETE"].contains(&m.to_ascii_uppercase().as_str()) =>
+            {
+                Some(m.to_ascii_uppercase())
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "method",
+                    "must be one of: GET, POST, PUT, DELETE",
+                ));
+            }
+        },
     })
 }
 

@@ -1,0 +1,787 @@
+//! The UsageLimitPolicy reconcile against the real emulator (HTTP on loopback) and an in-memory
+//! Kubernetes API (tests/support/fake_kube.rs).
+
+mod support;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use portkey_budget_operator::api::*;
+use portkey_budget_operator::config::ControllerConfig;
+use portkey_budget_operator::controller::{self, Context, conditions, usage};
+use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::portkey::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+use support::fake_kube::FakeKube;
+
+const NS: &str = "team-a";
+const WS_A: &str = "2f1d4e8a-1111-4c3b-9d2e-00000000000a";
+const WS_B: &str = "2f1d4e8a-1111-4c3b-9d2e-00000000000b";
+const KEY: &str = "reconcile-test-key";
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+struct Env {
+    kube: FakeKube,
+    emu: EmulatorHandle,
+    portkey: PortkeyClient,
+    ctx: Arc<Context>,
+}
+
+fn test_config() -> ControllerConfig {
+    ControllerConfig {
+        // Zero: every reconcile talks to Portkey (the freshness gate has its own test).
+        usage_refresh_interval: Duration::ZERO,
+        admin_api_write_rate: 1000,
+        ..Default::default()
+    }
+}
+
+async fn env_with(config: ControllerConfig) -> Env {
+    let emu = emulator::spawn(EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![
+            SeedWorkspace {
+                id: WS_A.into(),
+                slug: "team-a".into(),
+                name: "Team A".into(),
+            },
+            SeedWorkspace {
+                id: WS_B.into(),
+                slug: "team-b".into(),
+                name: "Team B".into(),
+            },
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = RetryPolicy {
+        max_retries: 1,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+        max_retry_after: Duration::from_secs(1),
+    };
+    let portkey = PortkeyClient::new(cfg).unwrap();
+    let kube = FakeKube::new();
+    kube.add_namespace(NS, &[]);
+    let ctx = Context::new(
+        kube.client(),
+        portkey.clone(),
+        config,
+        controller::reporter(),
+    );
+    Env {
+        kube,
+        emu,
+        portkey,
+        ctx,
+    }
+}
+
+async fn env() -> Env {
+    env_with(test_config()).await
+}
+
+fn spec() -> UsageLimitPolicySpec {
+    serde_json::from_value(json!({
+        "displayName": "Team A monthly",
+        "workspace": "team-a",
+        "type": "cost",
+        "creditLimit": 500,
+        "alertThreshold": 400,
+        "periodicReset": "monthly",
+        "conditions": [{"key": "metadata._team", "value": "team-a"}],
+        "groupBy": [{"key": "metadata._user"}]
+    }))
+    .unwrap()
+}
+
+fn ulp(name: &str, spec: UsageLimitPolicySpec) -> UsageLimitPolicy {
+    let mut obj = UsageLimitPolicy::new(name, spec);
+    obj.metadata.namespace = Some(NS.into());
+    obj
+}
+
+impl Env {
+    fn obj(&self, name: &str) -> UsageLimitPolicy {
+        self.kube
+            .get::<UsageLimitPolicy>(NS, name)
+            .expect("object exists")
+    }
+
+    async fn reconcile(
+        &self,
+        name: &str,
+    ) -> Result<kube::runtime::controller::Action, controller::Error> {
+        usage::reconcile(&self.obj(name), &self.ctx).await
+    }
+
+    async fn active(&self, ws: &str) -> Vec<UsageLimitsPolicy> {
+        let filter = ListFilter {
+            workspace_id: Some(ws.into()),
+            status: Some(PolicyStatus::Active),
+            ..Default::default()
+        };
+        self.portkey.usage_limits().list(&filter).await.unwrap()
+    }
+
+    async fn api_writes(&self) -> usize {
+        self.emu.control().requests().await.unwrap().writes()
+    }
+
+    fn condition(&self, name: &str, type_: &str) -> (String, String) {
+        let status = self.obj(name).status.unwrap_or_default();
+        let c = conditions::get(&status.conditions, type_)
+            .cloned()
+            .expect("condition set");
+        (c.status, c.reason)
+    }
+}
+
+#[tokio::test]
+async fn create_makes_one_remote_policy_and_reports_ready() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+
+    let obj = env.obj("monthly");
+    assert!(
+        obj.metadata
+            .finalizers
+            .as_ref()
+            .unwrap()
+            .contains(&FINALIZER.to_owned())
+    );
+    assert!(
+        !obj.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CREATE_PENDING_ANNOTATION)
+    );
+    let status = obj.status.unwrap();
+    let remote = env.active(WS_A).await;
+    assert_eq!(remote.len(), 1);
+    assert_eq!(status.policy_id.as_deref(), Some(remote[0].id.as_str()));
+    assert_eq!(status.workspace_id.as_deref(), Some(WS_A));
+    assert_eq!(status.remote_status.as_deref(), Some("active"));
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(status.reset_schedule.as_deref(), Some("monthly"));
+    assert!(status.next_reset_at.is_some());
+    assert!(status.last_sync_time.is_some());
+    assert_eq!(
+        remote[0].name.as_deref(),
+        Some("Team A monthly [k8s:ulp:team-a/monthly]")
+    );
+    assert_eq!(remote[0].credit_limit, d("500"));
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("True".into(), "InForce".into())
+    );
+    assert_eq!(
+        env.condition("monthly", "Synced"),
+        ("True".into(), "ReconcileSuccess".into())
+    );
+    assert!(env.kube.event_reasons().contains(&"Created".to_owned()));
+
+    // Reconciling again writes nothing to Portkey and nothing to status.
+    let writes = env.api_writes().await;
+    let kube_writes = env.kube.writes().len();
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.api_writes().await, writes);
+    assert_eq!(env.active(WS_A).await.len(), 1);
+    let status_patches = env.kube.writes()[kube_writes..]
+        .iter()
+        .filter(|w| w.ends_with("/status"))
+        .count();
+    assert_eq!(status_patches, 1, "only lastSyncTime moved");
+}
+
+#[tokio::test]
+async fn limit_change_updates_remote_without_touching_the_schedule() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let before = env.active(WS_A).await.remove(0);
+    env.emu.control().clear_requests().await.unwrap();
+
+    let mut raised = spec();
+    raised.credit_limit = Money(d("800"));
+    env.kube.apply(&ulp("monthly", raised));
+    env.reconcile("monthly").await.unwrap();
+
+    let after = env.active(WS_A).await.remove(0);
+    assert_eq!(after.id, before.id, "updated in place");
+    assert_eq!(after.credit_limit, d("800"));
+    assert_eq!(after.next_usage_reset_at, before.next_usage_reset_at);
+    let log = env.emu.control().requests().await.unwrap();
+    assert_eq!(log.count("PUT", "/v1/policies/usage-limits/"), 1);
+    assert_eq!(log.count("POST", "/v1/policies"), 0);
+    assert!(env.kube.event_reasons().contains(&"Updated".to_owned()));
+    assert_eq!(
+        env.obj("monthly").status.unwrap().observed_generation,
+        Some(2)
+    );
+}
+
+#[tokio::test]
+async fn remote_drift_is_reverted_with_an_event() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let id = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let edit = UpdateUsageLimitsPolicy {
+        credit_limit: Some(d("99999")),
+        name: Some("hijacked".into()),
+        ..Default::default()
+    };
+    env.portkey.usage_limits().update(&id, &edit).await.unwrap();
+
+    env.reconcile("monthly").await.unwrap();
+    let p = env
+        .portkey
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(p.credit_limit, d("500"));
+    assert_eq!(
+        p.name.as_deref(),
+        Some("Team A monthly [k8s:ulp:team-a/monthly]")
+    );
+    let drift: Vec<_> = env
+        .kube
+        .events()
+        .into_iter()
+        .filter(|e| e.1 == "DriftCorrected")
+        .collect();
+    assert_eq!(drift.len(), 1);
+    assert!(
+        drift[0].2.contains("creditLimit: 99999 → 500"),
+        "{}",
+        drift[0].2
+    );
+}
+
+#[tokio::test]
+async fn policy_archived_elsewhere_is_recreated() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let old = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    env.portkey.usage_limits().delete(&old).await.unwrap();
+
+    env.reconcile("monthly").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert_ne!(active[0].id, old);
+    assert_eq!(
+        env.obj("monthly").status.unwrap().policy_id.as_deref(),
+        Some(active[0].id.as_str())
+    );
+    assert!(
+        env.kube
+            .events()
+            .iter()
+            .any(|e| e.1 == "Recreated" && e.0 == "Warning")
+    );
+}
+
+#[tokio::test]
+async fn delete_archives_or_retains() {
+    let env = env().await;
+    env.kube.apply(&ulp("archive-me", spec()));
+    let mut retain = spec();
+    retain.deletion_policy = DeletionPolicy::Retain;
+    retain.display_name = Some("kept".into());
+    env.kube.apply(&ulp("retain-me", retain));
+    env.reconcile("archive-me").await.unwrap();
+    env.reconcile("retain-me").await.unwrap();
+    assert_eq!(env.active(WS_A).await.len(), 2);
+
+    env.kube.delete::<UsageLimitPolicy>(NS, "archive-me");
+    env.kube.delete::<UsageLimitPolicy>(NS, "retain-me");
+    env.reconcile("archive-me").await.unwrap();
+    env.reconcile("retain-me").await.unwrap();
+    assert!(
+        env.kube.get::<UsageLimitPolicy>(NS, "archive-me").is_none(),
+        "finalizer released"
+    );
+    assert!(env.kube.get::<UsageLimitPolicy>(NS, "retain-me").is_none());
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert!(active[0].name.as_deref().unwrap().starts_with("kept "));
+    let reasons = env.kube.event_reasons();
+    assert!(reasons.contains(&"Archived".to_owned()) && reasons.contains(&"Retained".to_owned()));
+}
+
+#[tokio::test]
+async fn adoption_by_id_takes_over_and_marks_the_policy() {
+    let env = env().await;
+    let existing = env
+        .portkey
+        .usage_limits()
+        .create(&CreateUsageLimitsPolicy {
+            name: "made by hand".into(),
+            description: None,
+            conditions: vec![Condition {
+                key: "metadata._team".into(),
+                value: ConditionValue::One("team-a".into()),
+                excludes: None,
+            }],
+            group_by: vec![GroupBy {
+                key: "metadata._user".into(),
+            }],
+            limit_type: UsageLimitType::Cost,
+            credit_limit: d("100"),
+            alert_threshold: None,
+            periodic_reset: Some(PeriodicReset::Monthly),
+            periodic_reset_days: None,
+            next_usage_reset_at: None,
+            workspace_id: Some(WS_A.into()),
+        })
+        .await
+        .unwrap();
+    let mut s = spec();
+    s.adopt_policy_id = Some(existing.id.clone());
+    env.kube.apply(&ulp("adopter", s));
+    env.reconcile("adopter").await.unwrap();
+
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1, "adopted, not duplicated");
+    assert_eq!(active[0].id, existing.id);
+    assert_eq!(active[0].credit_limit, d("500"));
+    assert!(
+        active[0]
+            .name
+            .as_deref()
+            .unwrap()
+            .ends_with("[k8s:ulp:team-a/adopter]")
+    );
+    assert!(env.kube.event_reasons().contains(&"Adopted".to_owned()));
+    assert_eq!(
+        env.obj("adopter").status.unwrap().policy_id,
+        Some(existing.id)
+    );
+}
+
+#[tokio::test]
+async fn observe_never_writes() {
+    let env = env().await;
+    let created = env
+        .portkey
+        .usage_limits()
+        .create(&CreateUsageLimitsPolicy {
+            name: "observed".into(),
+            description: None,
+            conditions: vec![Condition {
+                key: "metadata._team".into(),
+                value: ConditionValue::One("team-a".into()),
+                excludes: None,
+            }],
+            group_by: vec![GroupBy {
+                key: "metadata._user".into(),
+            }],
+            limit_type: UsageLimitType::Cost,
+            credit_limit: d("500"),
+            alert_threshold: Some(d("400")),
+            periodic_reset: Some(PeriodicReset::Monthly),
+            periodic_reset_days: None,
+            next_usage_reset_at: None,
+            workspace_id: Some(WS_A.into()),
+        })
+        .await
+        .unwrap();
+    env.emu
+        .control()
+        .add_usage(&created.id, "metadata._user:alice", d("250"))
+        .await
+        .unwrap();
+    env.emu.control().clear_requests().await.unwrap();
+    let mut s = spec();
+    s.management_policy = ManagementPolicy::Observe;
+    s.adopt_policy_id = Some(created.id.clone());
+    env.kube.apply(&ulp("watcher", s));
+    env.reconcile("watcher").await.unwrap();
+    assert!(
+        env.obj("watcher").metadata.finalizers.is_none(),
+        "Observe needs no finalizer"
+    );
+    env.kube.delete::<UsageLimitPolicy>(NS, "watcher");
+
+    assert_eq!(env.api_writes().await, 0, "Observe made no POST/PUT/DELETE");
+    assert_eq!(env.active(WS_A).await.len(), 1);
+    assert!(env.kube.get::<UsageLimitPolicy>(NS, "watcher").is_none());
+}
+
+#[tokio::test]
+async fn observe_reports_out_of_sync_without_writing() {
+    let env = env().await;
+    let created = env
+        .portkey
+        .usage_limits()
+        .create(&CreateUsageLimitsPolicy {
+            name: "observed".into(),
+            description: None,
+            conditions: vec![Condition {
+                key: "metadata._team".into(),
+                value: ConditionValue::One("team-a".into()),
+                excludes: None,
+            }],
+            group_by: vec![GroupBy {
+                key: "metadata._user".into(),
+            }],
+            limit_type: UsageLimitType::Cost,
+            credit_limit: d("10"),
+            alert_threshold: None,
+            periodic_reset: None,
+            periodic_reset_days: None,
+            next_usage_reset_at: None,
+            workspace_id: Some(WS_A.into()),
+        })
+        .await
+        .unwrap();
+    env.emu
+        .control()
+        .add_usage(&created.id, "metadata._user:alice", d("4"))
+        .await
+        .unwrap();
+    env.emu.control().clear_requests().await.unwrap();
+    let mut s = spec();
+    s.management_policy = ManagementPolicy::Observe;
+    s.adopt_policy_id = Some(created.id);
+    env.kube.apply(&ulp("watcher", s));
+    env.reconcile("watcher").await.unwrap();
+    assert_eq!(env.api_writes().await, 0);
+    assert_eq!(
+        env.condition("watcher", "Ready"),
+        ("False".into(), "OutOfSync".into())
+    );
+    assert_eq!(env.condition("watcher", "Synced").0, "True");
+    let usage = env.obj("watcher").status.unwrap().usage.unwrap();
+    assert_eq!((usage.buckets, usage.peak_percent), (1, 40));
+}
+
+#[tokio::test]
+async fn crash_after_create_adopts_instead_of_duplicating() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    // The operator dies after POST and before recording the id: every status write fails, so
+    // the remote policy exists with our marker, status is empty and the annotation stays.
+    env.kube.fail_writes("/status", 500, 2);
+    let err = env.reconcile("monthly").await;
+    assert!(err.is_err(), "the status write failed");
+    assert_eq!(env.active(WS_A).await.len(), 1);
+    let obj = env.obj("monthly");
+    assert!(
+        obj.status
+            .as_ref()
+            .and_then(|s| s.policy_id.clone())
+            .is_none()
+    );
+    assert!(
+        obj.metadata
+            .annotations
+            .unwrap()
+            .contains_key(CREATE_PENDING_ANNOTATION)
+    );
+
+    env.reconcile("monthly").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(
+        active.len(),
+        1,
+        "exactly one remote policy after the restart"
+    );
+    let obj = env.obj("monthly");
+    assert_eq!(
+        obj.status.unwrap().policy_id.as_deref(),
+        Some(active[0].id.as_str())
+    );
+    assert!(
+        !obj.metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CREATE_PENDING_ANNOTATION)
+    );
+    assert!(env.kube.event_reasons().contains(&"Adopted".to_owned()));
+}
+
+#[tokio::test]
+async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
+    let env = env_with(ControllerConfig {
+        create_pending_grace: Duration::from_secs(3600),
+        ..test_config()
+    })
+    .await;
+    let ctl = env.emu.control();
+    env.kube.apply(&ulp("monthly", spec()));
+    // A 500 on POST: Portkey may or may not have created the policy (the emulator did not).
+    ctl.set_faults(json!({"fail_next": 1, "error_status": 500, "method": "POST"}))
+        .await
+        .unwrap();
+    let err = env.reconcile("monthly").await.unwrap_err();
+    assert_eq!(err.reason(), "PortkeyServerError");
+    assert!(
+        env.obj("monthly")
+            .metadata
+            .annotations
+            .unwrap()
+            .contains_key(CREATE_PENDING_ANNOTATION),
+        "ambiguous: the record stays"
+    );
+    assert_eq!(env.condition("monthly", "Synced").0, "Unknown");
+    assert_eq!(env.active(WS_A).await.len(), 0);
+
+    // Within the grace period nothing is created: the first POST may still show up.
+    ctl.clear_requests().await.unwrap();
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(
+        ctl.requests()
+            .await
+            .unwrap()
+            .count("POST", "/v1/policies/usage-limits"),
+        0
+    );
+    assert_eq!(
+        env.condition("monthly", "Synced"),
+        ("False".into(), "CreationResultUnknown".into())
+    );
+
+    // Past the grace period with nothing visible: create again, once.
+    env.kube
+        .replace_raw("usagelimitpolicies", NS, "monthly", |o| {
+            o["metadata"]["annotations"][CREATE_PENDING_ANNOTATION] = json!("2026-01-01T00:00:00Z");
+        });
+    env.reconcile("monthly").await.unwrap();
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.active(WS_A).await.len(), 1);
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("True".into(), "InForce".into())
+    );
+    assert!(
+        !env.obj("monthly")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CREATE_PENDING_ANNOTATION)
+    );
+}
+
+#[tokio::test]
+async fn rejected_create_clears_the_pending_record() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.emu
+        .control()
+        .set_faults(json!({"fail_next": 1, "error_status": 400, "method": "POST"}))
+        .await
+        .unwrap();
+    let err = env.reconcile("monthly").await.unwrap_err();
+    assert_eq!(err.reason(), "PortkeyValidationError");
+    assert!(
+        !env.obj("monthly")
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .contains_key(CREATE_PENDING_ANNOTATION)
+    );
+    assert_eq!(
+        env.condition("monthly", "Synced"),
+        ("False".into(), "PortkeyValidationError".into())
+    );
+    // The next attempt creates it straight away.
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.active(WS_A).await.len(), 1);
+}
+
+#[tokio::test]
+async fn namespace_binding_is_enforced_without_api_calls() {
+    let env = env().await;
+    env.kube
+        .add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-b")]);
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("False".into(), "WorkspaceNotAllowed".into())
+    );
+    assert_eq!(
+        env.emu.control().requests().await.unwrap().total,
+        0,
+        "no Admin API call at all"
+    );
+
+    // A policy without a workspace follows the binding.
+    let mut unbound = spec();
+    unbound.workspace = None;
+    env.kube.apply(&ulp("follows", unbound));
+    env.reconcile("follows").await.unwrap();
+    assert_eq!(env.active(WS_B).await.len(), 1);
+    assert_eq!(
+        env.obj("follows").status.unwrap().workspace_id.as_deref(),
+        Some(WS_B)
+    );
+}
+
+#[tokio::test]
+async fn binding_can_be_required() {
+    let env = env_with(ControllerConfig {
+        require_namespace_binding: true,
+        ..test_config()
+    })
+    .await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("False".into(), "NamespaceNotBound".into())
+    );
+    assert_eq!(env.emu.control().requests().await.unwrap().total, 0);
+}
+
+#[tokio::test]
+async fn invalid_spec_is_refused_without_api_calls() {
+    let env = env().await;
+    let mut bad = spec();
+    bad.alert_threshold = Some(Money(d("600")));
+    env.kube.apply(&ulp("bad", bad));
+    env.reconcile("bad").await.unwrap();
+    let (status, reason) = env.condition("bad", "Ready");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
+    let message = conditions::get(&env.obj("bad").status.unwrap().conditions, "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("alertThreshold must be greater than 0 and less than creditLimit"),
+        "{message}"
+    );
+    assert_eq!(env.emu.control().requests().await.unwrap().total, 0);
+}
+
+#[tokio::test]
+async fn usage_is_reported_and_alerts_fire_once_per_bucket() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let id = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let ctl = env.emu.control();
+    ctl.add_usage(&id, "metadata._user:alice", d("420"))
+        .await
+        .unwrap();
+    ctl.add_usage(&id, "metadata._user:bob", d("500"))
+        .await
+        .unwrap();
+    ctl.add_usage(&id, "metadata._user:carol", d("10.5"))
+        .await
+        .unwrap();
+    env.reconcile("monthly").await.unwrap();
+    env.reconcile("monthly").await.unwrap();
+
+    let usage = env.obj("monthly").status.unwrap().usage.unwrap();
+    assert_eq!(usage.buckets, 3);
+    assert_eq!(usage.exhausted_buckets, 1);
+    assert_eq!(usage.peak_percent, 100);
+    assert_eq!(usage.top[0].value_key, "metadata._user:bob");
+    assert_eq!(usage.top[2].current_usage, "10.5");
+    let events = env.kube.events();
+    let count = |r: &str| events.iter().filter(|e| e.1 == r).count();
+    assert_eq!(count("BudgetExhausted"), 1);
+    assert_eq!(count("AlertThresholdReached"), 1);
+}
+
+#[tokio::test]
+async fn immutable_change_with_recreate_replaces_the_policy() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let old = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let mut changed = spec();
+    changed.group_by = vec![GroupByKey {
+        key: "api_key".into(),
+    }];
+    changed.on_immutable_change = OnImmutableChange::Recreate;
+    env.kube.apply(&ulp("monthly", changed));
+    env.reconcile("monthly").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert_ne!(active[0].id, old);
+    assert_eq!(active[0].group_by[0].key, "api_key");
+    assert!(
+        env.kube
+            .events()
+            .iter()
+            .any(|e| e.1 == "Recreated" && e.2.contains("usage restarts from zero"))
+    );
+
+    // Without Recreate (admission bypassed), the change is refused and nothing is written.
+    let mut again = env.obj("monthly").spec;
+    again.group_by = vec![GroupByKey {
+        key: "metadata._user".into(),
+    }];
+    again.on_immutable_change = OnImmutableChange::Reject;
+    env.kube.apply(&ulp("monthly", again));
+    let writes = env.api_writes().await;
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.api_writes().await, writes);
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("False".into(), "ImmutableFieldChanged".into())
+    );
+}
+
+#[tokio::test]
+async fn fresh_healthy_resources_make_no_api_calls() {
+    let env = env_with(ControllerConfig {
+        usage_refresh_interval: Duration::from_secs(3600),
+        ..test_config()
+    })
+    .await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    env.emu.control().clear_requests().await.unwrap();
+    let action = env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.emu.control().requests().await.unwrap().total, 0);
+    assert!(
+        format!("{action:?}").contains("requeue_after: Some"),
+        "{action:?}"
+    );
+    // A spec change is never skipped.
+    let mut raised = spec();
+    raised.credit_limit = Money(d("900"));
+    env.kube.apply(&ulp("monthly", raised));
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.active(WS_A).await[0].credit_limit, d("900"));
+}
+
+#[tokio::test]
+async fn transient_errors_mark_synced_unknown_and_keep_ready() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    env.emu
+        .control()
+        .set_faults(json!({"error_rate": 1.0, "error_status": 503}))
+        .await
+        .unwrap();
+    let err = env.reconcile("monthly").await.unwrap_err();
+    assert_eq!(err.reason(), "PortkeyServerError");
+    assert_eq!(
+        env.condition("monthly", "Synced"),
+        ("Unknown".into(), "PortkeyServerError".into())
+    );
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("True".into(), "InForce".into())
+    );
+    env.emu.control().clear_faults().await.unwrap();
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.condition("monthly", "Synced").0, "True");
+}
