@@ -121,7 +121,11 @@ pub struct Faults {
     pub retry_after_s: Option<u64>,
     /// The next N Admin API requests fail with `error_status` (deterministic; counts down).
     pub fail_next: u64,
-    /// Only requests with this HTTP method (e.g. `POST`) get `error_rate` / `fail_next` faults.
+    /// Delay the answer after the request was carried out (the change is made; the client hears
+    /// late or never): simulates a crash or timeout after Portkey acted.
+    pub response_delay_ms: u64,
+    /// Only requests with this HTTP method (e.g. `POST`) get `error_rate`, `fail_next` and
+    /// `response_delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
 }
@@ -465,6 +469,22 @@ async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
         Err(e) => e.into_response(),
         Ok(()) => next.run(req).await,
     };
+    let delay = {
+        let f = lock(&s.faults);
+        let targeted = f
+            .faults
+            .method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(&method));
+        if targeted {
+            f.faults.response_delay_ms
+        } else {
+            0
+        }
+    };
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
     let mut log = lock(&s.log);
     log.total += 1;
     let seq = log.total;
@@ -551,6 +571,7 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         "rate_limit_rps",
         "retry_after_s",
         "fail_next",
+        "response_delay_ms",
         "method",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
@@ -585,6 +606,7 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         rate_limit_rps: int("rate_limit_rps", 1, 1_000_000)?.map(|n| n as u32),
         retry_after_s: int("retry_after_s", 0, 3600)?,
         fail_next: int("fail_next", 0, 1_000_000)?.unwrap_or(0),
+        response_delay_ms: int("response_delay_ms", 0, 600_000)?.unwrap_or(0),
         method: match obj.get("method") {
             None | Some(Value::Null) => None,
             Some(Value::String(m))

@@ -1,1 +1,2 @@
+pub mod control_plane;
 pub mod fake_kube;

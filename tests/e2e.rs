@@ -1,0 +1,344 @@
+//! End-to-end: a real kube-apiserver + etcd (envtest convention, `KUBEBUILDER_ASSETS`), the CRDs
+//! from `crds/`, the operator binary, and the emulator. Skipped with one line when the assets
+//! are not there.
+
+mod support;
+
+use std::future::Future;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
+use portkey_budget_operator::portkey::*;
+use rust_decimal::Decimal;
+use serde_json::json;
+use support::control_plane::{ControlPlane, assets};
+
+const WS: &str = "3a1d4e8a-2222-4c3b-9d2e-0000000000e2";
+const KEY: &str = "e2e-admin-key";
+const NS: &str = "e2e-budgets";
+
+fn start_operator(cp: &ControlPlane, base_url: &str, log_name: &str) -> Child {
+    let log = std::fs::File::create(cp.dir.path().join(log_name)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
+        .args([
+            "run",
+            "--admin-api-url",
+            base_url,
+            "--usage-refresh-interval",
+            "2s",
+            "--create-pending-grace",
+            "5s",
+            "--admin-api-timeout",
+            "20s",
+        ])
+        .env("KUBECONFIG", &cp.kubeconfig)
+        .env("PORTKEY_API_KEY", KEY)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("the operator binary starts")
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Polls `check` until it yields a value, for at most `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn manifest(name: &str, limit: u32) -> String {
+    format!(
+        r#"apiVersion: budgets.portkey-operator.io/v1alpha1
+kind: UsageLimitPolicy
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  workspace: e2e
+  type: cost
+  creditLimit: {limit}
+  alertThreshold: "400.50"
+  periodicReset: monthly
+  conditions:
+    - key: metadata._team
+      value: e2e
+  groupBy:
+    - key: metadata._user
+"#
+    )
+}
+
+async fn active(client: &PortkeyClient) -> Vec<UsageLimitsPolicy> {
+    let filter = ListFilter {
+        workspace_id: Some(WS.into()),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    };
+    client
+        .usage_limits()
+        .list(&filter)
+        .await
+        .unwrap_or_default()
+}
+
+async fn owned_by(client: &PortkeyClient, name: &str) -> Vec<UsageLimitsPolicy> {
+    let marker = format!("[k8s:ulp:{NS}/{name}]");
+    active(client)
+        .await
+        .into_iter()
+        .filter(|p| p.name.as_deref().is_some_and(|n| n.ends_with(&marker)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_usage_limit_policy() {
+    let Some(assets) = assets() else {
+        support::control_plane::print_skip("e2e_usage_limit_policy");
+        return;
+    };
+    let cp = ControlPlane::start(assets);
+    cp.install_crds();
+    let emu = emulator::spawn(EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![SeedWorkspace {
+            id: WS.into(),
+            slug: "e2e".into(),
+            name: "E2E".into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let ctl = emu.control();
+    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
+    cp.kubectl(&["create", "namespace", NS]);
+    let op = start_operator(&cp, &emu.base_url(), "operator-1.log");
+
+    // Apply → Ready, with the remote policy present.
+    cp.apply(&manifest("monthly", 500));
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "ulp/monthly",
+        "-n",
+        NS,
+        "--timeout=60s",
+    ]);
+    let policies = owned_by(&portkey, "monthly").await;
+    assert_eq!(policies.len(), 1);
+    let id = policies[0].id.clone();
+    assert_eq!(policies[0].credit_limit, Decimal::from(500));
+    let reset = policies[0].next_usage_reset_at;
+    assert!(reset.is_some());
+    let status_id = cp.kubectl(&[
+        "get",
+        "ulp",
+        "monthly",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.status.policyId}",
+    ]);
+    assert_eq!(status_id, id);
+
+    // Change the limit → updated in place, reset schedule untouched.
+    cp.kubectl(&[
+        "patch",
+        "ulp",
+        "monthly",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"creditLimit":800}}"#,
+    ]);
+    let updated = eventually(
+        "the new limit in Portkey",
+        Duration::from_secs(60),
+        || async {
+            let p = portkey
+                .usage_limits()
+                .get(&id, GetOptions::default())
+                .await
+                .ok()?;
+            (p.credit_limit == Decimal::from(800)).then_some(p)
+        },
+    )
+    .await;
+    assert_eq!(
+        updated.next_usage_reset_at, reset,
+        "the reset schedule did not move"
+    );
+    assert_eq!(owned_by(&portkey, "monthly").await.len(), 1);
+
+    // Admission refuses what CEL forbids.
+    let out = Command::new(cp.assets.join("kubectl"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .args([
+            "patch",
+            "ulp",
+            "monthly",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"alertThreshold":"900"}}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("alertThreshold must be greater than 0 and less than creditLimit")
+    );
+
+    // Edit in Portkey → reverted on the next resync.
+    let edit = UpdateUsageLimitsPolicy {
+        credit_limit: Some(Decimal::from(5)),
+        ..Default::default()
+    };
+    portkey.usage_limits().update(&id, &edit).await.unwrap();
+    eventually(
+        "the remote edit reverted",
+        Duration::from_secs(60),
+        || async {
+            let p = portkey
+                .usage_limits()
+                .get(&id, GetOptions::default())
+                .await
+                .ok()?;
+            (p.credit_limit == Decimal::from(800)).then_some(())
+        },
+    )
+    .await;
+
+    // Usage in the emulator → status and `kubectl get`.
+    ctl.add_usage(&id, "metadata._user:alice", Decimal::from(400))
+        .await
+        .unwrap();
+    eventually("usage in status", Duration::from_secs(60), || async {
+        let peak = cp.kubectl(&[
+            "get",
+            "ulp",
+            "monthly",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.usage.peakPercent}",
+        ]);
+        (peak == "50").then_some(())
+    })
+    .await;
+    let table = cp.kubectl(&["get", "ulp", "-n", NS]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("monthly"))
+        .unwrap()
+        .to_owned();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..7],
+        ["cost", "800", "monthly", "50", "0", "True"],
+        "{table}"
+    );
+
+    // Delete → archived, finalizer released.
+    cp.kubectl(&[
+        "delete",
+        "ulp",
+        "monthly",
+        "-n",
+        NS,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert!(owned_by(&portkey, "monthly").await.is_empty());
+    let archived = portkey
+        .usage_limits()
+        .get(
+            &id,
+            GetOptions {
+                status: Some(PolicyStatus::Archived),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(archived.status, PolicyStatus::Archived);
+    stop(op);
+
+    // Kill the operator right after a create reached Portkey (the answer is held back), restart:
+    // exactly one remote policy.
+    ctl.set_faults(json!({"response_delay_ms": 15000, "method": "POST"}))
+        .await
+        .unwrap();
+    let op = start_operator(&cp, &emu.base_url(), "operator-2.log");
+    cp.apply(&manifest("crashy", 300));
+    eventually(
+        "the create to reach Portkey",
+        Duration::from_secs(60),
+        || async { (!owned_by(&portkey, "crashy").await.is_empty()).then_some(()) },
+    )
+    .await;
+    stop(op);
+    ctl.clear_faults().await.unwrap();
+    let status_id = cp.kubectl(&[
+        "get",
+        "ulp",
+        "crashy",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.status.policyId}",
+    ]);
+    assert!(
+        status_id.is_empty(),
+        "the operator died before recording the id"
+    );
+    let op = start_operator(&cp, &emu.base_url(), "operator-3.log");
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "ulp/crashy",
+        "-n",
+        NS,
+        "--timeout=90s",
+    ]);
+    let crashy = owned_by(&portkey, "crashy").await;
+    assert_eq!(
+        crashy.len(),
+        1,
+        "exactly one remote policy after the restart"
+    );
+    let status_id = cp.kubectl(&[
+        "get",
+        "ulp",
+        "crashy",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.status.policyId}",
+    ]);
+    assert_eq!(status_id, crashy[0].id);
+    stop(op);
+}
