@@ -4,7 +4,7 @@ use std::str::FromStr;
 
 use portkey_budget_operator::api::*;
 use portkey_budget_operator::plan::usage::{
-    Decision, DesiredUsagePolicy, PlanOptions, UsageAction, alert_threshold, plan,
+    Decision, DesiredUsagePolicy, PlanOptions, UsageAction, UsageDecision, alert_threshold, plan,
 };
 use portkey_budget_operator::plan::{Identity, same_conditions};
 use portkey_budget_operator::portkey::*;
@@ -98,7 +98,7 @@ fn updated(mut p: UsageLimitsPolicy, body: &UpdateUsageLimitsPolicy) -> UsageLim
     p
 }
 
-fn apply(remote: Option<UsageLimitsPolicy>, decision: &Decision) -> Option<UsageLimitsPolicy> {
+fn apply(remote: Option<UsageLimitsPolicy>, decision: &UsageDecision) -> Option<UsageLimitsPolicy> {
     match decision {
         Decision::InSync | Decision::Blocked { .. } => remote,
         Decision::Apply(UsageAction::Create { body }) => Some(created(body, "new-id")),

@@ -137,7 +137,7 @@ impl Env {
 
     fn condition(&self, name: &str, type_: &str) -> (String, String) {
         let status = self.obj(name).status.unwrap_or_default();
-        let c = conditions::get(&status.conditions, type_)
+        let c = conditions::get(&status.common.conditions, type_)
             .cloned()
             .expect("condition set");
         (c.status, c.reason)
@@ -167,13 +167,16 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
     let status = obj.status.unwrap();
     let remote = env.active(WS_A).await;
     assert_eq!(remote.len(), 1);
-    assert_eq!(status.policy_id.as_deref(), Some(remote[0].id.as_str()));
-    assert_eq!(status.workspace_id.as_deref(), Some(WS_A));
-    assert_eq!(status.remote_status.as_deref(), Some("active"));
-    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        status.common.policy_id.as_deref(),
+        Some(remote[0].id.as_str())
+    );
+    assert_eq!(status.common.workspace_id.as_deref(), Some(WS_A));
+    assert_eq!(status.common.remote_status.as_deref(), Some("active"));
+    assert_eq!(status.common.observed_generation, Some(1));
     assert_eq!(status.reset_schedule.as_deref(), Some("monthly"));
     assert!(status.next_reset_at.is_some());
-    assert!(status.last_sync_time.is_some());
+    assert!(status.common.last_sync_time.is_some());
     assert_eq!(
         remote[0].name.as_deref(),
         Some("Team A monthly [k8s:ulp:team-a/monthly]")
@@ -224,7 +227,11 @@ async fn limit_change_updates_remote_without_touching_the_schedule() {
     assert_eq!(log.count("POST", "/v1/policies"), 0);
     assert!(env.kube.event_reasons().contains(&"Updated".to_owned()));
     assert_eq!(
-        env.obj("monthly").status.unwrap().observed_generation,
+        env.obj("monthly")
+            .status
+            .unwrap()
+            .common
+            .observed_generation,
         Some(2)
     );
 }
@@ -234,7 +241,7 @@ async fn remote_drift_is_reverted_with_an_event() {
     let env = env().await;
     env.kube.apply(&ulp("monthly", spec()));
     env.reconcile("monthly").await.unwrap();
-    let id = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let id = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
     let edit = UpdateUsageLimitsPolicy {
         credit_limit: Some(d("99999")),
         name: Some("hijacked".into()),
@@ -273,7 +280,7 @@ async fn policy_archived_elsewhere_is_recreated() {
     let env = env().await;
     env.kube.apply(&ulp("monthly", spec()));
     env.reconcile("monthly").await.unwrap();
-    let old = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let old = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
     env.portkey.usage_limits().delete(&old).await.unwrap();
 
     env.reconcile("monthly").await.unwrap();
@@ -281,7 +288,12 @@ async fn policy_archived_elsewhere_is_recreated() {
     assert_eq!(active.len(), 1);
     assert_ne!(active[0].id, old);
     assert_eq!(
-        env.obj("monthly").status.unwrap().policy_id.as_deref(),
+        env.obj("monthly")
+            .status
+            .unwrap()
+            .common
+            .policy_id
+            .as_deref(),
         Some(active[0].id.as_str())
     );
     assert!(
@@ -365,7 +377,7 @@ async fn adoption_by_id_takes_over_and_marks_the_policy() {
     );
     assert!(env.kube.event_reasons().contains(&"Adopted".to_owned()));
     assert_eq!(
-        env.obj("adopter").status.unwrap().policy_id,
+        env.obj("adopter").status.unwrap().common.policy_id,
         Some(existing.id)
     );
 }
@@ -481,7 +493,7 @@ async fn crash_after_create_adopts_instead_of_duplicating() {
     assert!(
         obj.status
             .as_ref()
-            .and_then(|s| s.policy_id.clone())
+            .and_then(|s| s.common.policy_id.clone())
             .is_none()
     );
     assert!(
@@ -500,7 +512,7 @@ async fn crash_after_create_adopts_instead_of_duplicating() {
     );
     let obj = env.obj("monthly");
     assert_eq!(
-        obj.status.unwrap().policy_id.as_deref(),
+        obj.status.unwrap().common.policy_id.as_deref(),
         Some(active[0].id.as_str())
     );
     assert!(
@@ -625,7 +637,12 @@ async fn namespace_binding_is_enforced_without_api_calls() {
     env.reconcile("follows").await.unwrap();
     assert_eq!(env.active(WS_B).await.len(), 1);
     assert_eq!(
-        env.obj("follows").status.unwrap().workspace_id.as_deref(),
+        env.obj("follows")
+            .status
+            .unwrap()
+            .common
+            .workspace_id
+            .as_deref(),
         Some(WS_B)
     );
 }
@@ -655,7 +672,7 @@ async fn invalid_spec_is_refused_without_api_calls() {
     env.reconcile("bad").await.unwrap();
     let (status, reason) = env.condition("bad", "Ready");
     assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
-    let message = conditions::get(&env.obj("bad").status.unwrap().conditions, "Ready")
+    let message = conditions::get(&env.obj("bad").status.unwrap().common.conditions, "Ready")
         .unwrap()
         .message
         .clone();
@@ -671,7 +688,7 @@ async fn usage_is_reported_and_alerts_fire_once_per_bucket() {
     let env = env().await;
     env.kube.apply(&ulp("monthly", spec()));
     env.reconcile("monthly").await.unwrap();
-    let id = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let id = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
     let ctl = env.emu.control();
     ctl.add_usage(&id, "metadata._user:alice", d("420"))
         .await
@@ -702,7 +719,7 @@ async fn immutable_change_with_recreate_replaces_the_policy() {
     let env = env().await;
     env.kube.apply(&ulp("monthly", spec()));
     env.reconcile("monthly").await.unwrap();
-    let old = env.obj("monthly").status.unwrap().policy_id.unwrap();
+    let old = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
     let mut changed = spec();
     changed.group_by = vec![GroupByKey {
         key: "api_key".into(),

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::KubeSchema;
 use rust_decimal::Decimal;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -221,4 +221,45 @@ pub struct UsageSummary {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
     pub top: Vec<BucketUsage>,
+}
+
+/// Status every policy resource has (flattened into each kind's status).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RemotePolicyStatus {
+    /// The Portkey policy's UUID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_id: Option<String>,
+    /// The workspace UUID the policy lives in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// Portkey's status of the policy: `active` or `archived`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_status: Option<String>,
+    /// The `metadata.generation` the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (the Portkey policy is in force as specified) and `Synced` (the last reconcile
+    /// succeeded).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// When the operator last compared this resource with Portkey successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+}
+
+/// CEL rules shared by the policy kinds (`UsageLimitPolicy`, `RateLimitPolicy`).
+pub mod rules {
+    pub const OBSERVE_NEEDS_ADOPT: &str = "!has(self.managementPolicy) || self.managementPolicy != 'Observe' || has(self.adoptPolicyId)";
+    pub const OBSERVE_NEEDS_ADOPT_MSG: &str =
+        "managementPolicy Observe needs adoptPolicyId: the id of the Portkey policy to observe";
+    pub const TYPE_IMMUTABLE: &str = "(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || self.type == oldSelf.type";
+    pub const TYPE_IMMUTABLE_MSG: &str = "type is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)";
+    pub const GROUP_BY_IMMUTABLE: &str = "(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || self.groupBy == oldSelf.groupBy";
+    pub const GROUP_BY_IMMUTABLE_MSG: &str = "groupBy is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)";
+    pub const WORKSPACE_IMMUTABLE: &str = "(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || (has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace))";
+    pub const WORKSPACE_IMMUTABLE_MSG: &str = "workspace is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)";
+    pub const GROUP_BY_DISTINCT: &str = "self.all(g, self.exists_one(h, h.key == g.key))";
+    pub const GROUP_BY_DISTINCT_MSG: &str = "groupBy keys must be distinct";
 }

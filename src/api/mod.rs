@@ -1,6 +1,7 @@
 //! Custom resource types: specs, statuses, conditions, CEL rules and printer columns.
 
 pub mod common;
+pub mod rate_limit_policy;
 pub mod usage_limit_policy;
 pub mod validate;
 
@@ -8,6 +9,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::*;
+pub use rate_limit_policy::*;
 pub use usage_limit_policy::*;
 
 /// API group of every resource.
@@ -21,7 +23,7 @@ pub const FINALIZER: &str = "budgets.portkey-operator.io/finalizer";
 
 /// Every CRD the operator serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![UsageLimitPolicy::crd()]
+    vec![UsageLimitPolicy::crd(), RateLimitPolicy::crd()]
 }
 
 /// One YAML document per CRD, named `<crd name>.yaml` (what `crds/` holds).

@@ -4,7 +4,7 @@
 // duplicated attribute.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -62,10 +62,10 @@ use crate::portkey::{PeriodicReset, UsageLimitType};
     validation = Rule::new("self.type == 'cost' || quantity(string(self.creditLimit)).isInteger()").message("creditLimit must be a whole number for tokens and requests"),
     validation = Rule::new("!has(self.alertThreshold) || (quantity(string(self.alertThreshold)).sign() > 0 && quantity(string(self.alertThreshold)).isLessThan(quantity(string(self.creditLimit))))").message("alertThreshold must be greater than 0 and less than creditLimit"),
     validation = Rule::new("self.type == 'cost' || !has(self.alertThreshold) || quantity(string(self.alertThreshold)).isInteger()").message("alertThreshold must be a whole number for tokens and requests"),
-    validation = Rule::new("!has(self.managementPolicy) || self.managementPolicy != 'Observe' || has(self.adoptPolicyId)").message("managementPolicy Observe needs adoptPolicyId: the id of the Portkey policy to observe"),
-    validation = Rule::new("(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || self.type == oldSelf.type").message("type is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)"),
-    validation = Rule::new("(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || self.groupBy == oldSelf.groupBy").message("groupBy is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)"),
-    validation = Rule::new("(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || (has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace))").message("workspace is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)"),
+    validation = Rule::new(rules::OBSERVE_NEEDS_ADOPT).message(rules::OBSERVE_NEEDS_ADOPT_MSG),
+    validation = Rule::new(rules::TYPE_IMMUTABLE).message(rules::TYPE_IMMUTABLE_MSG),
+    validation = Rule::new(rules::GROUP_BY_IMMUTABLE).message(rules::GROUP_BY_IMMUTABLE_MSG),
+    validation = Rule::new(rules::WORKSPACE_IMMUTABLE).message(rules::WORKSPACE_IMMUTABLE_MSG),
 )]
 pub struct UsageLimitPolicySpec {
     /// Name shown in Portkey (at most 200 characters). Default: `<namespace>/<name>`. The
@@ -102,7 +102,7 @@ pub struct UsageLimitPolicySpec {
     pub conditions: Vec<PolicyCondition>,
     /// How usage is split into buckets; 1–5 distinct keys. Immutable.
     #[schemars(length(min = 1, max = 5))]
-    #[x_kube(validation = Rule::new("self.all(g, self.exists_one(h, h.key == g.key))").message("groupBy keys must be distinct"))]
+    #[x_kube(validation = Rule::new(rules::GROUP_BY_DISTINCT).message(rules::GROUP_BY_DISTINCT_MSG))]
     pub group_by: Vec<GroupByKey>,
     /// `Archive` (default) archives the Portkey policy when this resource is deleted; `Retain`
     /// leaves it in force.
@@ -144,23 +144,8 @@ pub struct AlertRecord {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageLimitPolicyStatus {
-    /// The Portkey policy's UUID.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_id: Option<String>,
-    /// The workspace UUID the policy lives in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspace_id: Option<String>,
-    /// Portkey's status of the policy: `active` or `archived`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote_status: Option<String>,
-    /// The `metadata.generation` the status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Ready` (the Portkey policy is in force as specified) and `Synced` (the last reconcile
-    /// succeeded).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "conditions_schema")]
-    pub conditions: Vec<Condition>,
+    #[serde(flatten)]
+    pub common: RemotePolicyStatus,
     /// Current usage as Portkey reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageSummary>,
@@ -173,9 +158,6 @@ pub struct UsageLimitPolicyStatus {
     /// When usage last returned to zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reset_at: Option<Time>,
-    /// When the operator last compared this resource with Portkey successfully.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync_time: Option<Time>,
     /// Alert Events already recorded this period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertRecord>,

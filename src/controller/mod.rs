@@ -2,6 +2,8 @@
 
 pub mod conditions;
 pub mod kube_ops;
+pub mod policy;
+pub mod rate;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -19,9 +21,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use rand::Rng;
 
-use crate::api::UsageLimitPolicy;
+use crate::api::{RateLimitPolicy, UsageLimitPolicy};
 use crate::config::ControllerConfig;
 use crate::portkey::{PortkeyClient, PortkeyError};
+use policy::PolicyResource;
 
 /// Why a reconcile failed (it is retried with backoff).
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +88,7 @@ pub struct Context {
     pub config: ControllerConfig,
     pub recorder: Recorder,
     pub workspaces: WorkspaceCache,
-    pub usage_crd: CustomResourceDefinition,
+    crds: HashMap<&'static str, CustomResourceDefinition>,
     write_limiter: DefaultDirectRateLimiter,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -103,11 +106,19 @@ impl Context {
             client,
             portkey,
             workspaces: WorkspaceCache::default(),
-            usage_crd: UsageLimitPolicy::crd(),
+            crds: HashMap::from([
+                ("ulp", UsageLimitPolicy::crd()),
+                ("rlp", RateLimitPolicy::crd()),
+            ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
             failures: Mutex::new(HashMap::new()),
             config,
         })
+    }
+
+    /// The CRD of a kind (by its short name), for client-side validation.
+    pub fn crd(&self, short: &str) -> &CustomResourceDefinition {
+        &self.crds[short]
     }
 
     /// Waits for the shared Admin API write rate limiter.
@@ -162,12 +173,12 @@ fn key_of<K: Resource>(obj: &K) -> String {
     format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// The reconcile entry point for `UsageLimitPolicy`.
-pub async fn reconcile_usage(
-    obj: Arc<UsageLimitPolicy>,
+/// The reconcile entry point for a policy kind.
+pub async fn reconcile_policy<R: PolicyResource>(
+    obj: Arc<R>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let result = usage::reconcile(&obj, &ctx).await;
+    let result = policy::reconcile(obj.as_ref(), &ctx).await;
     if result.is_ok() {
         ctx.succeeded(&key_of(obj.as_ref()));
     }
@@ -181,9 +192,9 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
     Action::requeue(delay)
 }
 
-/// Runs the `UsageLimitPolicy` controller until `shutdown` resolves.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let apis: Vec<Api<UsageLimitPolicy>> = if ctx.config.namespaces.is_empty() {
+/// The APIs to watch for one kind: every namespace, or the configured ones.
+fn apis<R: PolicyResource>(ctx: &Context) -> Vec<Api<R>> {
+    if ctx.config.namespaces.is_empty() {
         vec![Api::all(ctx.client.clone())]
     } else {
         ctx.config
@@ -191,27 +202,39 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             .iter()
             .map(|ns| Api::namespaced(ctx.client.clone(), ns))
             .collect()
-    };
-    let shutdown = futures::future::FutureExt::shared(Box::pin(shutdown));
+    }
+}
+
+type Shutdown = futures::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>>;
+
+async fn run_kind<R: PolicyResource>(api: Api<R>, ctx: Arc<Context>, shutdown: Shutdown) {
     let concurrency = ctx.config.concurrency.max(1);
-    let controllers = apis.into_iter().map(|api| {
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
-        async move {
-            Controller::new(api, watcher::Config::default().any_semantic())
-                .with_config(RuntimeConfig::default().concurrency(concurrency))
-                .graceful_shutdown_on(shutdown)
-                .run(reconcile_usage, error_policy, ctx)
-                .for_each(|result| async move {
-                    match result {
-                        Ok((obj, _)) => tracing::debug!(object = %obj.name, "reconciled"),
-                        Err(e) => tracing::debug!(error = %e, "reconcile error"),
-                    }
-                })
-                .await;
-        }
-    });
-    futures::future::join_all(controllers).await;
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(RuntimeConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile_policy::<R>, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(kind = R::SHORT, object = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(kind = R::SHORT, error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy) until `shutdown` resolves; in-flight
+/// reconciles finish first.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(shutdown);
+    let shutdown = futures::future::FutureExt::shared(boxed);
+    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    for api in apis::<UsageLimitPolicy>(&ctx) {
+        tasks.push(Box::pin(run_kind(api, ctx.clone(), shutdown.clone())));
+    }
+    for api in apis::<RateLimitPolicy>(&ctx) {
+        tasks.push(Box::pin(run_kind(api, ctx.clone(), shutdown.clone())));
+    }
+    futures::future::join_all(tasks).await;
 }
 
 /// A `Reporter` naming this process (pod name when set).

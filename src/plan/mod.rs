@@ -4,6 +4,8 @@
 //! in the project.
 
 pub mod marker;
+pub mod policy;
+pub mod rate;
 pub mod report;
 pub mod usage;
 

@@ -4,8 +4,11 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 
 use super::marker::Identity;
-use super::{FieldChange, fmt_opt, same_conditions, wire_conditions};
-use crate::api::{ManagementPolicy, OnImmutableChange, UsageLimitPolicySpec};
+use super::policy::{PolicyDiff, common};
+use super::{FieldChange, fmt_opt, wire_conditions};
+use crate::api::UsageLimitPolicySpec;
+
+pub use super::policy::{Decision, PlanOptions, PolicyAction};
 use crate::portkey::*;
 
 /// The remote policy the spec asks for, fully resolved (workspace UUID, absolute threshold,
@@ -74,202 +77,91 @@ impl DesiredUsagePolicy {
     }
 }
 
-/// Planning knobs from the spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PlanOptions {
-    pub management: ManagementPolicy,
-    pub on_immutable_change: OnImmutableChange,
+impl PolicyDiff for DesiredUsagePolicy {
+    type Remote = UsageLimitsPolicy;
+    type Create = CreateUsageLimitsPolicy;
+    type Update = UpdateUsageLimitsPolicy;
+
+    fn create_body(&self) -> CreateUsageLimitsPolicy {
+        DesiredUsagePolicy::create_body(self)
+    }
+
+    fn immutable_changes(&self, remote: &UsageLimitsPolicy) -> Vec<FieldChange> {
+        let mut changes = Vec::new();
+        if self.limit_type != remote.limit_type {
+            changes.push(FieldChange::new("type", remote.limit_type, self.limit_type));
+        }
+        changes.extend(common::group_by(&self.group_by, &remote.group_by));
+        changes.extend(common::workspace(&self.workspace_id, &remote.workspace_id));
+        changes
+    }
+
+    /// `periodic_reset*` appear only when they differ: a PUT carrying them reschedules the next
+    /// reset even when the value is the same.
+    fn update_body(
+        &self,
+        remote: &UsageLimitsPolicy,
+    ) -> (UpdateUsageLimitsPolicy, Vec<FieldChange>) {
+        let mut body = UpdateUsageLimitsPolicy::default();
+        let mut changes = Vec::new();
+        if let Some(c) = common::name(&self.name, remote.name.as_deref()) {
+            changes.push(c);
+            body.name = Some(self.name.clone());
+        }
+        if let Some(c) = common::conditions(&self.conditions, &remote.conditions) {
+            changes.push(c);
+            body.conditions = Some(self.conditions.clone());
+        }
+        if self.credit_limit != remote.credit_limit {
+            changes.push(FieldChange::new(
+                "creditLimit",
+                remote.credit_limit.normalize(),
+                self.credit_limit.normalize(),
+            ));
+            body.credit_limit = Some(self.credit_limit);
+        }
+        if self.alert_threshold != remote.alert_threshold {
+            changes.push(FieldChange::new(
+                "alertThreshold",
+                fmt_opt(remote.alert_threshold.map(|d| d.normalize()).as_ref()),
+                fmt_opt(self.alert_threshold.map(|d| d.normalize()).as_ref()),
+            ));
+            body.alert_threshold = Nullable::set(self.alert_threshold.map(Number));
+        }
+        if self.periodic_reset != remote.periodic_reset {
+            changes.push(FieldChange::new(
+                "periodicReset",
+                fmt_opt(remote.periodic_reset.as_ref()),
+                fmt_opt(self.periodic_reset.as_ref()),
+            ));
+            body.periodic_reset = Nullable::set(self.periodic_reset);
+        }
+        if self.periodic_reset_days != remote.periodic_reset_days {
+            changes.push(FieldChange::new(
+                "periodicResetDays",
+                fmt_opt(remote.periodic_reset_days.as_ref()),
+                fmt_opt(self.periodic_reset_days.as_ref()),
+            ));
+            body.periodic_reset_days = Nullable::set(self.periodic_reset_days);
+        }
+        (body, changes)
+    }
+
+    fn remote_id(remote: &UsageLimitsPolicy) -> &str {
+        &remote.id
+    }
 }
 
-/// A write to make in Portkey.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "camelCase")]
-pub enum UsageAction {
-    /// POST a new policy.
-    Create { body: CreateUsageLimitsPolicy },
-    /// PUT only the changed fields.
-    Update {
-        id: String,
-        body: UpdateUsageLimitsPolicy,
-        changes: Vec<FieldChange>,
-    },
-    /// Archive `old_id` and create a new policy: an immutable field changed. Usage restarts.
-    Replace {
-        old_id: String,
-        body: CreateUsageLimitsPolicy,
-        changes: Vec<FieldChange>,
-    },
-}
+/// The decision for a usage-limits policy.
+pub type UsageDecision = Decision<CreateUsageLimitsPolicy, UpdateUsageLimitsPolicy>;
+/// A write for a usage-limits policy.
+pub type UsageAction = PolicyAction<CreateUsageLimitsPolicy, UpdateUsageLimitsPolicy>;
 
-/// What the planner concluded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "decision", rename_all = "camelCase")]
-pub enum Decision {
-    /// Portkey already holds the desired policy.
-    InSync,
-    Apply(UsageAction),
-    /// Something differs but may not be written; `reason` is a CamelCase condition reason.
-    Blocked {
-        reason: &'static str,
-        message: String,
-        changes: Vec<FieldChange>,
-    },
-}
-
-fn immutable_changes(desired: &DesiredUsagePolicy, remote: &UsageLimitsPolicy) -> Vec<FieldChange> {
-    let mut changes = Vec::new();
-    if desired.limit_type != remote.limit_type {
-        changes.push(FieldChange::new(
-            "type",
-            remote.limit_type,
-            desired.limit_type,
-        ));
-    }
-    if desired.group_by != remote.group_by {
-        let keys = |g: &[GroupBy]| {
-            g.iter()
-                .map(|k| k.key.as_str())
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        changes.push(FieldChange::new(
-            "groupBy",
-            keys(&remote.group_by),
-            keys(&desired.group_by),
-        ));
-    }
-    if desired.workspace_id != remote.workspace_id {
-        changes.push(FieldChange::new(
-            "workspace",
-            &remote.workspace_id,
-            &desired.workspace_id,
-        ));
-    }
-    changes
-}
-
-/// The PUT body holding only what differs. `periodic_reset*` appear only when they differ: a PUT
-/// carrying them reschedules the next reset even when the value is the same.
-pub fn update_body(
-    desired: &DesiredUsagePolicy,
-    remote: &UsageLimitsPolicy,
-) -> (UpdateUsageLimitsPolicy, Vec<FieldChange>) {
-    let mut body = UpdateUsageLimitsPolicy::default();
-    let mut changes = Vec::new();
-    if remote.name.as_deref() != Some(desired.name.as_str()) {
-        changes.push(FieldChange::new(
-            "name",
-            fmt_opt(remote.name.as_ref()),
-            &desired.name,
-        ));
-        body.name = Some(desired.name.clone());
-    }
-    if !same_conditions(&desired.conditions, &remote.conditions) {
-        changes.push(FieldChange::new(
-            "conditions",
-            serde_json::to_string(&remote.conditions).unwrap_or_default(),
-            serde_json::to_string(&desired.conditions).unwrap_or_default(),
-        ));
-        body.conditions = Some(desired.conditions.clone());
-    }
-    if desired.credit_limit != remote.credit_limit {
-        changes.push(FieldChange::new(
-            "creditLimit",
-            remote.credit_limit.normalize(),
-            desired.credit_limit.normalize(),
-        ));
-        body.credit_limit = Some(desired.credit_limit);
-    }
-    if desired.alert_threshold != remote.alert_threshold {
-        changes.push(FieldChange::new(
-            "alertThreshold",
-            fmt_opt(remote.alert_threshold.map(|d| d.normalize()).as_ref()),
-            fmt_opt(desired.alert_threshold.map(|d| d.normalize()).as_ref()),
-        ));
-        body.alert_threshold = Nullable::set(desired.alert_threshold.map(Number));
-    }
-    if desired.periodic_reset != remote.periodic_reset {
-        changes.push(FieldChange::new(
-            "periodicReset",
-            fmt_opt(remote.periodic_reset.as_ref()),
-            fmt_opt(desired.periodic_reset.as_ref()),
-        ));
-        body.periodic_reset = Nullable::set(desired.periodic_reset);
-    }
-    if desired.periodic_reset_days != remote.periodic_reset_days {
-        changes.push(FieldChange::new(
-            "periodicResetDays",
-            fmt_opt(remote.periodic_reset_days.as_ref()),
-            fmt_opt(desired.periodic_reset_days.as_ref()),
-        ));
-        body.periodic_reset_days = Nullable::set(desired.periodic_reset_days);
-    }
-    (body, changes)
-}
-
-/// Decides what to do about one usage-limits policy. `remote` is the active remote policy the
-/// resource owns (or adopts), `None` when there is none.
+/// Decides what to do about one usage-limits policy.
 pub fn plan(
     desired: &DesiredUsagePolicy,
     remote: Option<&UsageLimitsPolicy>,
     options: PlanOptions,
-) -> Decision {
-    let observe = options.management == ManagementPolicy::Observe;
-    let Some(remote) = remote else {
-        return if observe {
-            Decision::Blocked {
-                reason: "RemotePolicyNotFound",
-                message: "the observed Portkey policy does not exist or is archived; Observe never creates one".into(),
-                changes: vec![],
-            }
-        } else {
-            Decision::Apply(UsageAction::Create {
-                body: desired.create_body(),
-            })
-        };
-    };
-    let immutable = immutable_changes(desired, remote);
-    let (body, mutable) = update_body(desired, remote);
-    if observe {
-        let mut changes = immutable;
-        changes.extend(mutable);
-        return if changes.is_empty() {
-            Decision::InSync
-        } else {
-            Decision::Blocked {
-                reason: "OutOfSync",
-                message: format!(
-                    "the Portkey policy differs from the spec ({}); Observe never writes",
-                    FieldChange::summary(&changes)
-                ),
-                changes,
-            }
-        };
-    }
-    if !immutable.is_empty() {
-        return match options.on_immutable_change {
-            OnImmutableChange::Recreate => Decision::Apply(UsageAction::Replace {
-                old_id: remote.id.clone(),
-                body: desired.create_body(),
-                changes: immutable,
-            }),
-            OnImmutableChange::Reject => Decision::Blocked {
-                reason: "ImmutableFieldChanged",
-                message: format!(
-                    "{} cannot change in place; set onImmutableChange: Recreate to archive the policy and create a new one (its usage restarts from zero)",
-                    FieldChange::summary(&immutable)
-                ),
-                changes: immutable,
-            },
-        };
-    }
-    if mutable.is_empty() {
-        Decision::InSync
-    } else {
-        Decision::Apply(UsageAction::Update {
-            id: remote.id.clone(),
-            body,
-            changes: mutable,
-        })
-    }
+) -> UsageDecision {
+    super::policy::plan(desired, remote, options)
 }

@@ -151,9 +151,9 @@ pub trait PolicyKind: Send + Sync + 'static {
     const PATH: &'static str;
     /// Operation-name prefix for metrics (`usage_limits`, `rate_limits`).
     const OPS: PolicyOps;
-    type Policy: DeserializeOwned + Send;
-    type Create: Serialize + Sync;
-    type Update: Serialize + Sync;
+    type Policy: DeserializeOwned + RemotePolicy + Clone + std::fmt::Debug + Send + Sync;
+    type Create: Serialize + Send + Sync;
+    type Update: Serialize + Send + Sync;
 }
 
 /// Static operation names of one policy family.
@@ -259,6 +259,14 @@ impl PortkeyClient {
     /// The base URL (no secrets in it).
     pub fn base_url(&self) -> &str {
         self.base.as_str()
+    }
+
+    /// Operations on any policy family.
+    pub fn policies<K: PolicyKind>(&self) -> PolicyApi<'_, K> {
+        PolicyApi {
+            client: self,
+            kind: PhantomData,
+        }
     }
 
     /// `/policies/usage-limits` operations.

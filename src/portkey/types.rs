@@ -192,6 +192,37 @@ pub struct UsageLimitsPolicy {
     pub value_key_usage_map: Option<BTreeMap<String, ValueKeyUsage>>,
 }
 
+/// What the controllers read from any remote policy.
+pub trait RemotePolicy {
+    fn id(&self) -> &str;
+    fn name(&self) -> Option<&str>;
+    fn status(&self) -> PolicyStatus;
+    fn workspace_id(&self) -> &str;
+    fn created_at(&self) -> Option<Timestamp>;
+}
+
+macro_rules! remote_policy {
+    ($t:ty) => {
+        impl RemotePolicy for $t {
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn name(&self) -> Option<&str> {
+                self.name.as_deref()
+            }
+            fn status(&self) -> PolicyStatus {
+                self.status
+            }
+            fn workspace_id(&self) -> &str {
+                &self.workspace_id
+            }
+            fn created_at(&self) -> Option<Timestamp> {
+                self.created_at
+            }
+        }
+    };
+}
+
 /// Body of `POST /policies/usage-limits`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateUsageLimitsPolicy {
@@ -285,6 +316,9 @@ pub struct RateLimitsPolicy {
     #[serde(default)]
     pub last_updated_at: Option<Timestamp>,
 }
+
+remote_policy!(UsageLimitsPolicy);
+remote_policy!(RateLimitsPolicy);
 
 /// Body of `POST /policies/rate-limits`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
