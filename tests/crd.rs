@@ -508,3 +508,141 @@ fn immutable_fields_need_recreate() {
     let raised = with(|v| v["spec"]["creditLimit"] = json!(800));
     assert_eq!(errors(&raised, Some(&old)), vec![]);
 }
+
+fn good_rate() -> Value {
+    json!({
+        "apiVersion": "budgets.portkey-operator.io/v1alpha1",
+        "kind": "RateLimitPolicy",
+        "metadata": {"name": "per-user", "namespace": "team-a"},
+        "spec": {
+            "workspace": "team-a",
+            "type": "requests",
+            "unit": "rpm",
+            "value": 120,
+            "conditions": [{"key": "api_key", "value": "*"}],
+            "groupBy": [{"key": "metadata._user"}]
+        }
+    })
+}
+
+fn rate_errors(obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    validate_object(
+        &portkey_budget_operator::api::RateLimitPolicy::crd(),
+        obj,
+        old,
+    )
+}
+
+#[test]
+fn rate_limit_policy_rules() {
+    assert_eq!(rate_errors(&good_rate(), None), vec![]);
+    let mut weekly = good_rate();
+    weekly["spec"]["unit"] = json!("rpw");
+    weekly["spec"]["type"] = json!("tokens");
+    assert_eq!(rate_errors(&weekly, None), vec![]);
+    serde_json::from_value::<portkey_budget_operator::api::RateLimitPolicy>(weekly).unwrap();
+
+    let case = |f: &dyn Fn(&mut Value)| {
+        let mut v = good_rate();
+        f(&mut v);
+        v
+    };
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "zero value",
+            case(&|v| v["spec"]["value"] = json!(0)),
+            "spec.value",
+            "must be at least 1",
+        ),
+        (
+            "huge value",
+            case(&|v| v["spec"]["value"] = json!(2_000_000_000_000i64)),
+            "spec.value",
+            "must be at most 1000000000000",
+        ),
+        (
+            "float value",
+            case(&|v| v["spec"]["value"] = json!(1.5)),
+            "spec.value",
+            "must be an integer",
+        ),
+        (
+            "string value",
+            case(&|v| v["spec"]["value"] = json!("120")),
+            "spec.value",
+            "must be an integer",
+        ),
+        (
+            "rps unit",
+            case(&|v| v["spec"]["unit"] = json!("rps")),
+            "spec.unit",
+            "must be one of: rpm, rph, rpd, rpw",
+        ),
+        (
+            "cost type",
+            case(&|v| v["spec"]["type"] = json!("cost")),
+            "spec.type",
+            "must be one of: requests, tokens",
+        ),
+        (
+            "missing unit",
+            case(&|v| {
+                v["spec"].as_object_mut().unwrap().remove("unit");
+            }),
+            "spec.unit",
+            "is required",
+        ),
+        (
+            "no conditions",
+            case(&|v| v["spec"]["conditions"] = json!([])),
+            "spec.conditions",
+            "must have at least 1 item",
+        ),
+        (
+            "no groupBy",
+            case(&|v| v["spec"]["groupBy"] = json!([])),
+            "spec.groupBy",
+            "must have at least 1 item",
+        ),
+        (
+            "duplicate groupBy",
+            case(&|v| v["spec"]["groupBy"] = json!([{"key": "a"}, {"key": "a"}])),
+            "spec.groupBy",
+            "groupBy keys must be distinct",
+        ),
+        (
+            "observe without id",
+            case(&|v| v["spec"]["managementPolicy"] = json!("Observe")),
+            "spec",
+            "managementPolicy Observe needs adoptPolicyId",
+        ),
+        (
+            "unknown field",
+            case(&|v| v["spec"]["burst"] = json!(5)),
+            "spec.burst",
+            "unknown field",
+        ),
+    ];
+    for (what, obj, field, message) in cases {
+        let errs = rate_errors(&obj, None);
+        assert!(
+            errs.iter()
+                .any(|e| e.field == field && e.message.contains(message)),
+            "{what}: expected `{field}: …{message}…`, got {errs:#?}"
+        );
+    }
+    let mut changed = good_rate();
+    changed["spec"]["type"] = json!("tokens");
+    let errs = rate_errors(&changed, Some(&good_rate()));
+    assert!(
+        errs.iter().any(|e| e.message.contains("type is immutable")),
+        "{errs:#?}"
+    );
+    changed["spec"]["value"] = json!(10);
+    changed["spec"]["type"] = json!("requests");
+    assert_eq!(
+        rate_errors(&changed, Some(&good_rate())),
+        vec![],
+        "value and unit change in place"
+    );
+}

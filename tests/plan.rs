@@ -355,3 +355,91 @@ proptest! {
         prop_assert!(same_conditions(created_conditions, &want.conditions));
     }
 }
+
+mod rate {
+    use super::*;
+    use portkey_budget_operator::plan::policy::{PolicyAction, PolicyDiff};
+    use portkey_budget_operator::plan::rate::{DesiredRatePolicy, plan as plan_rate};
+
+    fn spec() -> RateLimitPolicySpec {
+        serde_json::from_value(serde_json::json!({
+            "workspace": "team-a", "type": "requests", "unit": "rpm", "value": 120,
+            "conditions": [{"key": "api_key", "value": "*"}],
+            "groupBy": [{"key": "metadata._user"}]
+        }))
+        .unwrap()
+    }
+
+    fn desired(s: &RateLimitPolicySpec) -> DesiredRatePolicy {
+        DesiredRatePolicy::from_spec(s, &Identity::new("rlp", Some("team-a"), "per-user"), WS)
+    }
+
+    fn remote_of(d: &DesiredRatePolicy) -> RateLimitsPolicy {
+        let b = d.create_body();
+        RateLimitsPolicy {
+            id: "r-1".into(),
+            object: None,
+            name: Some(b.name),
+            description: None,
+            conditions: b.conditions,
+            group_by: b.group_by,
+            limit_type: b.limit_type,
+            unit: b.unit,
+            value: b.value,
+            status: PolicyStatus::Active,
+            workspace_id: WS.into(),
+            organisation_id: None,
+            created_at: None,
+            last_updated_at: None,
+        }
+    }
+
+    #[test]
+    fn create_update_and_immutable() {
+        let s = spec();
+        let Decision::Apply(PolicyAction::Create { body }) =
+            plan_rate(&desired(&s), None, PlanOptions::default())
+        else {
+            panic!()
+        };
+        assert_eq!(body.name, "team-a/per-user [k8s:rlp:team-a/per-user]");
+        assert_eq!((body.unit, body.value), (RateLimitUnit::Rpm, d("120")));
+        let remote = remote_of(&desired(&s));
+        assert_eq!(
+            plan_rate(&desired(&s), Some(&remote), PlanOptions::default()),
+            Decision::InSync
+        );
+
+        let mut faster = s.clone();
+        faster.unit = RateLimitUnit::Rph;
+        faster.value = 5000;
+        let Decision::Apply(PolicyAction::Update { body, changes, .. }) =
+            plan_rate(&desired(&faster), Some(&remote), PlanOptions::default())
+        else {
+            panic!()
+        };
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"unit": "rph", "value": 5000})
+        );
+        assert_eq!(changes.len(), 2);
+
+        let mut tokens = s.clone();
+        tokens.limit_type = RateLimitType::Tokens;
+        assert!(matches!(
+            plan_rate(&desired(&tokens), Some(&remote), PlanOptions::default()),
+            Decision::Blocked {
+                reason: "ImmutableFieldChanged",
+                ..
+            }
+        ));
+        let opts = PlanOptions {
+            on_immutable_change: OnImmutableChange::Recreate,
+            ..Default::default()
+        };
+        assert!(matches!(
+            plan_rate(&desired(&tokens), Some(&remote), opts),
+            Decision::Apply(PolicyAction::Replace { .. })
+        ));
+    }
+}

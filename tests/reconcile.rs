@@ -802,3 +802,117 @@ async fn transient_errors_mark_synced_unknown_and_keep_ready() {
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.condition("monthly", "Synced").0, "True");
 }
+
+mod rate_limits {
+    use super::*;
+    use portkey_budget_operator::controller::rate;
+
+    fn rlp(name: &str, value: i64, unit: &str) -> RateLimitPolicy {
+        let spec: RateLimitPolicySpec = serde_json::from_value(json!({
+            "workspace": "team-a", "type": "requests", "unit": unit, "value": value,
+            "conditions": [{"key": "api_key", "value": "*"}],
+            "groupBy": [{"key": "metadata._user"}]
+        }))
+        .unwrap();
+        let mut obj = RateLimitPolicy::new(name, spec);
+        obj.metadata.namespace = Some(NS.into());
+        obj
+    }
+
+    async fn run(env: &Env, name: &str) {
+        let obj = env.kube.get::<RateLimitPolicy>(NS, name).unwrap();
+        rate::reconcile(&obj, &env.ctx).await.unwrap();
+    }
+
+    async fn active_rates(env: &Env) -> Vec<RateLimitsPolicy> {
+        let filter = ListFilter {
+            workspace_id: Some(WS_A.into()),
+            status: Some(PolicyStatus::Active),
+            ..Default::default()
+        };
+        env.portkey.rate_limits().list(&filter).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn rate_limit_policy_lifecycle() {
+        let env = env().await;
+        env.kube.apply(&rlp("per-user", 120, "rpm"));
+        run(&env, "per-user").await;
+        let remote = active_rates(&env).await;
+        assert_eq!(remote.len(), 1);
+        assert_eq!(
+            (remote[0].unit, remote[0].value),
+            (RateLimitUnit::Rpm, d("120"))
+        );
+        assert_eq!(
+            remote[0].name.as_deref(),
+            Some("team-a/per-user [k8s:rlp:team-a/per-user]")
+        );
+        let status = env
+            .kube
+            .get::<RateLimitPolicy>(NS, "per-user")
+            .unwrap()
+            .status
+            .unwrap();
+        assert_eq!(
+            status.common.policy_id.as_deref(),
+            Some(remote[0].id.as_str())
+        );
+        assert!(conditions::is_true(&status.common.conditions, "Ready"));
+
+        // Change the value and window: one PUT, same policy.
+        env.emu.control().clear_requests().await.unwrap();
+        env.kube.apply(&rlp("per-user", 5000, "rph"));
+        run(&env, "per-user").await;
+        let log = env.emu.control().requests().await.unwrap();
+        assert_eq!(log.count("PUT", "/v1/policies/rate-limits/"), 1);
+        assert_eq!(log.count("POST", "/v1/policies"), 0);
+        let after = active_rates(&env).await;
+        assert_eq!(
+            (after[0].id.as_str(), after[0].unit, after[0].value),
+            (remote[0].id.as_str(), RateLimitUnit::Rph, d("5000"))
+        );
+
+        // Drift is reverted.
+        let edit = UpdateRateLimitsPolicy {
+            value: Some(d("1")),
+            ..Default::default()
+        };
+        env.portkey
+            .rate_limits()
+            .update(&remote[0].id, &edit)
+            .await
+            .unwrap();
+        run(&env, "per-user").await;
+        assert_eq!(active_rates(&env).await[0].value, d("5000"));
+        assert!(
+            env.kube
+                .event_reasons()
+                .contains(&"DriftCorrected".to_owned())
+        );
+
+        // Delete archives.
+        env.kube.delete::<RateLimitPolicy>(NS, "per-user");
+        run(&env, "per-user").await;
+        assert!(active_rates(&env).await.is_empty());
+        assert!(env.kube.get::<RateLimitPolicy>(NS, "per-user").is_none());
+    }
+
+    #[tokio::test]
+    async fn rate_limit_policy_follows_the_namespace_binding() {
+        let env = env().await;
+        env.kube
+            .add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-b")]);
+        env.kube.apply(&rlp("per-user", 120, "rpm"));
+        run(&env, "per-user").await;
+        let status = env
+            .kube
+            .get::<RateLimitPolicy>(NS, "per-user")
+            .unwrap()
+            .status
+            .unwrap();
+        let ready = conditions::get(&status.common.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason, "WorkspaceNotAllowed");
+        assert_eq!(env.emu.control().requests().await.unwrap().total, 0);
+    }
+}
