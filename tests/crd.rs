@@ -646,3 +646,112 @@ fn rate_limit_policy_rules() {
         "value and unit change in place"
     );
 }
+
+#[test]
+fn workspace_budget_rules() {
+    use portkey_budget_operator::api::WorkspaceBudget;
+    let crd = WorkspaceBudget::crd();
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(
+        crd.spec.names.short_names.as_deref(),
+        Some(&["wsb".to_owned()][..])
+    );
+    let good = json!({
+        "apiVersion": "budgets.portkey-operator.io/v1alpha1", "kind": "WorkspaceBudget",
+        "metadata": {"name": "marketing"},
+        "spec": {"workspace": "marketing",
+                 "usageLimits": [{"type": "cost", "creditLimit": "500", "alertThreshold": 400, "periodicReset": "monthly"}],
+                 "rateLimits": [{"type": "requests", "unit": "rpm", "value": 120}]}
+    });
+    assert_eq!(validate_object(&crd, &good, None), vec![]);
+    serde_json::from_value::<WorkspaceBudget>(good.clone()).unwrap();
+    let case = |f: &dyn Fn(&mut Value)| {
+        let mut v = good.clone();
+        f(&mut v);
+        v
+    };
+    let cases: Vec<(&str, Value, &str, &str)> = vec![
+        (
+            "requests budget",
+            case(&|v| v["spec"]["usageLimits"][0]["type"] = json!("requests")),
+            "spec.usageLimits[0]",
+            "workspace budgets take type cost or tokens",
+        ),
+        (
+            "two cost budgets",
+            case(&|v| {
+                v["spec"]["usageLimits"] =
+                    json!([{"type": "cost", "creditLimit": 5}, {"type": "cost", "creditLimit": 6}])
+            }),
+            "spec.usageLimits",
+            "at most one usage limit per type",
+        ),
+        (
+            "alert above limit",
+            case(&|v| v["spec"]["usageLimits"][0]["alertThreshold"] = json!(600)),
+            "spec.usageLimits[0]",
+            "alertThreshold must be at least 1 and less than creditLimit",
+        ),
+        (
+            "both resets",
+            case(&|v| v["spec"]["usageLimits"][0]["periodicResetDays"] = json!(7)),
+            "spec.usageLimits[0]",
+            "set at most one of periodicReset and periodicResetDays",
+        ),
+        (
+            "weekly rate",
+            case(&|v| v["spec"]["rateLimits"][0]["unit"] = json!("rpw")),
+            "spec.rateLimits[0]",
+            "workspace rate limits take unit rpm, rph or rpd",
+        ),
+        (
+            "zero rate",
+            case(&|v| v["spec"]["rateLimits"][0]["value"] = json!(0)),
+            "spec.rateLimits[0].value",
+            "must be at least 1",
+        ),
+        (
+            "duplicate rates",
+            case(
+                &|v| v["spec"]["rateLimits"] = json!([{"type": "requests", "unit": "rpm", "value": 1}, {"type": "requests", "unit": "rpm", "value": 2}]),
+            ),
+            "spec.rateLimits",
+            "at most one rate limit per type and unit",
+        ),
+        (
+            "no workspace",
+            case(&|v| {
+                v["spec"].as_object_mut().unwrap().remove("workspace");
+            }),
+            "spec.workspace",
+            "is required",
+        ),
+        (
+            "bad deletionPolicy",
+            case(&|v| v["spec"]["deletionPolicy"] = json!("Archive")),
+            "spec.deletionPolicy",
+            "must be one of: Clear, Retain",
+        ),
+        (
+            "float budget",
+            case(&|v| v["spec"]["usageLimits"][0]["creditLimit"] = json!(99.5)),
+            "spec.usageLimits[0].creditLimit",
+            "floating-point",
+        ),
+    ];
+    for (what, obj, field, message) in cases {
+        let errs = validate_object(&crd, &obj, None);
+        assert!(
+            errs.iter()
+                .any(|e| e.field == field && e.message.contains(message)),
+            "{what}: expected `{field}: …{message}…`, got {errs:#?}"
+        );
+    }
+    let moved = case(&|v| v["spec"]["workspace"] = json!("sales"));
+    let errs = validate_object(&crd, &moved, Some(&good));
+    assert!(
+        errs.iter()
+            .any(|e| e.message.contains("workspace is immutable")),
+        "{errs:#?}"
+    );
+}

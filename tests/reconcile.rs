@@ -916,3 +916,240 @@ mod rate_limits {
         assert_eq!(env.emu.control().requests().await.unwrap().total, 0);
     }
 }
+
+mod workspace_budgets {
+    use super::*;
+    use portkey_budget_operator::controller::workspace;
+
+    fn wsb(name: &str, ws: &str, limit: u32, created: &str) -> WorkspaceBudget {
+        let spec: WorkspaceBudgetSpec = serde_json::from_value(json!({
+            "workspace": ws,
+            "usageLimits": [{"type": "cost", "creditLimit": limit, "alertThreshold": 400, "periodicReset": "monthly"}],
+            "rateLimits": [{"type": "requests", "unit": "rpm", "value": 120}]
+        }))
+        .unwrap();
+        let mut obj = WorkspaceBudget::new(name, spec);
+        obj.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created.parse().unwrap()),
+        );
+        obj
+    }
+
+    async fn run(env: &Env, name: &str) {
+        let obj = env.kube.get::<WorkspaceBudget>("", name).unwrap();
+        workspace::reconcile(&obj, &env.ctx).await.unwrap();
+    }
+
+    fn status(env: &Env, name: &str) -> WorkspaceBudgetStatus {
+        env.kube
+            .get::<WorkspaceBudget>("", name)
+            .unwrap()
+            .status
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn workspace_budget_lifecycle() {
+        let env = env().await;
+        env.emu
+            .control()
+            .set_clock(Some("2026-11-21T14:00:00Z".parse().unwrap()))
+            .await
+            .unwrap();
+        env.kube
+            .apply(&wsb("marketing", "team-a", 500, "2026-11-01T00:00:00Z"));
+        run(&env, "marketing").await;
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        let usage = ws.usage_limits.clone().unwrap();
+        assert_eq!(usage.len(), 1);
+        assert_eq!(
+            (usage[0].credit_limit, usage[0].alert_threshold),
+            (d("500"), Some(d("400")))
+        );
+        assert_eq!(
+            usage[0].next_usage_reset_at,
+            Some("2026-12-01T00:00:00Z".parse().unwrap())
+        );
+        assert_eq!(ws.rate_limits.clone().unwrap()[0].value, d("120"));
+        let st = status(&env, "marketing");
+        assert_eq!(st.workspace_id.as_deref(), Some(WS_A));
+        assert_eq!(st.budget.as_deref(), Some("500 cost"));
+        assert_eq!(st.reset.as_deref(), Some("monthly"));
+        assert_eq!(st.rate_limit.as_deref(), Some("120 requests rpm"));
+        assert!(conditions::is_true(&st.conditions, "Ready"));
+        assert!(st.next_reset_at.is_some());
+
+        // In sync: no write.
+        env.emu.control().clear_requests().await.unwrap();
+        run(&env, "marketing").await;
+        assert_eq!(env.api_writes().await, 0);
+
+        // Raise the budget later in the month: only usage_limits is sent and the reset stays.
+        env.emu
+            .control()
+            .set_clock(Some("2026-11-25T09:00:00Z".parse().unwrap()))
+            .await
+            .unwrap();
+        env.kube
+            .apply(&wsb("marketing", "team-a", 800, "2026-11-01T00:00:00Z"));
+        run(&env, "marketing").await;
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        let usage = ws.usage_limits.unwrap();
+        assert_eq!(usage[0].credit_limit, d("800"));
+        assert_eq!(
+            usage[0].next_usage_reset_at,
+            Some("2026-12-01T00:00:00Z".parse().unwrap()),
+            "reset not rescheduled"
+        );
+        assert!(env.kube.event_reasons().contains(&"Updated".to_owned()));
+
+        // Drift on rate limits is reverted.
+        let edit = UpdateWorkspace {
+            rate_limits: Nullable::Null,
+            ..Default::default()
+        };
+        env.portkey.update_workspace(WS_A, &edit).await.unwrap();
+        run(&env, "marketing").await;
+        assert!(
+            env.portkey
+                .get_workspace(WS_A)
+                .await
+                .unwrap()
+                .rate_limits
+                .is_some()
+        );
+        assert!(
+            env.kube
+                .event_reasons()
+                .contains(&"DriftCorrected".to_owned())
+        );
+
+        // Delete (Clear): our limits go, a hand-made tokens budget stays.
+        let mut usage = env
+            .portkey
+            .get_workspace(WS_A)
+            .await
+            .unwrap()
+            .usage_limits
+            .unwrap();
+        usage.push(WorkspaceUsageLimit {
+            limit_type: UsageLimitType::Tokens,
+            credit_limit: d("1000000"),
+            alert_threshold: None,
+            periodic_reset: None,
+            periodic_reset_days: None,
+            next_usage_reset_at: None,
+        });
+        env.portkey
+            .update_workspace(
+                WS_A,
+                &UpdateWorkspace {
+                    usage_limits: Nullable::Value(usage),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        env.kube.delete::<WorkspaceBudget>("", "marketing");
+        run(&env, "marketing").await;
+        assert!(env.kube.get::<WorkspaceBudget>("", "marketing").is_none());
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        let left = ws.usage_limits.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].limit_type, UsageLimitType::Tokens);
+        assert_eq!(ws.rate_limits, None);
+        assert!(env.kube.event_reasons().contains(&"Cleared".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn the_older_budget_wins_and_the_other_makes_no_call() {
+        let env = env().await;
+        env.kube
+            .apply(&wsb("first", "team-a", 500, "2026-11-01T00:00:00Z"));
+        env.kube
+            .apply(&wsb("second", "team-a", 900, "2026-11-02T00:00:00Z"));
+        run(&env, "first").await;
+        env.emu.control().clear_requests().await.unwrap();
+        run(&env, "second").await;
+        assert_eq!(
+            env.emu.control().requests().await.unwrap().total,
+            0,
+            "the loser makes no Admin API call"
+        );
+        let st = status(&env, "second");
+        let ready = conditions::get(&st.conditions, "Ready").unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Conflict")
+        );
+        assert!(ready.message.contains("WorkspaceBudget first"));
+        assert_eq!(
+            env.portkey
+                .get_workspace(WS_A)
+                .await
+                .unwrap()
+                .usage_limits
+                .unwrap()[0]
+                .credit_limit,
+            d("500")
+        );
+
+        // The same workspace by UUID is a conflict too (found through the owner's status).
+        env.kube
+            .apply(&wsb("third", WS_A, 700, "2026-11-03T00:00:00Z"));
+        run(&env, "third").await;
+        assert_eq!(
+            conditions::get(&status(&env, "third").conditions, "Ready")
+                .unwrap()
+                .reason,
+            "Conflict"
+        );
+
+        // Deleting the loser leaves the owner's limits alone.
+        env.kube.delete::<WorkspaceBudget>("", "second");
+        run(&env, "second").await;
+        assert_eq!(
+            env.portkey
+                .get_workspace(WS_A)
+                .await
+                .unwrap()
+                .usage_limits
+                .unwrap()[0]
+                .credit_limit,
+            d("500")
+        );
+    }
+
+    #[tokio::test]
+    async fn retain_keeps_limits_and_unknown_workspace_is_reported() {
+        let env = env().await;
+        let mut keep = wsb("keep", "team-b", 500, "2026-11-01T00:00:00Z");
+        keep.spec.deletion_policy = WorkspaceDeletionPolicy::Retain;
+        env.kube.apply(&keep);
+        run(&env, "keep").await;
+        env.kube.delete::<WorkspaceBudget>("", "keep");
+        run(&env, "keep").await;
+        assert!(
+            env.portkey
+                .get_workspace(WS_B)
+                .await
+                .unwrap()
+                .usage_limits
+                .is_some()
+        );
+
+        env.kube.apply(&wsb(
+            "ghost",
+            "no-such-workspace",
+            500,
+            "2026-11-01T00:00:00Z",
+        ));
+        run(&env, "ghost").await;
+        assert_eq!(
+            conditions::get(&status(&env, "ghost").conditions, "Ready")
+                .unwrap()
+                .reason,
+            "WorkspaceNotFound"
+        );
+    }
+}

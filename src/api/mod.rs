@@ -4,6 +4,7 @@ pub mod common;
 pub mod rate_limit_policy;
 pub mod usage_limit_policy;
 pub mod validate;
+pub mod workspace_budget;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -11,6 +12,7 @@ use kube::CustomResourceExt;
 pub use common::*;
 pub use rate_limit_policy::*;
 pub use usage_limit_policy::*;
+pub use workspace_budget::*;
 
 /// API group of every resource.
 pub const GROUP: &str = "budgets.portkey-operator.io";
@@ -23,7 +25,11 @@ pub const FINALIZER: &str = "budgets.portkey-operator.io/finalizer";
 
 /// Every CRD the operator serves, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![UsageLimitPolicy::crd(), RateLimitPolicy::crd()]
+    vec![
+        UsageLimitPolicy::crd(),
+        RateLimitPolicy::crd(),
+        WorkspaceBudget::crd(),
+    ]
 }
 
 /// One YAML document per CRD, named `<crd name>.yaml` (what `crds/` holds).

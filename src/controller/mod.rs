@@ -5,6 +5,7 @@ pub mod kube_ops;
 pub mod policy;
 pub mod rate;
 pub mod usage;
+pub mod workspace;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,7 +22,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use rand::Rng;
 
-use crate::api::{RateLimitPolicy, UsageLimitPolicy};
+use crate::api::{RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
 use crate::config::ControllerConfig;
 use crate::portkey::{PortkeyClient, PortkeyError};
 use policy::PolicyResource;
@@ -109,6 +110,7 @@ impl Context {
             crds: HashMap::from([
                 ("ulp", UsageLimitPolicy::crd()),
                 ("rlp", RateLimitPolicy::crd()),
+                ("wsb", WorkspaceBudget::crd()),
             ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
             failures: Mutex::new(HashMap::new()),
@@ -234,7 +236,52 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     for api in apis::<RateLimitPolicy>(&ctx) {
         tasks.push(Box::pin(run_kind(api, ctx.clone(), shutdown.clone())));
     }
+    let workspace_budgets = Controller::new(
+        Api::<WorkspaceBudget>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(RuntimeConfig::default().concurrency(ctx.config.concurrency.max(1)))
+    .graceful_shutdown_on(shutdown.clone())
+    .run(reconcile_workspace, error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(kind = "wsb", error = %e, "reconcile error");
+        }
+    });
+    tasks.push(Box::pin(workspace_budgets));
     futures::future::join_all(tasks).await;
+}
+
+/// The reconcile entry point for `WorkspaceBudget`.
+pub async fn reconcile_workspace(
+    obj: Arc<WorkspaceBudget>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let result = workspace::reconcile(obj.as_ref(), &ctx).await;
+    if result.is_ok() {
+        ctx.succeeded(&key_of(obj.as_ref()));
+    }
+    result
+}
+
+/// A healthy resource synced within the refresh interval needs no Admin API call: this is what
+/// keeps the operator's own status writes (which trigger a reconcile) from becoming Portkey reads.
+/// Returns the requeue for the rest of the interval, or `None` when the resource must be checked.
+pub fn fresh(
+    generation: Option<i64>,
+    observed_generation: Option<i64>,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    last_sync: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    pending: bool,
+    now: jiff::Timestamp,
+    interval: Duration,
+) -> Option<Action> {
+    let healthy = conditions::is_true(conditions, conditions::READY)
+        && conditions::is_true(conditions, conditions::SYNCED);
+    let age = Duration::try_from(now.duration_since(last_sync?.0)).ok()?;
+    (generation == observed_generation && healthy && !pending && age < interval).then(|| {
+        Action::requeue(interval - age + Duration::from_millis(rand::random_range(0..1000)))
+    })
 }
 
 /// A `Reporter` naming this process (pod name when set).

@@ -194,19 +194,17 @@ impl<R: PolicyResource> Run<'_, R> {
             .map(|v| v.parse().unwrap_or(Timestamp::UNIX_EPOCH))
     }
 
-    /// A healthy resource synced within the refresh interval needs no Admin API call: this is
-    /// what keeps the operator's own status writes from turning into Portkey reads.
     fn fresh(&self) -> Option<Action> {
         let ps = self.psr();
-        let spec_seen = ps.observed_generation == self.generation();
-        let healthy = conditions::is_true(&ps.conditions, READY)
-            && conditions::is_true(&ps.conditions, SYNCED);
-        let last = ps.last_sync_time.as_ref()?.0;
-        let age = Duration::try_from(self.now.duration_since(last)).ok()?;
-        let interval = self.ctx.config.usage_refresh_interval;
-        (spec_seen && healthy && self.pending_since().is_none() && age < interval).then(|| {
-            Action::requeue(interval - age + Duration::from_millis(rand::random_range(0..1000)))
-        })
+        super::fresh(
+            self.generation(),
+            ps.observed_generation,
+            &ps.conditions,
+            ps.last_sync_time.as_ref(),
+            self.pending_since().is_some(),
+            self.now,
+            self.ctx.config.usage_refresh_interval,
+        )
     }
 
     async fn apply(&mut self) -> Result<Action, Error> {

@@ -8,6 +8,7 @@ pub mod policy;
 pub mod rate;
 pub mod report;
 pub mod usage;
+pub mod workspace;
 
 use std::fmt;
 

@@ -266,8 +266,30 @@ impl FakeKube {
                 "events",
                 _name,
             ] => (StatusCode::OK, patch),
-            ["apis", _g, _v, "namespaces", ns, plural, name, rest @ ..] => {
-                let key: Key = ((*plural).into(), (*ns).into(), (*name).into());
+            ["apis", _g, _v, plural] if method == "GET" => {
+                let items: Vec<Value> = store
+                    .objects
+                    .iter()
+                    .filter(|((p, _, _), _)| p == plural)
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                let rv = store.rv.to_string();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
+            ["apis", g, v, first, rest_all @ ..]
+                if *first != "namespaces" || rest_all.len() >= 3 =>
+            {
+                let (ns, plural, name, rest): (&str, &str, &str, &[&str]) =
+                    if *first == "namespaces" {
+                        (rest_all[0], rest_all[1], rest_all[2], &rest_all[3..])
+                    } else {
+                        ("", first, rest_all[0], &rest_all[1..])
+                    };
+                let _ = (g, v);
+                let key: Key = (plural.into(), ns.into(), name.into());
                 let status_only = rest == ["status"];
                 match method.as_str() {
                     "GET" => match store.objects.get(&key) {

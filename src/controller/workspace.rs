@@ -1,0 +1,309 @@
+//! Reconcile and cleanup of one `WorkspaceBudget` (cluster-scoped).
+//!
+//! Reuses the policy machinery's pieces: finalizer, conditions, Events, the shared write rate
+//! limiter, status patching, the freshness gate and the pure planner (`plan::workspace`).
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::ListParams;
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+
+use super::conditions::{self, FALSE, READY, SYNCED, TRUE, UNKNOWN};
+use super::kube_ops;
+use super::{Context, Error};
+use crate::api::validate::{summarize, validate_object};
+use crate::api::*;
+use crate::plan::FieldChange;
+use crate::plan::workspace::{self as plan, DesiredWorkspaceLimits};
+use crate::portkey::Workspace;
+
+struct Run<'a> {
+    ctx: &'a Context,
+    api: Api<WorkspaceBudget>,
+    obj: WorkspaceBudget,
+    status: WorkspaceBudgetStatus,
+    now: Timestamp,
+}
+
+/// Reconciles one `WorkspaceBudget` (or cleans up when it is being deleted).
+pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, Error> {
+    let mut run = Run {
+        ctx,
+        api: Api::all(ctx.client.clone()),
+        status: obj.status.clone().unwrap_or_default(),
+        obj: obj.clone(),
+        now: Timestamp::now(),
+    };
+    if obj.metadata.deletion_timestamp.is_some() {
+        return run.cleanup().await;
+    }
+    match run.apply().await {
+        Ok(action) => {
+            run.flush_status().await?;
+            Ok(action)
+        }
+        Err(e) => {
+            let message = e.to_string();
+            let terminal = matches!(&e, Error::Portkey(p) if p.is_terminal());
+            let status = if terminal { FALSE } else { UNKNOWN };
+            run.set(SYNCED, status, e.reason(), &message);
+            if terminal || conditions::get(&run.status.conditions, READY).is_none() {
+                run.set(READY, status, e.reason(), &message);
+            }
+            if let Err(status_err) = run.flush_status().await {
+                tracing::warn!(error = %status_err, "could not record the failure in status");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Which resource owns a workspace among those naming it: the oldest (then by name). Resources
+/// being deleted still count, so a successor never writes before its predecessor cleared.
+fn owner<'a>(candidates: &'a [WorkspaceBudget]) -> Option<&'a WorkspaceBudget> {
+    candidates.iter().min_by(|a, b| {
+        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        ta.cmp(&tb).then_with(|| a.name_any().cmp(&b.name_any()))
+    })
+}
+
+impl Run<'_> {
+    fn generation(&self) -> Option<i64> {
+        self.obj.metadata.generation
+    }
+
+    fn set(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+        let generation = self.generation();
+        conditions::set(
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
+    }
+
+    fn terminal(&mut self, reason: &str, message: &str) {
+        self.set(READY, FALSE, reason, message);
+        self.set(SYNCED, FALSE, reason, message);
+        self.status.observed_generation = self.generation();
+    }
+
+    async fn flush_status(&mut self) -> Result<(), kube::Error> {
+        if self.obj.status.as_ref() == Some(&self.status) {
+            return Ok(());
+        }
+        self.obj = kube_ops::apply_status(&self.api, &self.obj.name_any(), &self.status).await?;
+        Ok(())
+    }
+
+    /// Another, older `WorkspaceBudget` already manages this workspace (by what its spec names,
+    /// or by the UUID it resolved).
+    async fn conflicting_owner(&self, workspace_id: Option<&str>) -> Result<Option<String>, Error> {
+        let ours = self.obj.spec.workspace.to_ascii_lowercase();
+        let all = self.api.list(&ListParams::default()).await?;
+        let same: Vec<WorkspaceBudget> = all
+            .items
+            .into_iter()
+            .filter(|w| {
+                let theirs = w.spec.workspace.to_ascii_lowercase();
+                let their_id = w
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.workspace_id.clone())
+                    .map(|s| s.to_ascii_lowercase());
+                theirs == ours
+                    || their_id.as_deref() == Some(ours.as_str())
+                    || (workspace_id.is_some()
+                        && their_id.as_deref()
+                            == workspace_id.map(str::to_ascii_lowercase).as_deref())
+            })
+            .collect();
+        Ok(owner(&same)
+            .filter(|o| o.uid() != self.obj.uid())
+            .map(|o| o.name_any()))
+    }
+
+    async fn apply(&mut self) -> Result<Action, Error> {
+        if let Some(action) = super::fresh(
+            self.generation(),
+            self.status.observed_generation,
+            &self.status.conditions,
+            self.status.last_sync_time.as_ref(),
+            false,
+            self.now,
+            self.ctx.config.usage_refresh_interval,
+        ) {
+            return Ok(action);
+        }
+        let refresh = Action::requeue(self.ctx.refresh_interval());
+        let value = serde_json::to_value(&self.obj).expect("resources serialize");
+        let errors = validate_object(self.ctx.crd("wsb"), &value, None);
+        if !errors.is_empty() {
+            self.terminal("InvalidSpec", &summarize(&errors));
+            return Ok(Action::await_change());
+        }
+        if !kube_ops::has_finalizer(&self.obj) {
+            self.obj = kube_ops::add_finalizer(&self.api, &self.obj).await?;
+        }
+        let workspace = self.obj.spec.workspace.clone();
+        // Conflicts by name first: the loser makes no Admin API call at all.
+        if let Some(other) = self.conflicting_owner(None).await? {
+            self.terminal(
+                "Conflict",
+                &format!("workspace {workspace:?} is already managed by the older WorkspaceBudget {other}; this one makes no changes"),
+            );
+            return Ok(refresh);
+        }
+        let mut ws = match self.ctx.portkey.get_workspace(&workspace).await {
+            Ok(ws) => ws,
+            Err(e) if e.is_not_found() => {
+                self.terminal(
+                    "WorkspaceNotFound",
+                    &format!("Portkey has no workspace {workspace:?}"),
+                );
+                return Ok(refresh);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // The same workspace under another name (slug vs UUID): still no write.
+        if let Some(other) = self.conflicting_owner(Some(&ws.id)).await? {
+            self.terminal(
+                "Conflict",
+                &format!("workspace {workspace:?} ({}) is already managed by the older WorkspaceBudget {other}; this one makes no changes", ws.id),
+            );
+            return Ok(refresh);
+        }
+        self.status.workspace_id = Some(ws.id.clone());
+
+        let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
+        if let Some(update) = plan::plan(&desired, &ws) {
+            self.ctx.write_permit().await;
+            self.ctx
+                .portkey
+                .update_workspace(&ws.id, &update.body)
+                .await?;
+            let spec_changed = self.status.observed_generation != self.generation();
+            let (reason, what) = if spec_changed {
+                ("Updated", "updated the workspace limits")
+            } else {
+                (
+                    "DriftCorrected",
+                    "the workspace limits were changed outside the operator; reverted",
+                )
+            };
+            self.ctx
+                .event(
+                    &self.obj,
+                    EventType::Normal,
+                    reason,
+                    format!("{what}: {}", FieldChange::summary(&update.changes)),
+                )
+                .await;
+            ws = self.ctx.portkey.get_workspace(&ws.id).await?;
+        }
+        self.report(&ws, &desired);
+        Ok(refresh)
+    }
+
+    fn report(&mut self, ws: &Workspace, desired: &DesiredWorkspaceLimits) {
+        let (budget, reset, rate) = plan::summaries(ws);
+        self.status.budget = budget;
+        self.status.reset = reset;
+        self.status.rate_limit = rate;
+        self.status.next_reset_at = ws
+            .usage_limits
+            .iter()
+            .flatten()
+            .filter_map(|l| l.next_usage_reset_at)
+            .min()
+            .map(Time);
+        self.status.last_reset_at = ws.last_reset_at.map(Time);
+        self.status.observed_generation = self.generation();
+        // Eventual consistency: a read right after a PUT may lag; the next resync settles it.
+        if plan::plan(desired, ws).is_some() {
+            self.set(
+                READY,
+                FALSE,
+                "Pending",
+                "Portkey does not report the new limits yet",
+            );
+            self.set(
+                SYNCED,
+                TRUE,
+                "ReconcileSuccess",
+                "sent the limits; waiting for Portkey to report them",
+            );
+        } else {
+            let msg = format!(
+                "the limits of workspace {} are in force as specified",
+                ws.id
+            );
+            self.set(READY, TRUE, "InForce", &msg);
+            self.set(
+                SYNCED,
+                TRUE,
+                "ReconcileSuccess",
+                "the last reconcile succeeded",
+            );
+            self.status.last_sync_time = Some(Time(self.now));
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<Action, Error> {
+        if !kube_ops::has_finalizer(&self.obj) {
+            return Ok(Action::await_change());
+        }
+        let owns = self
+            .conflicting_owner(self.status.workspace_id.as_deref())
+            .await?
+            .is_none();
+        if self.obj.spec.deletion_policy == WorkspaceDeletionPolicy::Clear
+            && owns
+            && self.status.workspace_id.is_some()
+        {
+            let workspace = self.obj.spec.workspace.clone();
+            match self.ctx.portkey.get_workspace(&workspace).await {
+                Ok(ws) => {
+                    let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
+                    if let Some(update) = plan::clear(&desired, &ws) {
+                        self.ctx.write_permit().await;
+                        self.ctx
+                            .portkey
+                            .update_workspace(&ws.id, &update.body)
+                            .await?;
+                        self.ctx
+                            .event(
+                                &self.obj,
+                                EventType::Normal,
+                                "Cleared",
+                                format!(
+                                    "removed the limits this resource set: {}",
+                                    FieldChange::summary(&update.changes)
+                                ),
+                            )
+                            .await;
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else if owns {
+            self.ctx
+                .event(
+                    &self.obj,
+                    EventType::Normal,
+                    "Retained",
+                    "left the workspace limits in force (deletionPolicy Retain)".into(),
+                )
+                .await;
+        }
+        kube_ops::remove_finalizer(&self.api, &self.obj).await?;
+        Ok(Action::await_change())
+    }
+}
