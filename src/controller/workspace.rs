@@ -62,7 +62,7 @@ pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, E
 
 /// Which resource owns a workspace among those naming it: the oldest (then by name). Resources
 /// being deleted still count, so a successor never writes before its predecessor cleared.
-fn owner<'a>(candidates: &'a [WorkspaceBudget]) -> Option<&'a WorkspaceBudget> {
+fn owner(candidates: &[WorkspaceBudget]) -> Option<&WorkspaceBudget> {
     candidates.iter().min_by(|a, b| {
         let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
