@@ -755,3 +755,32 @@ fn workspace_budget_rules() {
         "{errs:#?}"
     );
 }
+
+/// Every sample in `config/samples/` passes the same admission rules the apiserver applies.
+#[test]
+fn samples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let value: Value = serde_saphyr::from_str(&text).unwrap();
+        let kind = value["kind"].as_str().unwrap().to_owned();
+        let crd = api::crds()
+            .into_iter()
+            .find(|c| c.spec.names.kind == kind)
+            .expect("a known kind");
+        assert_eq!(
+            validate_object(&crd, &value, None),
+            vec![],
+            "{}",
+            path.display()
+        );
+        kinds.push(kind);
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        ["RateLimitPolicy", "UsageLimitPolicy", "WorkspaceBudget"]
+    );
+}

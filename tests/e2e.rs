@@ -342,3 +342,181 @@ async fn e2e_usage_limit_policy() {
     assert_eq!(status_id, crashy[0].id);
     stop(op);
 }
+
+fn jsonpath(cp: &ControlPlane, kind: &str, name: &str, ns: Option<&str>, path: &str) -> String {
+    let mut args = vec!["get", kind, name, "-o"];
+    let expr = format!("jsonpath={path}");
+    args.push(&expr);
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    cp.kubectl(&args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_rate_limits_and_workspace_budgets() {
+    let Some(assets) = assets() else {
+        support::control_plane::print_skip("e2e_rate_limits_and_workspace_budgets");
+        return;
+    };
+    let cp = ControlPlane::start(assets);
+    cp.install_crds();
+    let emu = emulator::spawn(EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![SeedWorkspace {
+            id: WS.into(),
+            slug: "e2e".into(),
+            name: "E2E".into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
+    cp.kubectl(&["create", "namespace", NS]);
+    let op = start_operator(&cp, &emu.base_url(), "operator.log");
+
+    // RateLimitPolicy: apply → set; change → updated; delete → archived.
+    let rlp = |value: u32| {
+        format!(
+            "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: per-user\n  namespace: {NS}\nspec:\n  workspace: e2e\n  type: requests\n  unit: rpm\n  value: {value}\n  conditions:\n    - key: api_key\n      value: \"*\"\n  groupBy:\n    - key: metadata._user\n"
+        )
+    };
+    cp.apply(&rlp(120));
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "rlp/per-user",
+        "-n",
+        NS,
+        "--timeout=60s",
+    ]);
+    let filter = ListFilter {
+        workspace_id: Some(WS.into()),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    };
+    let rates = portkey.rate_limits().list(&filter).await.unwrap();
+    assert_eq!(rates.len(), 1);
+    assert_eq!(rates[0].value, Decimal::from(120));
+    cp.apply(&rlp(300));
+    eventually(
+        "the new rate in Portkey",
+        Duration::from_secs(60),
+        || async {
+            let r = portkey.rate_limits().list(&filter).await.ok()?;
+            (r.len() == 1 && r[0].value == Decimal::from(300)).then_some(())
+        },
+    )
+    .await;
+    cp.kubectl(&[
+        "delete",
+        "rlp",
+        "per-user",
+        "-n",
+        NS,
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    assert!(
+        portkey
+            .rate_limits()
+            .list(&filter)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // WorkspaceBudget: apply → set; change → updated; conflict; delete → cleared.
+    let wsb = |name: &str, limit: u32| {
+        format!(
+            "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: WorkspaceBudget\nmetadata:\n  name: {name}\nspec:\n  workspace: e2e\n  usageLimits:\n    - type: cost\n      creditLimit: {limit}\n      alertThreshold: 400\n      periodicReset: monthly\n  rateLimits:\n    - type: requests\n      unit: rpm\n      value: 120\n"
+        )
+    };
+    cp.apply(&wsb("marketing", 500));
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "wsb/marketing",
+        "--timeout=60s",
+    ]);
+    let ws = portkey.get_workspace(WS).await.unwrap();
+    assert_eq!(
+        ws.usage_limits.as_ref().unwrap()[0].credit_limit,
+        Decimal::from(500)
+    );
+    let reset = ws.usage_limits.unwrap()[0].next_usage_reset_at;
+    cp.apply(&wsb("marketing", 800));
+    eventually(
+        "the new workspace budget",
+        Duration::from_secs(60),
+        || async {
+            let w = portkey.get_workspace(WS).await.ok()?;
+            let l = w.usage_limits?;
+            (l[0].credit_limit == Decimal::from(800)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        portkey
+            .get_workspace(WS)
+            .await
+            .unwrap()
+            .usage_limits
+            .unwrap()[0]
+            .next_usage_reset_at,
+        reset
+    );
+    let table = cp.kubectl(&["get", "wsb", "marketing"]);
+    assert!(
+        table.contains("800 cost") && table.contains("120 requests rpm"),
+        "{table}"
+    );
+
+    cp.apply(&wsb("marketing-copy", 900));
+    eventually(
+        "the conflict to be reported",
+        Duration::from_secs(60),
+        || async {
+            let reason = jsonpath(
+                &cp,
+                "wsb",
+                "marketing-copy",
+                None,
+                r#"{.status.conditions[?(@.type=="Ready")].reason}"#,
+            );
+            (reason == "Conflict").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        portkey
+            .get_workspace(WS)
+            .await
+            .unwrap()
+            .usage_limits
+            .unwrap()[0]
+            .credit_limit,
+        Decimal::from(800)
+    );
+
+    cp.kubectl(&["delete", "wsb", "marketing", "--wait=true", "--timeout=60s"]);
+    // The copy takes over once the owner is gone; delete it too, then nothing is left.
+    cp.kubectl(&[
+        "delete",
+        "wsb",
+        "marketing-copy",
+        "--wait=true",
+        "--timeout=60s",
+    ]);
+    eventually(
+        "the workspace limits cleared",
+        Duration::from_secs(60),
+        || async {
+            let w = portkey.get_workspace(WS).await.ok()?;
+            (w.usage_limits.is_none() && w.rate_limits.is_none()).then_some(())
+        },
+    )
+    .await;
+    stop(op);
+}
