@@ -240,3 +240,126 @@ async fn invalid_spec_writes_only_a_terminal_status() {
         "waits for a spec change: {action:?}"
     );
 }
+
+#[tokio::test]
+async fn workspace_budget_conflict_lists_and_writes_status_only() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(kube::Client::new(service, "default"));
+    let wsb = |name: &str, created: &str, finalizers: &[&str]| {
+        json!({
+            "apiVersion": "budgets.portkey-operator.io/v1alpha1", "kind": "WorkspaceBudget",
+            "metadata": {"name": name, "uid": format!("uid-{name}"), "resourceVersion": "3", "generation": 1,
+                         "creationTimestamp": created, "finalizers": finalizers},
+            "spec": {"workspace": "marketing", "usageLimits": [{"type": "cost", "creditLimit": 500}]}
+        })
+    };
+    let second: WorkspaceBudget =
+        serde_json::from_value(wsb("second", "2026-11-02T00:00:00Z", &[])).unwrap();
+    let task = tokio::spawn(async move {
+        portkey_budget_operator::controller::workspace::reconcile(&second, &ctx).await
+    });
+
+    let (m, p, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m.as_str(), p.as_str()),
+        (
+            "PATCH",
+            "/apis/budgets.portkey-operator.io/v1alpha1/workspacebudgets/second"
+        )
+    );
+    assert_eq!(body["metadata"]["finalizers"], json!([FINALIZER]));
+    respond(send, &wsb("second", "2026-11-02T00:00:00Z", &[FINALIZER]));
+
+    let (m, p, _, _, send) = next(&mut handle).await;
+    assert_eq!(
+        (m.as_str(), p.as_str()),
+        (
+            "GET",
+            "/apis/budgets.portkey-operator.io/v1alpha1/workspacebudgets"
+        )
+    );
+    respond(
+        send,
+        &json!({"apiVersion": "budgets.portkey-operator.io/v1alpha1", "kind": "WorkspaceBudgetList", "metadata": {},
+        "items": [wsb("first", "2026-11-01T00:00:00Z", &[FINALIZER]), wsb("second", "2026-11-02T00:00:00Z", &[FINALIZER])]}),
+    );
+
+    let (m, p, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m.as_str(), p.as_str()),
+        (
+            "PATCH",
+            "/apis/budgets.portkey-operator.io/v1alpha1/workspacebudgets/second/status"
+        )
+    );
+    let ready = body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["reason"], "Conflict");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("older WorkspaceBudget first")
+    );
+    respond(send, &wsb("second", "2026-11-02T00:00:00Z", &[FINALIZER]));
+    task.await.unwrap().expect("reconcile succeeds");
+    assert_no_more_requests(&mut handle).await;
+}
+
+#[tokio::test]
+async fn rate_limit_policy_in_an_unbound_namespace_without_workspace_is_invalid() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(kube::Client::new(service, "default"));
+    let raw = json!({
+        "apiVersion": "budgets.portkey-operator.io/v1alpha1", "kind": "RateLimitPolicy",
+        "metadata": {"name": "rpm", "namespace": "team-a", "uid": "u-2", "resourceVersion": "5", "generation": 1,
+                     "finalizers": [FINALIZER]},
+        "spec": {"type": "requests", "unit": "rpm", "value": 60,
+                 "conditions": [{"key": "api_key", "value": "*"}], "groupBy": [{"key": "api_key"}]}
+    });
+    let obj: RateLimitPolicy = serde_json::from_value(raw.clone()).unwrap();
+    let task = tokio::spawn(async move {
+        portkey_budget_operator::controller::rate::reconcile(&obj, &ctx).await
+    });
+
+    let (m, p, _, _, send) = next(&mut handle).await;
+    assert_eq!(
+        (m.as_str(), p.as_str()),
+        ("GET", "/api/v1/namespaces/team-a")
+    );
+    respond(
+        send,
+        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}}),
+    );
+
+    let (m, p, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m.as_str(), p.as_str()),
+        (
+            "PATCH",
+            "/apis/budgets.portkey-operator.io/v1alpha1/namespaces/team-a/ratelimitpolicies/rpm/status"
+        )
+    );
+    let synced = body["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Synced")
+        .unwrap()
+        .clone();
+    assert_eq!(synced["reason"], "InvalidSpec");
+    assert!(
+        synced["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.workspace: required")
+    );
+    respond(send, &raw);
+    task.await.unwrap().expect("reconcile succeeds");
+    assert_no_more_requests(&mut handle).await;
+}
