@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod emulator;
+pub mod gitops;
 pub mod plan;
 pub mod portkey;
 pub mod telemetry;

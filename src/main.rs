@@ -10,7 +10,8 @@ use portkey_budget_operator::api;
 use portkey_budget_operator::config::RunArgs;
 use portkey_budget_operator::controller;
 use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
-use portkey_budget_operator::portkey::{ClientConfig, PortkeyClient};
+use portkey_budget_operator::gitops;
+use portkey_budget_operator::portkey::{ApiKey, ClientConfig, PortkeyClient};
 use portkey_budget_operator::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -38,6 +39,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Show what budget manifests would change in Portkey (exit 0: nothing, 2: changes, 1: error).
+    Plan(GitopsArgs),
+    /// Apply budget manifests to Portkey once, then show what is in force.
+    Sync(GitopsArgs),
     /// Run the operator: reconcile UsageLimitPolicy resources against the Portkey Admin API.
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
@@ -85,6 +90,163 @@ struct EmulatorArgs {
     /// Keep the state in this JSON file across restarts.
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args)]
+struct GitopsArgs {
+    /// Manifest files or folders (YAML, multi-document; other kinds are ignored). Repeatable.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
+    paths: Vec<PathBuf>,
+    /// Run against the built-in Portkey emulator (in-process, seeded with the manifests'
+    /// workspaces) instead of Portkey.
+    #[arg(long)]
+    emulator: bool,
+    /// Portkey Admin API base URL, including `/v1`.
+    #[arg(long, env = "PORTKEY_ADMIN_API_URL", default_value = portkey_budget_operator::portkey::DEFAULT_BASE_URL)]
+    admin_api_url: String,
+    /// Read the Admin API key from this file (else from PORTKEY_API_KEY).
+    #[arg(long, value_name = "PATH")]
+    api_key_file: Option<PathBuf>,
+    /// Workspace for policies that name none.
+    #[arg(long, env = "PORTKEY_DEFAULT_WORKSPACE")]
+    default_workspace: Option<String>,
+    /// Also archive policies carrying this tool's ownership marker that no manifest declares.
+    #[arg(long)]
+    prune: bool,
+    /// Refuse to prune more than this many policies.
+    #[arg(long, default_value_t = 5)]
+    max_prune: usize,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+fn api_key_from(file: &Option<PathBuf>) -> Result<ApiKey, String> {
+    let key = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("--api-key-file {}: {e}", path.display()))?,
+        None => std::env::var("PORTKEY_API_KEY").map_err(|_| {
+            "no Admin API key: set PORTKEY_API_KEY or pass --api-key-file (or use --emulator)"
+                .to_owned()
+        })?,
+    };
+    Ok(ApiKey::new(key))
+}
+
+/// `plan` and `sync`: 0 no changes (or synced), 2 changes planned, 1 error.
+async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
+    let manifests = gitops::load(&args.paths);
+    let json = args.output == OutputFormat::Json;
+    if !manifests.errors.is_empty() {
+        if json {
+            let errors: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
+            println!("{}", serde_json::json!({"errors": errors, "items": []}));
+        } else {
+            for e in &manifests.errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "{} manifest error(s); nothing was read from or sent to Portkey",
+                manifests.errors.len()
+            );
+        }
+        return Ok(1);
+    }
+    if manifests.resources.is_empty() {
+        eprintln!(
+            "no UsageLimitPolicy, RateLimitPolicy or WorkspaceBudget found in {:?} ({} other documents ignored)",
+            args.paths, manifests.ignored
+        );
+    }
+    let mut _emulator = None;
+    let (client, target) = if args.emulator {
+        let seeds = gitops::workspaces(&manifests.resources, args.default_workspace.as_deref())
+            .into_iter()
+            .map(|w| match uuid::Uuid::parse_str(&w) {
+                Ok(id) => SeedWorkspace {
+                    id: id.to_string(),
+                    slug: format!("ws-{}", &id.to_string()[..8]),
+                    name: w.clone(),
+                },
+                Err(_) => SeedWorkspace::from_slug(&w),
+            })
+            .collect();
+        let handle = emulator::spawn(EmulatorConfig {
+            workspaces: seeds,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("could not start the emulator: {e}"))?;
+        let base = handle.base_url();
+        eprintln!(
+            "Using the built-in Portkey Admin API emulator at {base} — NOT Portkey: nothing is sent to Portkey, and the emulator's state is gone when this command exits."
+        );
+        let client = PortkeyClient::new(ClientConfig::new(base.clone(), ApiKey::new("emulator")))
+            .map_err(|e| e.to_string())?;
+        _emulator = Some(handle);
+        (client, format!("the built-in emulator ({base})"))
+    } else {
+        let key = api_key_from(&args.api_key_file)?;
+        let client = PortkeyClient::new(ClientConfig::new(args.admin_api_url.clone(), key))
+            .map_err(|e| e.to_string())?;
+        let target = format!("the Portkey Admin API at {}", client.base_url());
+        (client, target)
+    };
+    let settings = gitops::PlanSettings {
+        default_workspace: args.default_workspace.clone(),
+        prune: args.prune,
+        max_prune: args.max_prune,
+    };
+    let plan = gitops::plan(&client, &manifests.resources, &settings).await;
+    if json && !sync {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plans serialize")
+        );
+    } else if !json {
+        print!("{}", gitops::render_text(&plan, &target));
+    }
+    if plan.has_errors() {
+        if sync && !json {
+            eprintln!("the plan has errors; nothing was changed");
+        }
+        if sync && json {
+            println!(
+                "{}",
+                serde_json::json!({"plan": plan, "applied": 0, "errors": plan.errors})
+            );
+        }
+        return Ok(1);
+    }
+    if !sync {
+        return Ok(if plan.has_changes() { 2 } else { 0 });
+    }
+    let report = gitops::apply(&client, &plan).await;
+    let table = gitops::status_table(
+        &client,
+        &manifests.resources,
+        args.default_workspace.as_deref(),
+    )
+    .await;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"plan": plan, "applied": report.applied, "errors": report.errors})
+        );
+    } else {
+        println!("\nApplied {} change(s).\n", report.applied);
+        print!("{table}");
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+    }
+    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -140,9 +302,20 @@ async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format, &cli.log_level);
+    // The CLI commands print their own results; keep routine logs out of the way by default.
+    let quiet =
+        matches!(cli.command, Command::Plan(_) | Command::Sync(_)) && cli.log_level == "info";
+    telemetry::init(cli.log_format, if quiet { "warn" } else { &cli.log_level });
     let result = match cli.command {
         Command::Run(args) => run_operator(args).await,
+        Command::Plan(args) => match run_gitops(args, false).await {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::Sync(args) => match run_gitops(args, true).await {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Crds(args) => run_crds(args),
         Command::Emulator(args) => run_emulator(args).await,
     };

@@ -68,6 +68,17 @@ impl Identity {
     }
 }
 
+/// The `(kind, identity)` of the ownership marker a remote name ends with, if any: any policy
+/// created by this operator or by `sync`.
+pub fn marker_of(remote_name: &str) -> Option<(&str, &str)> {
+    let name = remote_name.trim_end();
+    let inner = name.strip_suffix(']')?;
+    let start = inner.rfind("[k8s:")?;
+    let body = &inner[start + "[k8s:".len()..];
+    let (kind, id) = body.split_once(':')?;
+    (!kind.is_empty() && !id.is_empty()).then_some((kind, id))
+}
+
 /// 64-bit FNV-1a: a stable, dependency-free hash for long identities.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -113,5 +124,11 @@ mod tests {
         let name = wide.remote_name(Some(&"é".repeat(400)));
         assert_eq!(name.chars().count(), MAX_REMOTE_NAME);
         assert!(wide.owns(Some(&name)));
+        assert_eq!(
+            marker_of("Team A [k8s:ulp:team-a/monthly]"),
+            Some(("ulp", "team-a/monthly"))
+        );
+        assert_eq!(marker_of("hand made"), None);
+        assert_eq!(marker_of("x [k8s:]"), None);
     }
 }

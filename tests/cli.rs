@@ -1,0 +1,420 @@
+//! The `plan` / `sync` CLI: the real binary against an emulator the test owns (so state and the
+//! request log survive between runs).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::portkey::*;
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+const KEY: &str = "cli-test-key";
+
+async fn emulator() -> EmulatorHandle {
+    emulator::spawn(EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![
+            SeedWorkspace::from_slug("team-a"),
+            SeedWorkspace::from_slug("marketing"),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+fn cli(emu: &EmulatorHandle, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
+        .args(args)
+        .args(["--admin-api-url", &emu.base_url()])
+        .env("PORTKEY_API_KEY", KEY)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn write(dir: &Path, name: &str, content: &str) {
+    std::fs::write(dir.join(name), content).unwrap();
+}
+
+fn ulp(name: &str, limit: &str, group_by: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: UsageLimitPolicy\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n  workspace: team-a\n  type: cost\n  creditLimit: {limit}\n  periodicReset: monthly\n  conditions:\n    - key: metadata._team\n      value: team-a\n  groupBy:\n    - key: {group_by}\n{extra}"
+    )
+}
+
+async fn active_usage(client: &PortkeyClient) -> Vec<UsageLimitsPolicy> {
+    let ws = client.resolve_workspace_id("team-a").await.unwrap();
+    let filter = ListFilter {
+        workspace_id: Some(ws),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    };
+    client.usage_limits().list(&filter).await.unwrap()
+}
+
+fn client(emu: &EmulatorHandle) -> PortkeyClient {
+    PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_every_action_kind_and_sync_converges() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    write(
+        dir.path(),
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ulp("stay", "100", "metadata._user", ""),
+            ulp("raise", "200", "metadata._user", "")
+        ),
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        &ulp(
+            "regroup",
+            "300",
+            "metadata._user",
+            "  onImmutableChange: Recreate\n",
+        ),
+    );
+    write(
+        dir.path(),
+        "gone.yaml",
+        &ulp("gone", "50", "metadata._user", ""),
+    );
+    write(
+        dir.path(),
+        "other.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\ndata: {}\n",
+    );
+
+    // Empty Portkey: everything is a create; exit code 2.
+    let out = cli(&emu, &["plan", "-f", d]);
+    assert_eq!(out.status.code(), Some(2), "{}{}", text(&out), err(&out));
+    assert!(
+        text(&out)
+            .contains("Plan: 4 to create, 0 to update, 0 to replace, 0 to archive, 0 unchanged"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        emu.control().requests().await.unwrap().writes(),
+        0,
+        "plan never writes"
+    );
+
+    let out = cli(&emu, &["sync", "-f", d]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    assert!(text(&out).contains("Applied 4 change(s)."));
+    assert!(
+        text(&out).contains("team-a/raise"),
+        "status table lists the resources"
+    );
+    assert_eq!(active_usage(&client(&emu)).await.len(), 4);
+
+    // A second sync is a no-op: zero writes.
+    emu.control().clear_requests().await.unwrap();
+    let out = cli(&emu, &["sync", "-f", d]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out).contains("Applied 0 change(s)."),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(emu.control().requests().await.unwrap().writes(), 0);
+    let out = cli(&emu, &["plan", "-f", d]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "in sync: exit 0\n{}",
+        text(&out)
+    );
+
+    // Now: one update, one replace, one unchanged, one archive (with --prune).
+    write(
+        dir.path(),
+        "a.yaml",
+        &format!(
+            "{}---\n{}",
+            ulp("stay", "100", "metadata._user", ""),
+            ulp("raise", "800", "metadata._user", "")
+        ),
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        &ulp(
+            "regroup",
+            "300",
+            "api_key",
+            "  onImmutableChange: Recreate\n",
+        ),
+    );
+    std::fs::remove_file(dir.path().join("gone.yaml")).unwrap();
+    let out = cli(&emu, &["plan", "-f", d, "--prune"]);
+    let plan = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{plan}");
+    assert!(
+        plan.contains("~ update policy") && plan.contains("creditLimit: 200 → 800"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("± replace policy") && plan.contains("groupBy: metadata._user → api_key"),
+        "{plan}"
+    );
+    assert!(plan.contains("usage restarts from zero"), "{plan}");
+    assert!(plan.contains("= unchanged"), "{plan}");
+    assert!(
+        plan.contains("- archive policy") && plan.contains("team-a/gone"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(
+            "Plan: 0 to create, 1 to update, 1 to replace, 1 to archive, 1 unchanged, 0 blocked."
+        ),
+        "{plan}"
+    );
+
+    // JSON output for CI bots.
+    let out = cli(&emu, &["plan", "-f", d, "--prune", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let actions: Vec<&str> = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    for a in ["update", "replace", "unchanged", "archive"] {
+        assert!(actions.contains(&a), "{actions:?}");
+    }
+    let update = json["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["action"] == "update")
+        .unwrap();
+    assert_eq!(update["changes"][0]["field"], "creditLimit");
+    assert_eq!(
+        (
+            update["changes"][0]["from"].as_str(),
+            update["changes"][0]["to"].as_str()
+        ),
+        (Some("200"), Some("800"))
+    );
+
+    let out = cli(&emu, &["sync", "-f", d, "--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    let remote = active_usage(&client(&emu)).await;
+    assert_eq!(remote.len(), 3);
+    assert!(
+        remote
+            .iter()
+            .all(|p| !p.name.as_deref().unwrap().contains("team-a/gone"))
+    );
+    let raise = remote
+        .iter()
+        .find(|p| p.name.as_deref().unwrap().contains("team-a/raise"))
+        .unwrap();
+    assert_eq!(raise.credit_limit, Decimal::from(800));
+    let regroup = remote
+        .iter()
+        .find(|p| p.name.as_deref().unwrap().contains("team-a/regroup"))
+        .unwrap();
+    assert_eq!(regroup.group_by[0].key, "api_key");
+    let out = cli(&emu, &["plan", "-f", d, "--prune"]);
+    assert_eq!(out.status.code(), Some(0), "converged\n{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_is_guarded_and_never_touches_unmarked_policies() {
+    let emu = emulator().await;
+    let c = client(&emu);
+    let ws = c.resolve_workspace_id("team-a").await.unwrap();
+    let body = |name: &str| CreateUsageLimitsPolicy {
+        name: name.into(),
+        description: None,
+        conditions: vec![Condition {
+            key: "model".into(),
+            value: ConditionValue::One("*".into()),
+            excludes: None,
+        }],
+        group_by: vec![GroupBy {
+            key: "api_key".into(),
+        }],
+        limit_type: UsageLimitType::Cost,
+        credit_limit: Decimal::from(10),
+        alert_threshold: None,
+        periodic_reset: None,
+        periodic_reset_days: None,
+        next_usage_reset_at: None,
+        workspace_id: Some(ws.clone()),
+    };
+    for i in 0..3 {
+        c.usage_limits()
+            .create(&body(&format!("old {i} [k8s:ulp:team-a/old-{i}]")))
+            .await
+            .unwrap();
+    }
+    c.usage_limits()
+        .create(&body("made by hand, no marker"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "keep.yaml",
+        &ulp("keep", "100", "metadata._user", ""),
+    );
+    let d = dir.path().to_str().unwrap();
+
+    let out = cli(&emu, &["sync", "-f", d, "--prune", "--max-prune", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("--prune would archive 3 policies, more than --max-prune 2; refusing"),
+        "{}",
+        text(&out)
+    );
+    assert!(err(&out).contains("nothing was changed"));
+    assert_eq!(
+        active_usage(&c).await.len(),
+        4,
+        "nothing archived, nothing created"
+    );
+
+    let out = cli(&emu, &["sync", "-f", d, "--prune"]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    let names: Vec<String> = active_usage(&c)
+        .await
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&"made by hand, no marker".to_owned()));
+    assert!(names.iter().any(|n| n.ends_with("[k8s:ulp:team-a/keep]")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn validation_errors_name_file_document_and_field() {
+    let emu = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "bad.yaml",
+        &format!(
+            "{}---\n{}",
+            ulp("fine", "100", "metadata._user", ""),
+            ulp(
+                "broken",
+                "12.5",
+                "metadata._user",
+                "  alertThresholdPercent: 120\n"
+            )
+        ),
+    );
+    write(dir.path(), "garbage.yaml", "kind: [unclosed\n");
+    let out = cli(&emu, &["plan", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = err(&out);
+    assert!(
+        e.contains("bad.yaml#2: spec.creditLimit: must be an integer or a quoted decimal string"),
+        "{e}"
+    );
+    assert!(
+        e.contains("bad.yaml#2: spec.alertThresholdPercent: must be at most 99"),
+        "{e}"
+    );
+    assert!(e.contains("garbage.yaml#1: malformed YAML"), "{e}");
+    assert!(
+        !e.contains("bad.yaml#1"),
+        "the valid document is not reported: {e}"
+    );
+    assert_eq!(
+        emu.control().requests().await.unwrap().total,
+        0,
+        "no Admin API call on invalid input"
+    );
+
+    let out = cli(
+        &emu,
+        &[
+            "plan",
+            "-f",
+            dir.path().join("bad.yaml").to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        json["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e.as_str().unwrap().contains("spec.creditLimit"))
+    );
+
+    // A workspace that does not exist is an error too.
+    write(
+        dir.path(),
+        "bad.yaml",
+        &ulp("fine", "100", "metadata._user", "")
+            .replace("workspace: team-a", "workspace: nowhere"),
+    );
+    std::fs::remove_file(dir.path().join("garbage.yaml")).unwrap();
+    let out = cli(&emu, &["sync", "-f", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("spec.workspace: Portkey has no workspace \"nowhere\""),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(emu.control().requests().await.unwrap().writes(), 0);
+}
+
+#[test]
+fn built_in_emulator_runs_the_samples() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples");
+    let out = Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
+        .args(["sync", "-f", samples.to_str().unwrap(), "--emulator"])
+        .env_remove("PORTKEY_API_KEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    assert!(
+        err(&out).contains("built-in Portkey Admin API emulator")
+            && err(&out).contains("NOT Portkey")
+    );
+    let table = text(&out);
+    assert!(table.contains("Applied 3 change(s)."), "{table}");
+    for row in [
+        "team-a/team-a-monthly",
+        "team-a/team-a-openai-rpm",
+        "marketing",
+    ] {
+        assert!(table.contains(row), "{table}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
+        .args(["plan", "-f", samples.to_str().unwrap(), "--emulator"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a fresh emulator: changes planned"
+    );
+}
