@@ -57,9 +57,9 @@ impl std::fmt::Display for LoadError {
 /// A resource read from the manifests.
 #[derive(Debug, Clone)]
 pub enum Resource {
-    Usage(UsageLimitPolicy),
-    Rate(RateLimitPolicy),
-    Workspace(WorkspaceBudget),
+    Usage(Box<UsageLimitPolicy>),
+    Rate(Box<RateLimitPolicy>),
+    Workspace(Box<WorkspaceBudget>),
 }
 
 #[derive(Debug, Clone)]
@@ -290,9 +290,13 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
                     continue;
                 }
                 let resource = match kind.as_str() {
-                    "UsageLimitPolicy" => serde_json::from_value(value).map(Resource::Usage),
-                    "RateLimitPolicy" => serde_json::from_value(value).map(Resource::Rate),
-                    _ => serde_json::from_value(value).map(Resource::Workspace),
+                    "UsageLimitPolicy" => {
+                        serde_json::from_value(value).map(|o| Resource::Usage(Box::new(o)))
+                    }
+                    "RateLimitPolicy" => {
+                        serde_json::from_value(value).map(|o| Resource::Rate(Box::new(o)))
+                    }
+                    _ => serde_json::from_value(value).map(|o| Resource::Workspace(Box::new(o))),
                 };
                 match resource {
                     Ok(resource) => {
