@@ -6,6 +6,7 @@ pub mod config;
 pub mod controller;
 pub mod emulator;
 pub mod gitops;
+pub mod metrics;
 pub mod plan;
 pub mod portkey;
 pub mod telemetry;

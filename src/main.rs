@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use portkey_budget_operator::api;
-use portkey_budget_operator::config::RunArgs;
-use portkey_budget_operator::controller;
+use portkey_budget_operator::config::{OperatorSettings, RunArgs};
+use portkey_budget_operator::controller::manager;
 use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
 use portkey_budget_operator::gitops;
 use portkey_budget_operator::portkey::{ApiKey, ClientConfig, PortkeyClient};
@@ -21,18 +21,13 @@ use portkey_budget_operator::telemetry::{self, LogFormat};
     about = "Enforce LLM-gateway budgets declared as Kubernetes resources in Portkey"
 )]
 struct Cli {
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "LOG_FORMAT",
-        value_enum,
-        default_value = "text"
-    )]
-    log_format: LogFormat,
-    /// Log level or filter (e.g. `info`, `portkey_budget_operator=debug`); `RUST_LOG` wins.
-    #[arg(long, global = true, env = "LOG_LEVEL", default_value = "info")]
-    log_level: String,
+    /// Log format [default: text].
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log level or filter (e.g. `info`, `portkey_budget_operator=debug`) [default: info];
+    /// `RUST_LOG` wins.
+    #[arg(long, global = true, env = "LOG_LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,8 +38,9 @@ enum Command {
     Plan(GitopsArgs),
     /// Apply budget manifests to Portkey once, then show what is in force.
     Sync(GitopsArgs),
-    /// Run the operator: reconcile UsageLimitPolicy resources against the Portkey Admin API.
-    Run(RunArgs),
+    /// Run the operator: reconcile UsageLimitPolicy, RateLimitPolicy and WorkspaceBudget
+    /// resources against the Portkey Admin API.
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
     Crds(CrdsArgs),
     /// Run a local Portkey Admin API emulator (in-memory, for tests and demos).
@@ -249,39 +245,54 @@ async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
     Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+fn main_settings(args: &RunArgs) -> Result<OperatorSettings, String> {
+    args.resolve()
 }
 
-async fn run_operator(args: RunArgs) -> Result<(), String> {
-    let api_key = args.api_key()?;
-    let mut client_config = ClientConfig::new(args.admin_api_url.clone(), api_key);
-    client_config.timeout = args.admin_api_timeout.0;
-    let portkey = PortkeyClient::new(client_config).map_err(|e| e.to_string())?;
-    let kube = kube::Client::try_default().await.map_err(|e| {
-        format!("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {e}")
-    })?;
-    tracing::info!(admin_api = %portkey.base_url(), "starting portkey-budget-operator");
-    let ctx = controller::Context::new(
-        kube,
-        portkey,
-        args.controller_config(),
-        controller::reporter(),
-    );
-    controller::run(ctx, shutdown_signal()).await;
-    tracing::info!("stopped");
-    Ok(())
+fn main_exit(e: String) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match &cli.command {
+        Command::Run(args) => match main_settings(args) {
+            Ok(s) => Some(s),
+            Err(e) => return main_exit(e),
+        },
+        _ => None,
+    };
+    let format = cli
+        .log_format
+        .or(settings.as_ref().and_then(|s| s.log_format))
+        .unwrap_or(LogFormat::Text);
+    let level = cli
+        .log_level
+        .clone()
+        .or(settings.as_ref().and_then(|s| s.log_level.clone()));
+    // The CLI commands print their own results; keep routine logs out of the way by default.
+    let quiet = matches!(cli.command, Command::Plan(_) | Command::Sync(_)) && level.is_none();
+    let level = level.unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_owned());
+    telemetry::init(format, &level);
+    let result = match cli.command {
+        Command::Run(_) => manager::run(settings.expect("resolved above")).await,
+        Command::Plan(args) => match run_gitops(args, false).await {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::Sync(args) => match run_gitops(args, true).await {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
+        Command::Crds(args) => run_crds(args),
+        Command::Emulator(args) => run_emulator(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => main_exit(e),
+    }
 }
 
 async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
@@ -297,33 +308,4 @@ async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
     tracing::info!("shutting down the emulator");
     handle.shutdown().await;
     Ok(())
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // The CLI commands print their own results; keep routine logs out of the way by default.
-    let quiet =
-        matches!(cli.command, Command::Plan(_) | Command::Sync(_)) && cli.log_level == "info";
-    telemetry::init(cli.log_format, if quiet { "warn" } else { &cli.log_level });
-    let result = match cli.command {
-        Command::Run(args) => run_operator(args).await,
-        Command::Plan(args) => match run_gitops(args, false).await {
-            Ok(code) => return ExitCode::from(code),
-            Err(e) => Err(e),
-        },
-        Command::Sync(args) => match run_gitops(args, true).await {
-            Ok(code) => return ExitCode::from(code),
-            Err(e) => Err(e),
-        },
-        Command::Crds(args) => run_crds(args),
-        Command::Emulator(args) => run_emulator(args).await,
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -93,6 +93,7 @@ fn context(client: kube::Client) -> std::sync::Arc<Context> {
         unreachable_portkey(),
         ControllerConfig {
             usage_refresh_interval: Duration::ZERO,
+            resync_interval: Duration::ZERO,
             ..Default::default()
         },
         controller::reporter(),

@@ -2,6 +2,7 @@
 
 pub mod conditions;
 pub mod kube_ops;
+pub mod manager;
 pub mod policy;
 pub mod rate;
 pub mod usage;
@@ -24,6 +25,7 @@ use rand::Rng;
 
 use crate::api::{RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
 use crate::config::ControllerConfig;
+use crate::metrics::{Health, Metrics};
 use crate::portkey::{PortkeyClient, PortkeyError};
 use policy::PolicyResource;
 
@@ -89,6 +91,8 @@ pub struct Context {
     pub config: ControllerConfig,
     pub recorder: Recorder,
     pub workspaces: WorkspaceCache,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
     crds: HashMap<&'static str, CustomResourceDefinition>,
     write_limiter: DefaultDirectRateLimiter,
     failures: Mutex<HashMap<String, u32>>,
@@ -101,12 +105,35 @@ impl Context {
         config: ControllerConfig,
         reporter: Reporter,
     ) -> Arc<Self> {
+        Self::with_metrics(
+            client,
+            portkey,
+            config,
+            reporter,
+            Arc::new(Metrics::new()),
+            Arc::new(Health::default()),
+        )
+    }
+
+    /// [`Context::new`] with the process's metrics and health state (the Portkey client's call
+    /// observer should feed the same `metrics`).
+    pub fn with_metrics(
+        client: Client,
+        portkey: PortkeyClient,
+        config: ControllerConfig,
+        reporter: Reporter,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Arc<Self> {
+        metrics.set_dry_run(config.dry_run);
         let rate = NonZeroU32::new(config.admin_api_write_rate.max(1)).expect("non-zero");
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             portkey,
             workspaces: WorkspaceCache::default(),
+            metrics,
+            health,
             crds: HashMap::from([
                 ("ulp", UsageLimitPolicy::crd()),
                 ("rlp", RateLimitPolicy::crd()),
@@ -148,9 +175,19 @@ impl Context {
         }
     }
 
-    /// The usage refresh interval, jittered by ±10 % so resources do not poll in lock-step.
-    pub fn refresh_interval(&self) -> Duration {
-        let base = self.config.usage_refresh_interval.as_secs_f64();
+    /// The refresh period of a kind: `--usage-refresh-interval` for kinds that report usage,
+    /// `--resync-interval` for the others.
+    pub fn interval(&self, reports_usage: bool) -> Duration {
+        if reports_usage {
+            self.config.usage_refresh_interval
+        } else {
+            self.config.resync_interval
+        }
+    }
+
+    /// [`Context::interval`], jittered by ±10 % so resources do not poll in lock-step.
+    pub fn refresh_interval(&self, reports_usage: bool) -> Duration {
+        let base = self.interval(reports_usage).as_secs_f64();
         let factor = rand::rng().random_range(0.9..=1.1);
         Duration::from_secs_f64((base * factor).max(1.0))
     }
@@ -166,8 +203,16 @@ impl Context {
         err.retry_after().map_or(delay, |r| r.max(delay))
     }
 
-    fn succeeded(&self, key: &str) {
-        self.failures.lock().expect("failures lock").remove(key);
+    /// Bookkeeping after a reconcile: metrics, and the backoff reset on success.
+    fn finished(&self, kind: &str, key: &str, started: Instant, result: &Result<Action, Error>) {
+        self.metrics.reconciled(
+            kind,
+            started.elapsed(),
+            result.as_ref().err().map(Error::reason),
+        );
+        if result.is_ok() {
+            self.failures.lock().expect("failures lock").remove(key);
+        }
     }
 }
 
@@ -180,10 +225,9 @@ pub async fn reconcile_policy<R: PolicyResource>(
     obj: Arc<R>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let started = Instant::now();
     let result = policy::reconcile(obj.as_ref(), &ctx).await;
-    if result.is_ok() {
-        ctx.succeeded(&key_of(obj.as_ref()));
-    }
+    ctx.finished(R::SHORT, &key_of(obj.as_ref()), started, &result);
     result
 }
 
@@ -208,47 +252,91 @@ fn apis<R: PolicyResource>(ctx: &Context) -> Vec<Api<R>> {
 }
 
 type Shutdown = futures::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>>>;
+type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+type Ready = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-async fn run_kind<R: PolicyResource>(api: Api<R>, ctx: Arc<Context>, shutdown: Shutdown) {
-    let concurrency = ctx.config.concurrency.max(1);
-    Controller::new(api, watcher::Config::default().any_semantic())
-        .with_config(RuntimeConfig::default().concurrency(concurrency))
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile_policy::<R>, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(kind = R::SHORT, object = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(kind = R::SHORT, error = %e, "reconcile error"),
-            }
-        })
-        .await;
+/// One controller's run future, and a future that resolves once its cache is synced.
+fn controller_for<K, F, Fut>(
+    api: Api<K>,
+    ctx: &Arc<Context>,
+    shutdown: Shutdown,
+    kind: &'static str,
+    reconcile: F,
+) -> (Task, Ready)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(RuntimeConfig::default().concurrency(ctx.config.concurrency.max(1)))
+        .graceful_shutdown_on(shutdown);
+    let store = controller.store();
+    let ready: Ready = Box::pin(async move {
+        let _ = store.wait_until_ready().await;
+    });
+    let task: Task = Box::pin(
+        controller
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(move |result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(kind, object = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(kind, error = %e, "reconcile error"),
+                }
+            }),
+    );
+    (task, ready)
 }
 
-/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy) until `shutdown` resolves; in-flight
-/// reconciles finish first.
+/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget) until `shutdown`
+/// resolves; in-flight reconciles finish first. Marks the caches synced in `ctx.health` once
+/// every controller has listed its resources.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(shutdown);
     let shutdown = futures::future::FutureExt::shared(boxed);
-    let mut tasks: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut ready: Vec<Ready> = Vec::new();
+    let mut add = |(task, r): (Task, Ready)| {
+        tasks.push(task);
+        ready.push(r);
+    };
     for api in apis::<UsageLimitPolicy>(&ctx) {
-        tasks.push(Box::pin(run_kind(api, ctx.clone(), shutdown.clone())));
+        add(controller_for(
+            api,
+            &ctx,
+            shutdown.clone(),
+            "ulp",
+            reconcile_policy::<UsageLimitPolicy>,
+        ));
     }
     for api in apis::<RateLimitPolicy>(&ctx) {
-        tasks.push(Box::pin(run_kind(api, ctx.clone(), shutdown.clone())));
+        add(controller_for(
+            api,
+            &ctx,
+            shutdown.clone(),
+            "rlp",
+            reconcile_policy::<RateLimitPolicy>,
+        ));
     }
-    let workspace_budgets = Controller::new(
+    add(controller_for(
         Api::<WorkspaceBudget>::all(ctx.client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(RuntimeConfig::default().concurrency(ctx.config.concurrency.max(1)))
-    .graceful_shutdown_on(shutdown.clone())
-    .run(reconcile_workspace, error_policy, ctx.clone())
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(kind = "wsb", error = %e, "reconcile error");
-        }
-    });
-    tasks.push(Box::pin(workspace_budgets));
+        &ctx,
+        shutdown.clone(),
+        "wsb",
+        reconcile_workspace,
+    ));
+    let health = ctx.health.clone();
+    tasks.push(Box::pin(async move {
+        futures::future::join_all(ready).await;
+        tracing::info!("caches synced; reconciling");
+        health.set_caches_synced(true);
+    }));
     futures::future::join_all(tasks).await;
 }
 
@@ -257,10 +345,9 @@ pub async fn reconcile_workspace(
     obj: Arc<WorkspaceBudget>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
+    let started = Instant::now();
     let result = workspace::reconcile(obj.as_ref(), &ctx).await;
-    if result.is_ok() {
-        ctx.succeeded(&key_of(obj.as_ref()));
-    }
+    ctx.finished("wsb", &key_of(obj.as_ref()), started, &result);
     result
 }
 

@@ -27,6 +27,7 @@ use super::kube_ops::{self, Managed};
 use super::{Context, Error};
 use crate::api::validate::{summarize, validate_object};
 use crate::api::*;
+use crate::metrics::BudgetFigures;
 use crate::plan::policy::{Decision, PlanOptions, PolicyAction, PolicyDiff, plan};
 use crate::plan::{FieldChange, Identity};
 use crate::portkey::*;
@@ -74,6 +75,10 @@ pub trait PolicyResource: Managed + Resource<Scope = NamespaceResourceScope> {
         remote: Option<&<Self::Kind as PolicyKind>::Policy>,
         desired: &Self::Desired,
     ) -> Vec<EventSpec>;
+    /// The figures of the per-resource budget metrics, for kinds that have a budget.
+    fn budget(&self, _status: &Self::Status) -> Option<BudgetFigures> {
+        None
+    }
 }
 
 struct Run<'a, R: PolicyResource> {
@@ -97,11 +102,22 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         now: Timestamp::now(),
     };
     if obj.meta().deletion_timestamp.is_some() {
+        ctx.metrics
+            .forget(&R::kind(&()), &namespace, &obj.name_any());
         return run.cleanup().await;
     }
     match run.apply().await {
         Ok(action) => {
             run.flush_status().await?;
+            match R::budget(obj, &run.status) {
+                Some(figures) => {
+                    ctx.metrics
+                        .budget(&R::kind(&()), &namespace, &obj.name_any(), figures)
+                }
+                None => ctx
+                    .metrics
+                    .forget(&R::kind(&()), &namespace, &obj.name_any()),
+            }
             Ok(action)
         }
         Err(e) => {
@@ -203,7 +219,7 @@ impl<R: PolicyResource> Run<'_, R> {
             ps.last_sync_time.as_ref(),
             self.pending_since().is_some(),
             self.now,
-            self.ctx.config.usage_refresh_interval,
+            self.ctx.interval(R::INCLUDE_USAGE),
         )
     }
 
@@ -211,7 +227,7 @@ impl<R: PolicyResource> Run<'_, R> {
         if let Some(action) = self.fresh() {
             return Ok(action);
         }
-        let refresh = Action::requeue(self.ctx.refresh_interval());
+        let refresh = Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE));
 
         // 1. Admission rules again: nothing invalid ever reaches Portkey.
         let value = serde_json::to_value(&self.obj).expect("resources serialize");
@@ -349,6 +365,13 @@ impl<R: PolicyResource> Run<'_, R> {
         // 5. Plan and apply.
         let desired = self.obj.desired(&self.identity, &workspace_id);
         let decision = plan(&desired, remote.as_ref(), options);
+        if self.ctx.config.dry_run
+            && let Decision::Apply(action) = &decision
+        {
+            return Ok(self
+                .dry_run(action, remote.as_ref(), &desired, workspace_id, refresh)
+                .await);
+        }
         let mut blocked = None;
         match decision {
             Decision::InSync => {}
@@ -463,6 +486,72 @@ impl<R: PolicyResource> Run<'_, R> {
         Ok(refresh)
     }
 
+    /// Dry-run: record what would be written as Events, write nothing to Portkey, and report
+    /// the remote policy as it is (Ready=False DryRun: the spec is not in force).
+    async fn dry_run(
+        &mut self,
+        action: &PolicyAction<<R::Kind as PolicyKind>::Create, <R::Kind as PolicyKind>::Update>,
+        remote: Option<&<R::Kind as PolicyKind>::Policy>,
+        desired: &R::Desired,
+        workspace_id: String,
+        refresh: Action,
+    ) -> Action {
+        let notes: Vec<(&str, String)> = match action {
+            PolicyAction::Create { .. } => vec![(
+                "WouldCreate",
+                format!("dry-run: would create a Portkey policy in workspace {workspace_id}"),
+            )],
+            PolicyAction::Update { id, changes, .. } => vec![(
+                "WouldUpdate",
+                format!(
+                    "dry-run: would update Portkey policy {id}: {}",
+                    FieldChange::summary(changes)
+                ),
+            )],
+            PolicyAction::Replace {
+                old_id, changes, ..
+            } => vec![
+                (
+                    "WouldArchive",
+                    format!(
+                        "dry-run: would archive Portkey policy {old_id} ({} cannot change in place)",
+                        FieldChange::summary(changes)
+                    ),
+                ),
+                (
+                    "WouldCreate",
+                    format!(
+                        "dry-run: would create its replacement in workspace {workspace_id} (usage restarts from zero)"
+                    ),
+                ),
+            ],
+        };
+        let message = notes
+            .iter()
+            .map(|(_, n)| n.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        for (reason, note) in notes {
+            self.event(EventType::Normal, reason, note).await;
+        }
+        let generation = self.generation();
+        self.ps().workspace_id = Some(workspace_id);
+        self.ps().observed_generation = generation;
+        self.ps().remote_status = remote.map(|p| p.status().to_string());
+        let events = self.obj.report(&mut self.status, remote, desired);
+        for (type_, reason, note) in events {
+            self.event(type_, reason, note).await;
+        }
+        self.set(READY, FALSE, "DryRun", &message);
+        self.set(
+            SYNCED,
+            TRUE,
+            "DryRun",
+            "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
+        );
+        refresh
+    }
+
     /// GET (with usage where the kind has it); `None` when the policy is gone (404).
     async fn get_policy(&self, id: &str) -> Result<Option<<R::Kind as PolicyKind>::Policy>, Error> {
         let options = GetOptions {
@@ -500,6 +589,19 @@ impl<R: PolicyResource> Run<'_, R> {
         owned.sort_by(|a, b| a.created_at().cmp(&b.created_at()).then(a.id().cmp(b.id())));
         let keep = owned.remove(0);
         for extra in owned {
+            if self.ctx.config.dry_run {
+                self.event(
+                    EventType::Normal,
+                    "WouldArchive",
+                    format!(
+                        "dry-run: would archive Portkey policy {} carrying this resource's marker (a duplicate of {})",
+                        extra.id(),
+                        keep.id()
+                    ),
+                )
+                .await;
+                continue;
+            }
             self.ctx.write_permit().await;
             match self.policies().delete(extra.id()).await {
                 Ok(()) => {}
@@ -618,6 +720,15 @@ impl<R: PolicyResource> Run<'_, R> {
                 }
             }
             for id in ids {
+                if self.ctx.config.dry_run {
+                    self.event(
+                        EventType::Normal,
+                        "WouldArchive",
+                        format!("dry-run: would archive Portkey policy {id}"),
+                    )
+                    .await;
+                    continue;
+                }
                 self.ctx.write_permit().await;
                 match self.policies().delete(&id).await {
                     Ok(()) => {

@@ -6,7 +6,13 @@ use kube::runtime::events::EventType;
 
 use super::policy::{self, CommonSpec, EventSpec, PolicyResource};
 use super::{Context, Error};
+use std::str::FromStr;
+
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+
 use crate::api::*;
+use crate::metrics::BudgetFigures;
 use crate::plan::report::{AlertEvent, usage_report};
 use crate::plan::usage::DesiredUsagePolicy;
 use crate::plan::{Identity, schedule_text};
@@ -43,6 +49,25 @@ impl PolicyResource for UsageLimitPolicy {
 
     fn policy_status_ref(status: &UsageLimitPolicyStatus) -> &RemotePolicyStatus {
         &status.common
+    }
+
+    fn budget(&self, status: &UsageLimitPolicyStatus) -> Option<BudgetFigures> {
+        let limit = self.spec.credit_limit.decimal();
+        let usage = status.usage.as_ref();
+        let peak = usage
+            .and_then(|u| Decimal::from_str(&u.peak_usage).ok())
+            .unwrap_or_default();
+        let ratio = if limit.is_zero() {
+            Decimal::ZERO
+        } else {
+            peak / limit
+        };
+        Some(BudgetFigures {
+            limit: limit.to_f64().unwrap_or(0.0),
+            usage: peak.to_f64().unwrap_or(0.0),
+            ratio: ratio.to_f64().unwrap_or(0.0),
+            exhausted_buckets: usage.map_or(0, |u| i64::from(u.exhausted_buckets)),
+        })
     }
 
     /// Usage summary, reset times and the alert Events due.

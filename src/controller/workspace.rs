@@ -137,11 +137,11 @@ impl Run<'_> {
             self.status.last_sync_time.as_ref(),
             false,
             self.now,
-            self.ctx.config.usage_refresh_interval,
+            self.ctx.interval(true),
         ) {
             return Ok(action);
         }
-        let refresh = Action::requeue(self.ctx.refresh_interval());
+        let refresh = Action::requeue(self.ctx.refresh_interval(true));
         let value = serde_json::to_value(&self.obj).expect("resources serialize");
         let errors = validate_object(self.ctx.crd("wsb"), &value, None);
         if !errors.is_empty() {
@@ -182,7 +182,29 @@ impl Run<'_> {
         self.status.workspace_id = Some(ws.id.clone());
 
         let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
-        if let Some(update) = plan::plan(&desired, &ws) {
+        let planned = plan::plan(&desired, &ws);
+        if self.ctx.config.dry_run
+            && let Some(update) = &planned
+        {
+            let note = format!(
+                "dry-run: would update the limits of workspace {}: {}",
+                ws.id,
+                FieldChange::summary(&update.changes)
+            );
+            self.ctx
+                .event(&self.obj, EventType::Normal, "WouldUpdate", note.clone())
+                .await;
+            self.report(&ws, &desired);
+            self.set(READY, FALSE, "DryRun", &note);
+            self.set(
+                SYNCED,
+                TRUE,
+                "DryRun",
+                "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
+            );
+            return Ok(refresh);
+        }
+        if let Some(update) = planned {
             self.ctx.write_permit().await;
             self.ctx
                 .portkey
@@ -271,7 +293,22 @@ impl Run<'_> {
             match self.ctx.portkey.get_workspace(&workspace).await {
                 Ok(ws) => {
                     let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
-                    if let Some(update) = plan::clear(&desired, &ws) {
+                    let cleared = plan::clear(&desired, &ws);
+                    if self.ctx.config.dry_run
+                        && let Some(update) = &cleared
+                    {
+                        self.ctx
+                            .event(
+                                &self.obj,
+                                EventType::Normal,
+                                "WouldUpdate",
+                                format!(
+                                    "dry-run: would remove the limits this resource set: {}",
+                                    FieldChange::summary(&update.changes)
+                                ),
+                            )
+                            .await;
+                    } else if let Some(update) = cleared {
                         self.ctx.write_permit().await;
                         self.ctx
                             .portkey

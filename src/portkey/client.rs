@@ -420,6 +420,20 @@ impl PortkeyClient {
         })
     }
 
+    /// A cheap authenticated read (one page of one workspace) that tells whether the Admin API
+    /// answers and accepts the key; used for readiness. (A policy list would need a
+    /// `workspace_id` with an organisation key.)
+    pub async fn ping(&self) -> Result<(), PortkeyError> {
+        let query = [
+            ("page_size", "1".to_owned()),
+            ("current_page", "0".to_owned()),
+        ];
+        let _: ListResponse<serde_json::Value> = self
+            .get_json("ping", self.url(&["admin", "workspaces"], &query))
+            .await?;
+        Ok(())
+    }
+
     /// `GET /admin/workspaces/{id-or-slug}`.
     pub async fn get_workspace(&self, id_or_slug: &str) -> Result<Workspace, PortkeyError> {
         self.get_json(
