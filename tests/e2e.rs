@@ -18,7 +18,25 @@ const WS: &str = "3a1d4e8a-2222-4c3b-9d2e-0000000000e2";
 const KEY: &str = "e2e-admin-key";
 const NS: &str = "e2e-budgets";
 
+/// The Lease namespace of the operators under test.
+const OPERATOR_NS: &str = "portkey-operator-system";
+
 fn start_operator(cp: &ControlPlane, base_url: &str, log_name: &str) -> Child {
+    start_named_operator(cp, base_url, log_name, log_name, &[])
+}
+
+/// Starts the operator binary with leader election on (its default) and a short lease, the
+/// metrics server on a free loopback port, and `POD_NAME` = `pod` (its Lease identity prefix).
+fn start_named_operator(
+    cp: &ControlPlane,
+    base_url: &str,
+    log_name: &str,
+    pod: &str,
+    extra: &[&str],
+) -> Child {
+    cp.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {OPERATOR_NS}\n"
+    ));
     let log = std::fs::File::create(cp.dir.path().join(log_name)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
         .args([
@@ -27,13 +45,23 @@ fn start_operator(cp: &ControlPlane, base_url: &str, log_name: &str) -> Child {
             base_url,
             "--usage-refresh-interval",
             "2s",
+            "--resync-interval",
+            "2s",
             "--create-pending-grace",
             "5s",
             "--admin-api-timeout",
             "20s",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+            "--leader-election-namespace",
+            OPERATOR_NS,
+            "--leader-election-lease-duration",
+            "4s",
         ])
+        .args(extra)
         .env("KUBECONFIG", &cp.kubeconfig)
         .env("PORTKEY_API_KEY", KEY)
+        .env("POD_NAME", pod)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
@@ -519,4 +547,129 @@ async fn e2e_rate_limits_and_workspace_budgets() {
     )
     .await;
     stop(op);
+}
+
+/// The current holder of the operator's leader Lease.
+fn lease_holder(cp: &ControlPlane) -> String {
+    let out = Command::new(cp.assets.join("kubectl"))
+        .arg(format!("--kubeconfig={}", cp.kubeconfig.display()))
+        .args([
+            "get",
+            "lease",
+            "portkey-budget-operator",
+            "-n",
+            OPERATOR_NS,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn log_of(cp: &ControlPlane, name: &str) -> String {
+    std::fs::read_to_string(cp.dir.path().join(name)).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn e2e_leader_election_handover() {
+    let Some(assets) = assets() else {
+        support::control_plane::print_skip("e2e_leader_election_handover");
+        return;
+    };
+    let cp = ControlPlane::start(assets);
+    cp.install_crds();
+    let emu = emulator::spawn(EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![SeedWorkspace {
+            id: WS.into(),
+            slug: "e2e".into(),
+            name: "E2E".into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
+    cp.kubectl(&["create", "namespace", NS]);
+    let a = start_named_operator(&cp, &emu.base_url(), "op-a.log", "op-a", &[]);
+    let b = start_named_operator(&cp, &emu.base_url(), "op-b.log", "op-b", &[]);
+
+    // Exactly one of the two leads.
+    let first = eventually("a leader", Duration::from_secs(60), || async {
+        let holder = lease_holder(&cp);
+        (holder.starts_with("op-a-") || holder.starts_with("op-b-")).then_some(holder)
+    })
+    .await;
+    let (leader, standby, leader_log, standby_log) = if first.starts_with("op-a-") {
+        (a, b, "op-a.log", "op-b.log")
+    } else {
+        (b, a, "op-b.log", "op-a.log")
+    };
+    cp.apply(&manifest("elected", 500));
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "ulp/elected",
+        "-n",
+        NS,
+        "--timeout=60s",
+    ]);
+    assert_eq!(owned_by(&portkey, "elected").await.len(), 1);
+    assert!(log_of(&cp, leader_log).contains("became the leader"));
+    assert!(
+        !log_of(&cp, standby_log).contains("became the leader"),
+        "the standby must not reconcile while the leader holds the Lease"
+    );
+
+    // The leader dies without releasing the Lease: the standby takes over once it expires.
+    stop(leader);
+    let second = eventually(
+        "the standby to take the Lease",
+        Duration::from_secs(60),
+        || async {
+            let holder = lease_holder(&cp);
+            (!holder.is_empty() && holder != first).then_some(holder)
+        },
+    )
+    .await;
+    assert!(second.starts_with(&standby_log[..4]), "{second}");
+    cp.kubectl(&[
+        "patch",
+        "ulp",
+        "elected",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"creditLimit":800}}"#,
+    ]);
+    eventually(
+        "the new leader to apply the change",
+        Duration::from_secs(60),
+        || async {
+            let p = owned_by(&portkey, "elected").await;
+            (p.len() == 1 && p[0].credit_limit == Decimal::from(800)).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(owned_by(&portkey, "elected").await.len(), 1, "no duplicate");
+
+    // SIGTERM: in-flight work finishes, the Lease is released, the process exits cleanly.
+    let pid = standby.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let mut standby = standby;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(exit) = standby.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "the operator did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    assert!(log_of(&cp, standby_log).contains("released the leader Lease"));
+    let holder = lease_holder(&cp);
+    assert!(holder.is_empty(), "the Lease is still held by {holder:?}");
 }

@@ -1,0 +1,256 @@
+//! The Helm chart: its `crds/` equal the top-level `crds/`, every value is typed and documented
+//! in `values.schema.json`, and Helm's own linter (the `helm-sdkpy` package, which embeds Helm's
+//! library) accepts the chart with the defaults plus an API key and rejects bad values.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/portkey-budget-operator")
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn values() -> Value {
+    serde_saphyr::from_str(&read(&chart().join("values.yaml"))).expect("values.yaml parses")
+}
+
+fn schema() -> Value {
+    serde_json::from_str(&read(&chart().join("values.schema.json"))).expect("schema parses")
+}
+
+#[test]
+fn chart_crds_are_the_top_level_crds() {
+    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut names: Vec<String> = std::fs::read_dir(&top)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let mut chart_names: Vec<String> = std::fs::read_dir(chart().join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    chart_names.sort();
+    assert_eq!(
+        names, chart_names,
+        "charts/portkey-budget-operator/crds/ must hold exactly the files of crds/"
+    );
+    for name in names {
+        assert_eq!(
+            read(&top.join(&name)),
+            read(&chart().join("crds").join(&name)),
+            "charts/portkey-budget-operator/crds/{name} drifted from crds/{name}: copy crds/*.yaml into the chart"
+        );
+    }
+}
+
+/// Walks values.yaml; every key must be in the schema with a type and a description, and every
+/// default must have the declared type.
+fn check(path: &str, value: &Value, schema: &Value, problems: &mut Vec<String>) {
+    if schema.get("description").and_then(Value::as_str).is_none() {
+        problems.push(format!("{path}: no description in values.schema.json"));
+    }
+    let Some(ty) = schema.get("type").and_then(Value::as_str) else {
+        problems.push(format!("{path}: no type in values.schema.json"));
+        return;
+    };
+    let ok = match ty {
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "string" => value.is_string(),
+        "integer" => value.is_i64(),
+        "boolean" => value.is_boolean(),
+        other => {
+            problems.push(format!("{path}: unexpected type {other}"));
+            true
+        }
+    };
+    if !ok {
+        problems.push(format!("{path}: default {value} is not of type {ty}"));
+    }
+    if let (Some(map), Some(props)) = (
+        value.as_object(),
+        schema.get("properties").and_then(Value::as_object),
+    ) {
+        for (key, v) in map {
+            match props.get(key) {
+                Some(s) => check(&format!("{path}.{key}"), v, s, problems),
+                None => problems.push(format!("{path}.{key}: not in values.schema.json")),
+            }
+        }
+    }
+}
+
+#[test]
+fn every_value_is_typed_and_documented_in_the_schema() {
+    let mut problems = Vec::new();
+    let schema = schema();
+    for (key, v) in values().as_object().unwrap() {
+        match schema["properties"].get(key) {
+            Some(s) => check(key, v, s, &mut problems),
+            None => problems.push(format!("{key}: not in values.schema.json")),
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(schema["additionalProperties"], json!(false));
+}
+
+#[test]
+fn deployment_and_rbac_are_hardened_and_least_privilege() {
+    let v = values();
+    assert_eq!(v["podSecurityContext"]["runAsNonRoot"], json!(true));
+    assert_eq!(
+        v["podSecurityContext"]["seccompProfile"]["type"],
+        json!("RuntimeDefault")
+    );
+    assert_eq!(v["securityContext"]["readOnlyRootFilesystem"], json!(true));
+    assert_eq!(v["securityContext"]["allowPrivilegeEscalation"], json!(false));
+    assert_eq!(v["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    let deployment = read(&chart().join("templates/deployment.yaml"));
+    for needle in [
+        "toYaml .Values.podSecurityContext",
+        "toYaml .Values.securityContext",
+        "toYaml .Values.resources",
+        "path: /healthz",
+        "path: /readyz",
+        "--config=/etc/portkey-budget-operator/operator.yaml",
+    ] {
+        assert!(deployment.contains(needle), "deployment.yaml lacks {needle}");
+    }
+    let rbac = read(&chart().join("templates/rbac.yaml"));
+    let cluster_role = rbac.split("---").next().unwrap();
+    assert!(cluster_role.contains("kind: ClusterRole"));
+    for forbidden in ["secrets", "leases", "\"*\"", "configmaps", "pods"] {
+        assert!(
+            !cluster_role.contains(forbidden),
+            "the ClusterRole must not grant {forbidden}"
+        );
+    }
+    let role = rbac
+        .split("---")
+        .find(|d| d.contains("kind: Role\n"))
+        .unwrap();
+    let secret_rule = role
+        .split("- apiGroups")
+        .find(|r| r.contains("secrets"))
+        .unwrap();
+    assert!(secret_rule.contains("resourceNames"), "{secret_rule}");
+    assert!(secret_rule.contains("verbs: [\"get\"]"), "{secret_rule}");
+}
+
+/// Copies the chart with `values` as its values.yaml and runs Helm's linter on it.
+fn lint(values: &Value) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("portkey-budget-operator");
+    copy_dir(&chart(), &copy);
+    std::fs::write(
+        copy.join("values.yaml"),
+        serde_saphyr::to_string(values).unwrap(),
+    )
+    .unwrap();
+    let script = "import asyncio, json, sys\n\
+from helm_sdkpy import Configuration, Lint\n\
+print(json.dumps(asyncio.run(Lint(Configuration()).run(sys.argv[1]))))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&copy)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "Helm's linter could not run: {}\nInstall it with: pip install --ignore-requires-python helm-sdkpy==0.1.32",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("lint output {stdout:?}: {e}"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Paths of lint messages at error severity (Helm: 1 info, 2 warning, 3 error).
+fn lint_errors(result: &Value) -> Vec<String> {
+    result["Messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["Severity"].as_i64().unwrap_or(0) >= 3)
+        .map(|m| m["Path"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn helm_lint_accepts_the_defaults_plus_an_api_key_and_every_option() {
+    let mut v = values();
+    v["portkey"]["apiKey"] = json!("pk-admin-key-for-lint");
+    let result = lint(&v);
+    assert_eq!(result["TotalChartsLinted"], json!(1));
+    assert!(lint_errors(&result).is_empty(), "{result}");
+
+    let mut all = values();
+    all["portkey"]["existingSecret"] = json!("portkey-admin");
+    all["metrics"]["serviceMonitor"]["enabled"] = json!(true);
+    all["networkPolicy"]["enabled"] = json!(true);
+    all["networkPolicy"]["apiServerCIDRs"] = json!(["10.0.0.1/32"]);
+    all["operator"]["dryRun"] = json!(true);
+    all["operator"]["watchNamespaces"] = json!(["team-a", "team-b"]);
+    all["replicaCount"] = json!(3);
+    let result = lint(&all);
+    assert!(lint_errors(&result).is_empty(), "{result}");
+}
+
+#[test]
+fn helm_lint_rejects_values_the_schema_forbids() {
+    for (what, patch) in [
+        ("replicaCount as a string", json!({"replicaCount": "two"})),
+        (
+            "an unknown log format",
+            json!({"operator": {"logFormat": "xml"}}),
+        ),
+        (
+            "a duration without a unit",
+            json!({"operator": {"usageRefreshInterval": "60"}}),
+        ),
+        ("an unknown top-level key", json!({"replicas": 2})),
+        (
+            "a write rate of zero",
+            json!({"operator": {"adminApiWriteRate": 0}}),
+        ),
+    ] {
+        let mut v = values();
+        v["portkey"]["apiKey"] = json!("pk-admin-key-for-lint");
+        merge(&mut v, &patch);
+        let result = lint(&v);
+        assert!(
+            lint_errors(&result).contains(&"values.yaml".to_owned()),
+            "{what}: lint should fail on values.yaml: {result}"
+        );
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
