@@ -109,7 +109,10 @@ fn deployment_and_rbac_are_hardened_and_least_privilege() {
         json!("RuntimeDefault")
     );
     assert_eq!(v["securityContext"]["readOnlyRootFilesystem"], json!(true));
-    assert_eq!(v["securityContext"]["allowPrivilegeEscalation"], json!(false));
+    assert_eq!(
+        v["securityContext"]["allowPrivilegeEscalation"],
+        json!(false)
+    );
     assert_eq!(v["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
     let deployment = read(&chart().join("templates/deployment.yaml"));
     for needle in [
@@ -120,7 +123,10 @@ fn deployment_and_rbac_are_hardened_and_least_privilege() {
         "path: /readyz",
         "--config=/etc/portkey-budget-operator/operator.yaml",
     ] {
-        assert!(deployment.contains(needle), "deployment.yaml lacks {needle}");
+        assert!(
+            deployment.contains(needle),
+            "deployment.yaml lacks {needle}"
+        );
     }
     let rbac = read(&chart().join("templates/rbac.yaml"));
     let cluster_role = rbac.split("---").next().unwrap();

@@ -665,7 +665,10 @@ async fn e2e_leader_election_handover() {
         if let Some(exit) = standby.try_wait().unwrap() {
             break exit;
         }
-        assert!(Instant::now() < deadline, "the operator did not stop on SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "the operator did not stop on SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(exit.success(), "exit status {exit:?}");

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod kube_ops;
 pub mod manager;
+pub mod memkube;
 pub mod policy;
 pub mod rate;
 pub mod usage;
@@ -84,6 +85,84 @@ impl WorkspaceCache {
     }
 }
 
+/// One policy carrying an ownership marker, as found in a workspace listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedEntry {
+    pub id: String,
+    pub created_at: Option<jiff::Timestamp>,
+}
+
+struct OwnedSnapshot {
+    taken: Instant,
+    by_marker: HashMap<String, Vec<OwnedEntry>>,
+}
+
+type OwnedSlot = Arc<tokio::sync::Mutex<Option<Arc<OwnedSnapshot>>>>;
+
+/// Adopt-before-create without listing the whole workspace for every create: one listing of a
+/// workspace's active policies (per family) is indexed by ownership marker and reused for
+/// [`OWNED_INDEX_TTL`]; concurrent reconciles wait for the one listing in progress.
+///
+/// Why a snapshot is safe: within this process a resource's policy is only created by its own
+/// reconcile, which records the id in status (or, if it crashed before that, leaves the
+/// create-pending annotation, and a pending resource always lists afresh). Another operator
+/// process only creates while it holds the leader Lease, also behind the annotation. A stale
+/// entry (a policy archived since) is caught by the GET that follows.
+#[derive(Default)]
+pub struct OwnedIndex {
+    slots: Mutex<HashMap<(String, String), OwnedSlot>>,
+}
+
+/// How long a workspace listing serves adopt-before-create lookups.
+pub const OWNED_INDEX_TTL: Duration = Duration::from_secs(30);
+
+impl OwnedIndex {
+    /// The policies carrying `marker` in `workspace` (family `kind`), from a listing at most
+    /// [`OWNED_INDEX_TTL`] old; `list` makes a new listing as `(name, entry)` pairs.
+    pub async fn lookup<F, Fut>(
+        &self,
+        kind: &str,
+        workspace: &str,
+        marker: &str,
+        list: F,
+    ) -> Result<Vec<OwnedEntry>, PortkeyError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Vec<(Option<String>, OwnedEntry)>, PortkeyError>>,
+    {
+        let slot = self
+            .slots
+            .lock()
+            .expect("owned index lock")
+            .entry((kind.to_owned(), workspace.to_owned()))
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().await;
+        let snapshot = match guard.as_ref() {
+            Some(s) if s.taken.elapsed() < OWNED_INDEX_TTL => s.clone(),
+            _ => {
+                let mut by_marker: HashMap<String, Vec<OwnedEntry>> = HashMap::new();
+                for (name, entry) in list().await? {
+                    if let Some((k, id)) = name.as_deref().and_then(crate::plan::marker::marker_of)
+                    {
+                        by_marker
+                            .entry(format!("[k8s:{k}:{id}]"))
+                            .or_default()
+                            .push(entry);
+                    }
+                }
+                let s = Arc::new(OwnedSnapshot {
+                    taken: Instant::now(),
+                    by_marker,
+                });
+                *guard = Some(s.clone());
+                s
+            }
+        };
+        Ok(snapshot.by_marker.get(marker).cloned().unwrap_or_default())
+    }
+}
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
@@ -91,6 +170,7 @@ pub struct Context {
     pub config: ControllerConfig,
     pub recorder: Recorder,
     pub workspaces: WorkspaceCache,
+    pub owned: OwnedIndex,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     crds: HashMap<&'static str, CustomResourceDefinition>,
@@ -132,6 +212,7 @@ impl Context {
             client,
             portkey,
             workspaces: WorkspaceCache::default(),
+            owned: OwnedIndex::default(),
             metrics,
             health,
             crds: HashMap::from([

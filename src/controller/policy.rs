@@ -566,28 +566,58 @@ impl<R: PolicyResource> Run<'_, R> {
     }
 
     /// Adopt before create: the oldest active policy in the workspace carrying this resource's
-    /// ownership marker. Extra ones (duplicates from an earlier failure) are archived.
+    /// ownership marker. Extra ones (duplicates from an earlier failure) are archived. A resource
+    /// with a create pending lists the workspace afresh; others use the shared [`OwnedIndex`]
+    /// listing (see there why that is safe).
+    ///
+    /// [`OwnedIndex`]: super::OwnedIndex
     async fn find_owned(
         &mut self,
         workspace_id: &str,
     ) -> Result<Option<<R::Kind as PolicyKind>::Policy>, Error> {
-        let filter = ListFilter {
-            workspace_id: Some(workspace_id.to_owned()),
-            status: Some(PolicyStatus::Active),
-            ..Default::default()
+        let list = || async {
+            let filter = ListFilter {
+                workspace_id: Some(workspace_id.to_owned()),
+                status: Some(PolicyStatus::Active),
+                ..Default::default()
+            };
+            Ok(self
+                .policies()
+                .list(&filter)
+                .await?
+                .into_iter()
+                .map(|p| {
+                    let entry = super::OwnedEntry {
+                        id: p.id().to_owned(),
+                        created_at: p.created_at(),
+                    };
+                    (p.name().map(str::to_owned), entry)
+                })
+                .collect::<Vec<_>>())
         };
-        let mut owned: Vec<_> = self
-            .policies()
-            .list(&filter)
-            .await?
-            .into_iter()
-            .filter(|p| self.identity.owns(p.name()))
-            .collect();
+        let marker = self.identity.marker();
+        let mut owned: Vec<super::OwnedEntry> = if self.pending_since().is_some() {
+            list()
+                .await?
+                .into_iter()
+                .filter(|(name, _)| self.identity.owns(name.as_deref()))
+                .map(|(_, e)| e)
+                .collect()
+        } else {
+            self.ctx
+                .owned
+                .lookup(R::SHORT, workspace_id, &marker, list)
+                .await?
+        };
         if owned.is_empty() {
             return Ok(None);
         }
-        owned.sort_by(|a, b| a.created_at().cmp(&b.created_at()).then(a.id().cmp(b.id())));
+        owned.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         let keep = owned.remove(0);
+        let Some(kept) = self.get_policy(&keep.id).await? else {
+            // Archived since the listing: nothing to adopt.
+            return Ok(None);
+        };
         for extra in owned {
             if self.ctx.config.dry_run {
                 self.event(
@@ -595,17 +625,16 @@ impl<R: PolicyResource> Run<'_, R> {
                     "WouldArchive",
                     format!(
                         "dry-run: would archive Portkey policy {} carrying this resource's marker (a duplicate of {})",
-                        extra.id(),
-                        keep.id()
+                        extra.id, keep.id
                     ),
                 )
                 .await;
                 continue;
             }
             self.ctx.write_permit().await;
-            match self.policies().delete(extra.id()).await {
+            match self.policies().delete(&extra.id).await {
                 Ok(()) => {}
-                Err(e) if e.is_not_found() => {}
+                Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e.into()),
             }
             self.event(
@@ -613,8 +642,7 @@ impl<R: PolicyResource> Run<'_, R> {
                 "DuplicateArchived",
                 format!(
                     "archived Portkey policy {} carrying this resource's marker; kept {}",
-                    extra.id(),
-                    keep.id()
+                    extra.id, keep.id
                 ),
             )
             .await;
@@ -623,13 +651,12 @@ impl<R: PolicyResource> Run<'_, R> {
             EventType::Normal,
             "Adopted",
             format!(
-                "found Portkey policy {} (marker {}) and took it over instead of creating another",
-                keep.id(),
-                self.identity.marker()
+                "found Portkey policy {} (marker {marker}) and took it over instead of creating another",
+                keep.id
             ),
         )
         .await;
-        Ok(self.get_policy(keep.id()).await?.or(Some(keep)))
+        Ok(Some(kept))
     }
 
     /// Creates the policy, bracketed by the create-pending annotation; records the id in status
