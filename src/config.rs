@@ -99,6 +99,10 @@ pub struct RunArgs {
     /// Per-request timeout for the Admin API [default: 15s].
     #[arg(long)]
     pub admin_api_timeout: Option<FlagDuration>,
+    /// At most this many Admin API requests per second, reads and writes together (0 or
+    /// unset: no limit beyond --admin-api-write-rate).
+    #[arg(long)]
+    pub admin_api_rate_limit: Option<u32>,
     /// How long a create that may have reached Portkey is waited for (found by its ownership
     /// marker) before it is sent again [default: 30s].
     #[arg(long)]
@@ -142,6 +146,7 @@ pub struct FileConfig {
     pub require_namespace_binding: Option<bool>,
     pub admin_api_write_rate: Option<u32>,
     pub admin_api_timeout: Option<FlagDuration>,
+    pub admin_api_rate_limit: Option<u32>,
     pub create_pending_grace: Option<FlagDuration>,
     pub dry_run: Option<bool>,
     pub log_format: Option<LogFormat>,
@@ -200,6 +205,8 @@ pub struct OperatorSettings {
     pub admin_api_url: String,
     pub api_key: ApiKeySource,
     pub admin_api_timeout: Duration,
+    /// All Admin API requests per second (`None`: unlimited).
+    pub admin_api_rate_limit: Option<u32>,
     pub metrics_bind_address: Option<SocketAddr>,
     pub leader_election: LeaderElection,
     pub log_format: Option<LogFormat>,
@@ -349,6 +356,10 @@ impl RunArgs {
                 ),
                 Duration::from_millis(100),
             )?,
+            admin_api_rate_limit: self
+                .admin_api_rate_limit
+                .or(file.admin_api_rate_limit)
+                .filter(|r| *r > 0),
             metrics_bind_address: metrics,
             leader_election: LeaderElection {
                 enabled: self.leader_elect.or(le.enabled).unwrap_or(true),

@@ -45,6 +45,59 @@ enum Command {
     Crds(CrdsArgs),
     /// Run a local Portkey Admin API emulator (in-memory, for tests and demos).
     Emulator(EmulatorArgs),
+    /// Benchmark: converge N generated UsageLimitPolicies against the emulator through the
+    /// controller's reconcile and report speed, Admin API calls and memory.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// UsageLimitPolicies to generate and converge.
+    #[arg(long, default_value_t = 1000)]
+    policies: usize,
+    /// Latency the emulator adds to every Admin API call, in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    latency_ms: u64,
+    /// Admin API requests per second the emulator admits (HTTP 429 beyond); the operator is
+    /// configured with the same limit.
+    #[arg(long, default_value_t = 200)]
+    rate_limit: u32,
+    /// Reconciles at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+async fn run_bench(args: BenchArgs) -> Result<(), String> {
+    if args.policies == 0 || args.rate_limit == 0 || args.concurrency == 0 {
+        return Err("--policies, --rate-limit and --concurrency must be at least 1".into());
+    }
+    eprintln!(
+        "converging {} UsageLimitPolicies against the built-in emulator ({} ms a call, {} req/s, concurrency {})...",
+        args.policies, args.latency_ms, args.rate_limit, args.concurrency
+    );
+    let report =
+        portkey_budget_operator::bench::run(&portkey_budget_operator::bench::BenchOptions {
+            policies: args.policies,
+            latency_ms: args.latency_ms,
+            rate_limit: args.rate_limit,
+            concurrency: args.concurrency,
+        })
+        .await?;
+    print!("{}", portkey_budget_operator::bench::render(&report));
+    if let Some(path) = &args.json {
+        portkey_budget_operator::bench::write_json(&report, path)?;
+        eprintln!("wrote {}", path.display());
+    }
+    if report.duplicates > 0 || report.missing > 0 {
+        return Err(format!(
+            "{} duplicate and {} missing remote policies",
+            report.duplicates, report.missing
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -273,7 +326,10 @@ async fn main() -> ExitCode {
         .clone()
         .or(settings.as_ref().and_then(|s| s.log_level.clone()));
     // The CLI commands print their own results; keep routine logs out of the way by default.
-    let quiet = matches!(cli.command, Command::Plan(_) | Command::Sync(_)) && level.is_none();
+    let quiet = matches!(
+        cli.command,
+        Command::Plan(_) | Command::Sync(_) | Command::Bench(_)
+    ) && level.is_none();
     let level = level.unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_owned());
     telemetry::init(format, &level);
     let result = match cli.command {
@@ -288,6 +344,7 @@ async fn main() -> ExitCode {
         },
         Command::Crds(args) => run_crds(args),
         Command::Emulator(args) => run_emulator(args).await,
+        Command::Bench(args) => run_bench(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

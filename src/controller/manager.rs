@@ -126,6 +126,7 @@ pub async fn run(settings: OperatorSettings) -> Result<(), String> {
     let health = Arc::new(Health::default());
     let mut client_config = ClientConfig::new(settings.admin_api_url.clone(), key);
     client_config.timeout = settings.admin_api_timeout;
+    client_config.max_requests_per_second = settings.admin_api_rate_limit;
     let observer = metrics.clone();
     client_config.observer = Some(Arc::new(move |call| observer.api_call(call)));
     let portkey = PortkeyClient::new(client_config).map_err(|e| e.to_string())?;

@@ -30,8 +30,9 @@ struct Store {
     events: Vec<Value>,
     /// `METHOD path` of every request that changed something.
     writes: Vec<String>,
-    /// Fail the next N writes to this path suffix with this status (e.g. simulate a crash).
-    fail_next: Option<(String, u16, u32)>,
+    /// Fail N writes to a path suffix with a status after letting `skip` of them through
+    /// (e.g. simulate a crash at one step): (suffix, status, count, skip).
+    fail_next: Option<(String, u16, u32, u32)>,
 }
 
 #[derive(Clone, Default)]
@@ -213,7 +214,13 @@ impl MemoryKube {
 
     /// The next `count` writes whose path ends with `suffix` fail with `code`.
     pub fn fail_writes(&self, suffix: &str, code: u16, count: u32) {
-        self.store.lock().unwrap().fail_next = Some((suffix.to_owned(), code, count));
+        self.fail_writes_after(suffix, 0, code, count);
+    }
+
+    /// Lets `skip` writes whose path ends with `suffix` through, then fails the next `count`
+    /// with `code`.
+    pub fn fail_writes_after(&self, suffix: &str, skip: u32, code: u16, count: u32) {
+        self.store.lock().unwrap().fail_next = Some((suffix.to_owned(), code, count, skip));
     }
 
     fn handle(&self, parts: &http::request::Parts, body: &[u8]) -> (StatusCode, Value) {
@@ -223,14 +230,18 @@ impl MemoryKube {
         let mut store = self.store.lock().unwrap();
         if method != "GET" {
             store.writes.push(format!("{method} {path}"));
-            if let Some((suffix, code, count)) = store.fail_next.clone()
+            if let Some((suffix, code, count, skip)) = store.fail_next.clone()
                 && path.ends_with(&suffix)
             {
-                store.fail_next = (count > 1).then(|| (suffix.clone(), code, count - 1));
-                return (
-                    StatusCode::from_u16(code).unwrap(),
-                    status_body(code, "InternalError", "injected failure"),
-                );
+                if skip > 0 {
+                    store.fail_next = Some((suffix, code, count, skip - 1));
+                } else {
+                    store.fail_next = (count > 1).then(|| (suffix.clone(), code, count - 1, 0));
+                    return (
+                        StatusCode::from_u16(code).unwrap(),
+                        status_body(code, "InternalError", "injected failure"),
+                    );
+                }
             }
         }
         let content_type = parts

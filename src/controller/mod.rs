@@ -60,6 +60,8 @@ impl Error {
 #[derive(Default)]
 pub struct WorkspaceCache {
     entries: Mutex<HashMap<String, (String, Instant)>>,
+    /// Held while a miss is resolved, so that concurrent reconciles make one call, not many.
+    resolving: tokio::sync::Mutex<()>,
 }
 
 const WORKSPACE_TTL: Duration = Duration::from_secs(600);
@@ -71,10 +73,20 @@ impl WorkspaceCache {
         id_or_slug: &str,
     ) -> Result<String, PortkeyError> {
         let key = id_or_slug.to_ascii_lowercase();
-        if let Some((id, at)) = self.entries.lock().expect("cache lock").get(&key)
-            && at.elapsed() < WORKSPACE_TTL
-        {
-            return Ok(id.clone());
+        let cached = || {
+            self.entries
+                .lock()
+                .expect("cache lock")
+                .get(&key)
+                .filter(|(_, at)| at.elapsed() < WORKSPACE_TTL)
+                .map(|(id, _)| id.clone())
+        };
+        if let Some(id) = cached() {
+            return Ok(id);
+        }
+        let _one_at_a_time = self.resolving.lock().await;
+        if let Some(id) = cached() {
+            return Ok(id);
         }
         let id = portkey.resolve_workspace_id(id_or_slug).await?;
         self.entries

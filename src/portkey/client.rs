@@ -72,6 +72,9 @@ pub struct ClientConfig {
     /// Page size for list calls (all pages are walked).
     pub page_size: u32,
     pub observer: Option<CallObserver>,
+    /// At most this many HTTP attempts per second (reads and writes, retries included), to stay
+    /// under Portkey's own rate limit; `None`: unlimited.
+    pub max_requests_per_second: Option<u32>,
 }
 
 impl ClientConfig {
@@ -83,6 +86,7 @@ impl ClientConfig {
             retry: RetryPolicy::default(),
             page_size: 100,
             observer: None,
+            max_requests_per_second: None,
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct PortkeyClient {
     retry: RetryPolicy,
     page_size: u32,
     observer: Option<CallObserver>,
+    limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
 }
 
 impl fmt::Debug for PortkeyClient {
@@ -253,6 +258,16 @@ impl PortkeyClient {
             retry: config.retry,
             page_size: config.page_size.max(1),
             observer: config.observer,
+            limiter: config
+                .max_requests_per_second
+                .and_then(std::num::NonZeroU32::new)
+                .map(|rps| {
+                    // No burst: requests are spaced evenly, so the server's own limiter (which
+                    // may allow bursts) never sees more than `rps` in any second.
+                    let quota =
+                        governor::Quota::per_second(rps).allow_burst(std::num::NonZeroU32::MIN);
+                    Arc::new(governor::RateLimiter::direct(quota))
+                }),
         })
     }
 
@@ -308,6 +323,9 @@ impl PortkeyClient {
     ) -> Result<T, PortkeyError> {
         let mut attempt = 0u32;
         loop {
+            if let Some(limiter) = &self.limiter {
+                limiter.until_ready().await;
+            }
             let started = Instant::now();
             let result = self
                 .attempt(method.clone(), url.clone(), body.clone())

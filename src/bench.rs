@@ -1,0 +1,391 @@
+//! `portkey-budget-operator bench`: converge N generated UsageLimitPolicies against the
+//! built-in emulator (with injected latency and an Admin API rate limit) through the
+//! controller's own reconcile entry point, and report speed, Admin API load and memory.
+//!
+//! What runs is the controller's code: [`controller::reconcile_policy`] with the shared context
+//! (planner, ownership markers, adopt-before-create index, create-pending annotation, write rate
+//! limiter, status writes), against an in-memory Kubernetes API ([`MemoryKube`]) and the
+//! emulator over real HTTP on loopback. Only kube-runtime's watch/queue is replaced: the bench
+//! calls the reconcile for every resource, `concurrency` at a time, as the runtime would.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::{UsageLimitPolicy, UsageLimitPolicySpec};
+use crate::config::ControllerConfig;
+use crate::controller::memkube::MemoryKube;
+use crate::controller::{self, Context, conditions};
+use crate::emulator::{self, EmulatorConfig, SeedWorkspace};
+use crate::plan::marker::marker_of;
+use crate::portkey::{
+    ApiKey, ClientConfig, ListFilter, PolicyStatus, PortkeyClient, UsageLimitsPolicy,
+};
+
+const WORKSPACE: &str = "7b3c0f1e-0000-4000-8000-00000000be0c";
+const NAMESPACE: &str = "bench";
+
+/// Bench parameters.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub policies: usize,
+    pub latency_ms: u64,
+    /// Admin API requests per second the emulator admits (429 beyond); the operator is given
+    /// the same client-side limit.
+    pub rate_limit: u32,
+    pub concurrency: usize,
+}
+
+/// The figures (`--json` writes them).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub policies: usize,
+    pub latency_ms: u64,
+    pub rate_limit: u32,
+    pub concurrency: usize,
+    pub wall_seconds: f64,
+    /// The fewest Admin API calls convergence needs: per policy a POST and the GET that reads
+    /// the server's fields back, plus resolving the workspace and one listing for
+    /// adopt-before-create.
+    pub minimal_calls: u64,
+    /// `min(rate limit, concurrency / latency)` in calls per second.
+    pub throughput: f64,
+    pub ideal_seconds: f64,
+    pub ratio: f64,
+    /// Admin API calls of the converge pass by operation (retries included).
+    pub calls: BTreeMap<String, u64>,
+    pub total_calls: u64,
+    /// HTTP 429 answers seen during the converge pass.
+    pub rate_limited: u64,
+    pub reconcile_rounds: u32,
+    pub remote_policies: usize,
+    pub duplicates: usize,
+    pub missing: usize,
+    pub steady_state_seconds: f64,
+    pub steady_state_writes: u64,
+    pub steady_state_reads: u64,
+    pub peak_rss_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+fn policy(i: usize) -> UsageLimitPolicy {
+    let spec: UsageLimitPolicySpec = serde_json::from_value(json!({
+        "workspace": WORKSPACE,
+        "type": "cost",
+        "creditLimit": 100 + (i % 900),
+        "alertThresholdPercent": 80,
+        "periodicReset": "monthly",
+        "conditions": [{"key": "metadata._team", "value": format!("team-{i}")}],
+        "groupBy": [{"key": "metadata._user"}]
+    }))
+    .expect("bench spec is valid");
+    let mut obj = UsageLimitPolicy::new(&name(i), spec);
+    obj.metadata.namespace = Some(NAMESPACE.into());
+    obj
+}
+
+fn name(i: usize) -> String {
+    format!("budget-{i:05}")
+}
+
+/// Counts every HTTP attempt by operation and status.
+#[derive(Default)]
+struct Calls {
+    by_operation: Mutex<BTreeMap<String, u64>>,
+    rate_limited: Mutex<u64>,
+}
+
+fn proc_status_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// User + system CPU time of this process (Linux `/proc/self/stat`, clock ticks of 1/100 s).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn ready(obj: &UsageLimitPolicy) -> bool {
+    obj.status.as_ref().is_some_and(|s| {
+        conditions::is_true(&s.common.conditions, conditions::READY)
+            && s.common.observed_generation == obj.metadata.generation
+    })
+}
+
+/// Reconciles every resource not yet Ready, `concurrency` at a time, until all are (at most
+/// `max_rounds` rounds). Returns the rounds used.
+async fn converge(
+    kube: &MemoryKube,
+    ctx: &Arc<Context>,
+    n: usize,
+    concurrency: usize,
+    max_rounds: u32,
+) -> Result<u32, String> {
+    for round in 1..=max_rounds {
+        let pending: Vec<usize> = (0..n)
+            .filter(|i| {
+                kube.get::<UsageLimitPolicy>(NAMESPACE, &name(*i))
+                    .is_none_or(|o| !ready(&o))
+            })
+            .collect();
+        if pending.is_empty() {
+            return Ok(round - 1);
+        }
+        futures::stream::iter(pending)
+            .map(|i| {
+                let ctx = ctx.clone();
+                let obj = kube.get::<UsageLimitPolicy>(NAMESPACE, &name(i));
+                async move {
+                    if let Some(obj) = obj
+                        && let Err(e) = controller::reconcile_policy(Arc::new(obj), ctx).await
+                    {
+                        tracing::debug!(policy = i, error = %e, "reconcile failed; next round");
+                    }
+                }
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect::<Vec<()>>()
+            .await;
+    }
+    Err(format!(
+        "not converged after {max_rounds} rounds of reconciles"
+    ))
+}
+
+/// Runs the benchmark.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
+    let emu = emulator::spawn(EmulatorConfig {
+        workspaces: vec![SeedWorkspace {
+            id: WORKSPACE.into(),
+            slug: "bench".into(),
+            name: "Bench".into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("could not start the emulator: {e}"))?;
+    let control = emu.control();
+    control
+        .set_faults(json!({
+            "latency_ms": opts.latency_ms,
+            "rate_limit_rps": opts.rate_limit,
+            "retry_after_s": 1
+        }))
+        .await?;
+
+    let calls = Arc::new(Calls::default());
+    let client = |rate: u32| {
+        let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new("bench"));
+        cfg.timeout = Duration::from_secs(30);
+        cfg.max_requests_per_second = Some(rate);
+        let seen = calls.clone();
+        cfg.observer = Some(Arc::new(move |call| {
+            *seen
+                .by_operation
+                .lock()
+                .expect("calls lock")
+                .entry(call.operation.to_owned())
+                .or_default() += 1;
+            if call.status == Some(429) {
+                *seen.rate_limited.lock().expect("calls lock") += 1;
+            }
+        }));
+        PortkeyClient::new(cfg).map_err(|e| e.to_string())
+    };
+    let portkey = client(opts.rate_limit)?;
+
+    let kube = MemoryKube::new();
+    kube.add_namespace(NAMESPACE, &[]);
+    for i in 0..opts.policies {
+        kube.apply(&policy(i));
+    }
+    let config = ControllerConfig {
+        usage_refresh_interval: Duration::from_secs(3600),
+        admin_api_write_rate: opts.rate_limit,
+        concurrency: opts.concurrency.min(u16::MAX as usize) as u16,
+        ..Default::default()
+    };
+    let ctx = Context::new(
+        kube.client(),
+        portkey.clone(),
+        config.clone(),
+        controller::reporter(),
+    );
+
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let rounds = converge(&kube, &ctx, opts.policies, opts.concurrency, 20).await?;
+    let wall = started.elapsed().as_secs_f64();
+    let by_operation = calls.by_operation.lock().expect("calls lock").clone();
+    let rate_limited = *calls.rate_limited.lock().expect("calls lock");
+    let total_calls: u64 = by_operation.values().sum();
+
+    // Every resource has exactly one remote policy.
+    control.set_faults(json!({})).await?;
+    let filter = ListFilter {
+        workspace_id: Some(WORKSPACE.into()),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    };
+    let remote: Vec<UsageLimitsPolicy> = client(u32::MAX)?
+        .usage_limits()
+        .list(&filter)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &remote {
+        if let Some((_, id)) = p.name.as_deref().and_then(marker_of) {
+            *per_owner.entry(id.to_owned()).or_default() += 1;
+        }
+    }
+    let duplicates = per_owner.values().map(|c| c.saturating_sub(1)).sum();
+    let missing = (0..opts.policies)
+        .filter(|i| !per_owner.contains_key(&format!("{NAMESPACE}/{}", name(*i))))
+        .count();
+
+    // Steady state: every resource due for its usage refresh, nothing changed.
+    control
+        .set_faults(json!({
+            "latency_ms": opts.latency_ms,
+            "rate_limit_rps": opts.rate_limit,
+            "retry_after_s": 1
+        }))
+        .await?;
+    control.clear_requests().await?;
+    let steady_ctx = Context::new(
+        kube.client(),
+        portkey,
+        ControllerConfig {
+            usage_refresh_interval: Duration::ZERO,
+            ..config
+        },
+        controller::reporter(),
+    );
+    let steady_started = Instant::now();
+    futures::stream::iter(0..opts.policies)
+        .map(|i| {
+            let ctx = steady_ctx.clone();
+            let obj = kube.get::<UsageLimitPolicy>(NAMESPACE, &name(i));
+            async move {
+                if let Some(obj) = obj {
+                    let _ = controller::reconcile_policy(Arc::new(obj), ctx).await;
+                }
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect::<Vec<()>>()
+        .await;
+    let steady_seconds = steady_started.elapsed().as_secs_f64();
+    let log = control.requests().await?;
+    let steady_writes = log.writes() as u64;
+    let steady_reads = log.total.saturating_sub(steady_writes as u64);
+    let cpu = cpu_seconds() - cpu_before;
+    emu.shutdown().await;
+
+    let minimal_calls = 2 * opts.policies as u64 + 2;
+    let by_latency = if opts.latency_ms == 0 {
+        f64::INFINITY
+    } else {
+        opts.concurrency as f64 / (opts.latency_ms as f64 / 1000.0)
+    };
+    let throughput = f64::from(opts.rate_limit).min(by_latency);
+    let ideal = minimal_calls as f64 / throughput;
+    Ok(BenchReport {
+        policies: opts.policies,
+        latency_ms: opts.latency_ms,
+        rate_limit: opts.rate_limit,
+        concurrency: opts.concurrency,
+        wall_seconds: wall,
+        minimal_calls,
+        throughput,
+        ideal_seconds: ideal,
+        ratio: wall / ideal,
+        calls: by_operation,
+        total_calls,
+        rate_limited,
+        reconcile_rounds: rounds,
+        remote_policies: remote.len(),
+        duplicates,
+        missing,
+        steady_state_seconds: steady_seconds,
+        steady_state_writes: steady_writes,
+        steady_state_reads: steady_reads,
+        peak_rss_bytes: proc_status_kib("VmHWM:").unwrap_or(0) * 1024,
+        cpu_seconds: cpu,
+    })
+}
+
+/// The report as a table.
+pub fn render(r: &BenchReport) -> String {
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<34} {v}\n"));
+    row("policies", r.policies.to_string());
+    row(
+        "latency / rate limit / concurrency",
+        format!(
+            "{} ms / {} req/s / {}",
+            r.latency_ms, r.rate_limit, r.concurrency
+        ),
+    );
+    row("wall time to converge", format!("{:.2} s", r.wall_seconds));
+    row(
+        "ideal (minimal calls / throughput)",
+        format!(
+            "{:.2} s ({} calls / {:.0} calls/s)",
+            r.ideal_seconds, r.minimal_calls, r.throughput
+        ),
+    );
+    row("ratio measured / ideal", format!("{:.3}", r.ratio));
+    row("Admin API calls", r.total_calls.to_string());
+    for (op, n) in &r.calls {
+        row(&format!("  {op}"), n.to_string());
+    }
+    row("HTTP 429 answers", r.rate_limited.to_string());
+    row("reconcile rounds", r.reconcile_rounds.to_string());
+    row(
+        "remote policies / duplicates / missing",
+        format!("{} / {} / {}", r.remote_policies, r.duplicates, r.missing),
+    );
+    row(
+        "steady state: writes / reads",
+        format!(
+            "{} / {} ({:.2} s)",
+            r.steady_state_writes, r.steady_state_reads, r.steady_state_seconds
+        ),
+    );
+    row(
+        "peak RSS",
+        format!("{:.1} MiB", r.peak_rss_bytes as f64 / 1_048_576.0),
+    );
+    row("CPU time", format!("{:.2} s", r.cpu_seconds));
+    out
+}
+
+/// Writes the report as JSON.
+pub fn write_json(r: &BenchReport, path: &PathBuf) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(r).expect("reports serialize");
+    std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+}
