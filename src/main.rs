@@ -68,6 +68,10 @@ struct BenchArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Run the emulator inside the bench process (by default it runs as a child process, so
+    /// that the peak RSS is the operator's).
+    #[arg(long)]
+    in_process_emulator: bool,
 }
 
 async fn run_bench(args: BenchArgs) -> Result<(), String> {
@@ -84,6 +88,14 @@ async fn run_bench(args: BenchArgs) -> Result<(), String> {
             latency_ms: args.latency_ms,
             rate_limit: args.rate_limit,
             concurrency: args.concurrency,
+            emulator_exe: if args.in_process_emulator {
+                None
+            } else {
+                Some(
+                    std::env::current_exe()
+                        .map_err(|e| format!("cannot find this executable: {e}"))?,
+                )
+            },
         })
         .await?;
     print!("{}", portkey_budget_operator::bench::render(&report));

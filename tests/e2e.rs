@@ -8,7 +8,7 @@ use std::future::Future;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
+use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
 use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -73,6 +73,31 @@ fn start_named_operator(
 fn stop(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A control plane with the CRDs and the test namespace, an emulator seeded with the e2e
+/// workspace, and a client for it; `None` (after one skip line) without `KUBEBUILDER_ASSETS`.
+async fn setup(test: &str) -> Option<(ControlPlane, EmulatorHandle, PortkeyClient)> {
+    let Some(assets) = assets() else {
+        support::control_plane::print_skip(test);
+        return None;
+    };
+    let cp = ControlPlane::start(assets);
+    cp.install_crds();
+    let emu = emulator::spawn(EmulatorConfig {
+        api_keys: vec![KEY.into()],
+        workspaces: vec![SeedWorkspace {
+            id: WS.into(),
+            slug: "e2e".into(),
+            name: "E2E".into(),
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
+    cp.kubectl(&["create", "namespace", NS]);
+    Some((cp, emu, portkey))
 }
 
 /// Polls `check` until it yields a value, for at most `timeout`.
@@ -140,26 +165,10 @@ async fn owned_by(client: &PortkeyClient, name: &str) -> Vec<UsageLimitsPolicy> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_usage_limit_policy() {
-    let Some(assets) = assets() else {
-        support::control_plane::print_skip("e2e_usage_limit_policy");
+    let Some((cp, emu, portkey)) = setup("e2e_usage_limit_policy").await else {
         return;
     };
-    let cp = ControlPlane::start(assets);
-    cp.install_crds();
-    let emu = emulator::spawn(EmulatorConfig {
-        api_keys: vec![KEY.into()],
-        workspaces: vec![SeedWorkspace {
-            id: WS.into(),
-            slug: "e2e".into(),
-            name: "E2E".into(),
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
     let ctl = emu.control();
-    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
-    cp.kubectl(&["create", "namespace", NS]);
     let op = start_operator(&cp, &emu.base_url(), "operator-1.log");
 
     // Apply → Ready, with the remote policy present.
@@ -383,25 +392,9 @@ fn jsonpath(cp: &ControlPlane, kind: &str, name: &str, ns: Option<&str>, path: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_rate_limits_and_workspace_budgets() {
-    let Some(assets) = assets() else {
-        support::control_plane::print_skip("e2e_rate_limits_and_workspace_budgets");
+    let Some((cp, emu, portkey)) = setup("e2e_rate_limits_and_workspace_budgets").await else {
         return;
     };
-    let cp = ControlPlane::start(assets);
-    cp.install_crds();
-    let emu = emulator::spawn(EmulatorConfig {
-        api_keys: vec![KEY.into()],
-        workspaces: vec![SeedWorkspace {
-            id: WS.into(),
-            slug: "e2e".into(),
-            name: "E2E".into(),
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
-    cp.kubectl(&["create", "namespace", NS]);
     let op = start_operator(&cp, &emu.base_url(), "operator.log");
 
     // RateLimitPolicy: apply → set; change → updated; delete → archived.
@@ -573,25 +566,9 @@ fn log_of(cp: &ControlPlane, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_leader_election_handover() {
-    let Some(assets) = assets() else {
-        support::control_plane::print_skip("e2e_leader_election_handover");
+    let Some((cp, emu, portkey)) = setup("e2e_leader_election_handover").await else {
         return;
     };
-    let cp = ControlPlane::start(assets);
-    cp.install_crds();
-    let emu = emulator::spawn(EmulatorConfig {
-        api_keys: vec![KEY.into()],
-        workspaces: vec![SeedWorkspace {
-            id: WS.into(),
-            slug: "e2e".into(),
-            name: "E2E".into(),
-        }],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let portkey = PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
-    cp.kubectl(&["create", "namespace", NS]);
     let a = start_named_operator(&cp, &emu.base_url(), "op-a.log", "op-a", &[]);
     let b = start_named_operator(&cp, &emu.base_url(), "op-b.log", "op-b", &[]);
 

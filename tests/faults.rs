@@ -252,6 +252,30 @@ fn resource_suffix(name: &str) -> String {
     format!("{ULP_PATH}/{name}")
 }
 
+/// After an interruption: clear the faults, restart the operator, reconcile until settled, and
+/// check the remote state: `want` is the one limit in force, `None` means archived and gone.
+async fn settle(h: &Harness, name: &str, crash: Crash, want: Option<i64>) -> Arc<Context> {
+    h.emu.control().clear_faults().await.unwrap();
+    let ctx = h.restart(Duration::from_secs(5));
+    h.converge(&ctx, &[name.to_owned()], want.is_none()).await;
+    let remote = h.remote().await;
+    match want {
+        Some(limit) => assert_eq!(
+            remote.get(name),
+            Some(&vec![Decimal::from(limit)]),
+            "{crash:?}: exactly one remote policy with limit {limit}"
+        ),
+        None => {
+            assert!(h.get(name).is_none(), "{crash:?}: the resource is gone");
+            assert!(
+                !remote.contains_key(name),
+                "{crash:?}: the remote policy is archived"
+            );
+        }
+    }
+    ctx
+}
+
 /// Runs one resource through create, update and delete with `crash` injected at its step,
 /// "restarts" the operator after the interrupted reconcile, and checks the outcome.
 async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
@@ -299,15 +323,7 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
     if create_phase {
         assert!(first.is_err(), "{crash:?}: the reconcile was interrupted");
     }
-    ctl.clear_faults().await.unwrap();
-    let ctx = h.restart(Duration::from_secs(5));
-    h.converge(&ctx, &[name.to_owned()], false).await;
-    let remote = h.remote().await;
-    assert_eq!(
-        remote.get(name),
-        Some(&vec![Decimal::from(500)]),
-        "{crash:?}: exactly one remote policy after the create"
-    );
+    let ctx = settle(h, name, crash, Some(500)).await;
     let annotations = h
         .get(name)
         .unwrap()
@@ -337,15 +353,7 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
             "{crash:?}: the update was interrupted"
         );
     }
-    ctl.clear_faults().await.unwrap();
-    let ctx = h.restart(Duration::from_secs(5));
-    h.converge(&ctx, &[name.to_owned()], false).await;
-    let remote = h.remote().await;
-    assert_eq!(
-        remote.get(name),
-        Some(&vec![Decimal::from(800)]),
-        "{crash:?}: updated in place, still exactly one"
-    );
+    let ctx = settle(h, name, crash, Some(800)).await;
 
     // Archive phase.
     h.kube.delete::<UsageLimitPolicy>(NS, name);
@@ -371,14 +379,7 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
         );
         assert!(h.get(name).is_some(), "{crash:?}: the finalizer holds");
     }
-    ctl.clear_faults().await.unwrap();
-    let ctx = h.restart(Duration::from_secs(5));
-    h.converge(&ctx, &[name.to_owned()], true).await;
-    assert!(h.get(name).is_none(), "{crash:?}: the resource is gone");
-    assert!(
-        !h.remote().await.contains_key(name),
-        "{crash:?}: the remote policy is archived"
-    );
+    settle(h, name, crash, None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,15 +24,21 @@ type Key = (String, String, String); // plural, namespace, name
 
 #[derive(Default)]
 struct Store {
-    objects: BTreeMap<Key, Value>,
+    /// Objects as compact JSON (a `Value` tree costs several times more memory; the bench
+    /// holds thousands of objects).
+    objects: BTreeMap<Key, Box<[u8]>>,
     namespaces: BTreeMap<String, Value>,
     rv: u64,
-    events: Vec<Value>,
+    /// `(type, reason, note)` of every Event.
+    events: Vec<(String, String, String)>,
+    event_count: usize,
     /// `METHOD path` of every request that changed something.
     writes: Vec<String>,
     /// Fail N writes to a path suffix with a status after letting `skip` of them through
     /// (e.g. simulate a crash at one step): (suffix, status, count, skip).
     fail_next: Option<(String, u16, u32, u32)>,
+    /// Keep no write log and no Events (the bench: their memory is not the operator's).
+    lean: bool,
 }
 
 #[derive(Clone, Default)]
@@ -43,6 +49,16 @@ pub struct MemoryKube {
 fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "reason": reason, "message": message, "code": code})
+}
+
+fn load(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("stored objects are JSON")
+}
+
+fn save(value: &Value) -> Box<[u8]> {
+    serde_json::to_vec(value)
+        .expect("values serialize")
+        .into_boxed_slice()
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -63,6 +79,19 @@ fn merge(target: &mut Value, patch: &Value) {
 impl MemoryKube {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A fake that keeps no write log and no Event list ([`MemoryKube::writes`] and
+    /// [`MemoryKube::events`] stay empty; [`MemoryKube::event_count`] still counts).
+    pub fn lean() -> Self {
+        let kube = Self::default();
+        kube.store.lock().unwrap().lean = true;
+        kube
+    }
+
+    /// Events recorded so far (also in lean mode).
+    pub fn event_count(&self) -> usize {
+        self.store.lock().unwrap().event_count
     }
 
     /// A kube client talking to this fake.
@@ -113,8 +142,8 @@ impl MemoryKube {
         store.rv += 1;
         let rv = store.rv.to_string();
         let key = (plural, ns, name.clone());
-        match store.objects.get_mut(&key) {
-            Some(existing) => {
+        match store.objects.get(&key).map(|b| load(b)) {
+            Some(mut existing) => {
                 if existing["spec"] != value["spec"] {
                     let g = existing["metadata"]["generation"].as_i64().unwrap_or(1);
                     existing["metadata"]["generation"] = json!(g + 1);
@@ -124,13 +153,14 @@ impl MemoryKube {
                     existing["metadata"]["annotations"] = ann.clone();
                 }
                 existing["metadata"]["resourceVersion"] = json!(rv);
+                store.objects.insert(key, save(&existing));
             }
             None => {
                 value["metadata"]["generation"] = json!(1);
                 value["metadata"]["resourceVersion"] = json!(rv);
                 value["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
                 value["metadata"]["creationTimestamp"] = json!("2026-11-21T10:00:00Z");
-                store.objects.insert(key, value);
+                store.objects.insert(key, save(&value));
             }
         }
     }
@@ -140,12 +170,11 @@ impl MemoryKube {
         let mut store = self.store.lock().unwrap();
         store.rv += 1;
         let rv = store.rv.to_string();
-        let obj = store
-            .objects
-            .get_mut(&(plural.into(), ns.into(), name.into()))
-            .expect("object exists");
-        f(obj);
+        let key: Key = (plural.into(), ns.into(), name.into());
+        let mut obj = load(store.objects.get(&key).expect("object exists"));
+        f(&mut obj);
         obj["metadata"]["resourceVersion"] = json!(rv);
+        store.objects.insert(key, save(&obj));
     }
 
     pub fn get<K: DeserializeOwned + kube::Resource<DynamicType = ()>>(
@@ -158,7 +187,7 @@ impl MemoryKube {
         store
             .objects
             .get(&key)
-            .map(|v| serde_json::from_value(v.clone()).unwrap())
+            .map(|b| serde_json::from_slice(b).unwrap())
     }
 
     /// `kubectl delete`: sets deletionTimestamp while finalizers remain.
@@ -171,7 +200,7 @@ impl MemoryKube {
     fn delete_key(store: &mut Store, key: &Key) {
         store.rv += 1;
         let rv = store.rv.to_string();
-        let Some(obj) = store.objects.get_mut(key) else {
+        let Some(mut obj) = store.objects.get(key).map(|b| load(b)) else {
             return;
         };
         let has_finalizers = obj["metadata"]["finalizers"]
@@ -182,6 +211,7 @@ impl MemoryKube {
             let g = obj["metadata"]["generation"].as_i64().unwrap_or(1);
             obj["metadata"]["generation"] = json!(g + 1);
             obj["metadata"]["resourceVersion"] = json!(rv);
+            store.objects.insert(key.clone(), save(&obj));
         } else {
             store.objects.remove(key);
         }
@@ -189,19 +219,7 @@ impl MemoryKube {
 
     /// `(type, reason, note)` of every Event recorded.
     pub fn events(&self) -> Vec<(String, String, String)> {
-        self.store
-            .lock()
-            .unwrap()
-            .events
-            .iter()
-            .map(|e| {
-                (
-                    e["type"].as_str().unwrap_or("").to_owned(),
-                    e["reason"].as_str().unwrap_or("").to_owned(),
-                    e["note"].as_str().unwrap_or("").to_owned(),
-                )
-            })
-            .collect()
+        self.store.lock().unwrap().events.clone()
     }
 
     pub fn event_reasons(&self) -> Vec<String> {
@@ -229,7 +247,9 @@ impl MemoryKube {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let mut store = self.store.lock().unwrap();
         if method != "GET" {
-            store.writes.push(format!("{method} {path}"));
+            if !store.lean {
+                store.writes.push(format!("{method} {path}"));
+            }
             if let Some((suffix, code, count, skip)) = store.fail_next.clone()
                 && path.ends_with(&suffix)
             {
@@ -262,9 +282,14 @@ impl MemoryKube {
             ["apis", "events.k8s.io", "v1", "namespaces", _ns, "events"] if method == "POST" => {
                 let mut ev = patch.clone();
                 if ev["metadata"]["name"].is_null() {
-                    ev["metadata"]["name"] = json!(format!("ev-{}", store.events.len()));
+                    ev["metadata"]["name"] = json!(format!("ev-{}", store.event_count));
                 }
-                store.events.push(ev.clone());
+                store.event_count += 1;
+                let text = |k: &str| ev[k].as_str().unwrap_or("").to_owned();
+                let record = (text("type"), text("reason"), text("note"));
+                if !store.lean {
+                    store.events.push(record);
+                }
                 (StatusCode::CREATED, ev)
             }
             [
@@ -281,7 +306,7 @@ impl MemoryKube {
                     .objects
                     .iter()
                     .filter(|((p, _, _), _)| p == plural)
-                    .map(|(_, v)| v.clone())
+                    .map(|(_, b)| load(b))
                     .collect();
                 let rv = store.rv.to_string();
                 (
@@ -303,7 +328,7 @@ impl MemoryKube {
                 let status_only = rest == ["status"];
                 match method.as_str() {
                     "GET" => match store.objects.get(&key) {
-                        Some(o) => (StatusCode::OK, o.clone()),
+                        Some(o) => (StatusCode::OK, load(o)),
                         None => (
                             StatusCode::NOT_FOUND,
                             status_body(404, "NotFound", "not found"),
@@ -316,12 +341,13 @@ impl MemoryKube {
                     "PATCH" => {
                         store.rv += 1;
                         let rv = store.rv.to_string();
-                        let Some(obj) = store.objects.get_mut(&key) else {
+                        let Some(mut stored) = store.objects.get(&key).map(|b| load(b)) else {
                             return (
                                 StatusCode::NOT_FOUND,
                                 status_body(404, "NotFound", "not found"),
                             );
                         };
+                        let obj = &mut stored;
                         if content_type.starts_with("application/apply-patch") {
                             if status_only {
                                 obj["status"] = patch["status"].clone();
@@ -370,6 +396,8 @@ impl MemoryKube {
                             .is_none_or(|f| f.is_empty());
                         if deleting && no_finalizers {
                             store.objects.remove(&key);
+                        } else {
+                            store.objects.insert(key, save(&result));
                         }
                         (StatusCode::OK, result)
                     }

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::runtime::controller::{Action, Config as RuntimeConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use rand::Rng;
 
+use crate::api::validate::CompiledCrd;
 use crate::api::{RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
 use crate::config::ControllerConfig;
 use crate::metrics::{Health, Metrics};
@@ -185,7 +185,7 @@ pub struct Context {
     pub owned: OwnedIndex,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    crds: HashMap<&'static str, CustomResourceDefinition>,
+    crds: HashMap<&'static str, CompiledCrd>,
     write_limiter: DefaultDirectRateLimiter,
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -228,9 +228,9 @@ impl Context {
             metrics,
             health,
             crds: HashMap::from([
-                ("ulp", UsageLimitPolicy::crd()),
-                ("rlp", RateLimitPolicy::crd()),
-                ("wsb", WorkspaceBudget::crd()),
+                ("ulp", CompiledCrd::new(&UsageLimitPolicy::crd())),
+                ("rlp", CompiledCrd::new(&RateLimitPolicy::crd())),
+                ("wsb", CompiledCrd::new(&WorkspaceBudget::crd())),
             ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
             failures: Mutex::new(HashMap::new()),
@@ -238,8 +238,8 @@ impl Context {
         })
     }
 
-    /// The CRD of a kind (by its short name), for client-side validation.
-    pub fn crd(&self, short: &str) -> &CustomResourceDefinition {
+    /// The compiled CRD of a kind (by its short name), for client-side validation.
+    pub fn crd(&self, short: &str) -> &CompiledCrd {
         &self.crds[short]
     }
 

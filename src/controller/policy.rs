@@ -25,7 +25,7 @@ use serde::Serialize;
 use super::conditions::{self, FALSE, READY, SYNCED, TRUE, UNKNOWN};
 use super::kube_ops::{self, Managed};
 use super::{Context, Error};
-use crate::api::validate::{summarize, validate_object};
+use crate::api::validate::summarize;
 use crate::api::*;
 use crate::metrics::BudgetFigures;
 use crate::plan::policy::{Decision, PlanOptions, PolicyAction, PolicyDiff, plan};
@@ -231,7 +231,7 @@ impl<R: PolicyResource> Run<'_, R> {
 
         // 1. Admission rules again: nothing invalid ever reaches Portkey.
         let value = serde_json::to_value(&self.obj).expect("resources serialize");
-        let errors = validate_object(self.ctx.crd(R::SHORT), &value, None);
+        let errors = self.ctx.crd(R::SHORT).validate(&value, None);
         if !errors.is_empty() {
             self.terminal("InvalidSpec", &summarize(&errors));
             return Ok(Action::await_change());

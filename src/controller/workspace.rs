@@ -13,7 +13,7 @@ use kube::{Api, ResourceExt};
 use super::conditions::{self, FALSE, READY, SYNCED, TRUE, UNKNOWN};
 use super::kube_ops;
 use super::{Context, Error};
-use crate::api::validate::{summarize, validate_object};
+use crate::api::validate::summarize;
 use crate::api::*;
 use crate::plan::FieldChange;
 use crate::plan::workspace::{self as plan, DesiredWorkspaceLimits};
@@ -143,7 +143,7 @@ impl Run<'_> {
         }
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
         let value = serde_json::to_value(&self.obj).expect("resources serialize");
-        let errors = validate_object(self.ctx.crd("wsb"), &value, None);
+        let errors = self.ctx.crd("wsb").validate(&value, None);
         if !errors.is_empty() {
             self.terminal("InvalidSpec", &summarize(&errors));
             return Ok(Action::await_change());
