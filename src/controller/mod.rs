@@ -180,7 +180,10 @@ pub struct Context {
     pub client: Client,
     pub portkey: PortkeyClient,
     pub config: ControllerConfig,
-    pub recorder: Recorder,
+    /// Who records Events (controller name, pod).
+    pub reporter: Reporter,
+    /// Folds repeated Events into series; used in dry-run mode only (see [`Context::event`]).
+    series_recorder: Recorder,
     pub workspaces: WorkspaceCache,
     pub owned: OwnedIndex,
     pub metrics: Arc<Metrics>,
@@ -220,7 +223,8 @@ impl Context {
         metrics.set_dry_run(config.dry_run);
         let rate = NonZeroU32::new(config.admin_api_write_rate.max(1)).expect("non-zero");
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            series_recorder: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             portkey,
             workspaces: WorkspaceCache::default(),
@@ -263,7 +267,17 @@ impl Context {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        // kube's Recorder caches every Event it published for 6 minutes to fold repeats into
+        // a series; at 10,000 resources that cache was a third of the operator's memory. The
+        // operator records an Event only when something changed, so there is nothing to fold,
+        // except in dry-run mode, where the same Would* Event comes back at every refresh:
+        // only there is the caching recorder used.
+        let recorder = if self.config.dry_run {
+            self.series_recorder.clone()
+        } else {
+            Recorder::new(self.client.clone(), self.reporter.clone())
+        };
+        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
             tracing::warn!(reason, error = %e, "could not record an Event");
         }
     }

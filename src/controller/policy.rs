@@ -583,15 +583,15 @@ impl<R: PolicyResource> Run<'_, R> {
             };
             Ok(self
                 .policies()
-                .list(&filter)
+                .list_summaries(&filter)
                 .await?
                 .into_iter()
                 .map(|p| {
                     let entry = super::OwnedEntry {
-                        id: p.id().to_owned(),
-                        created_at: p.created_at(),
+                        id: p.id,
+                        created_at: p.created_at,
                     };
-                    (p.name().map(str::to_owned), entry)
+                    (p.name, entry)
                 })
                 .collect::<Vec<_>>())
         };

@@ -570,6 +570,22 @@ impl<K: PolicyKind> PolicyApi<'_, K> {
 
     /// `GET /policies/…`, walking all pages.
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<K::Policy>, PortkeyError> {
+        self.list_as(filter).await
+    }
+
+    /// Like [`PolicyApi::list`], but reads only `id`, `name` and `created_at` of each policy
+    /// (listing a large workspace for ownership markers without holding every policy).
+    pub async fn list_summaries(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<Vec<PolicySummary>, PortkeyError> {
+        self.list_as(filter).await
+    }
+
+    async fn list_as<T: DeserializeOwned>(
+        &self,
+        filter: &ListFilter,
+    ) -> Result<Vec<T>, PortkeyError> {
         let mut query = Vec::new();
         if let Some(ws) = &filter.workspace_id {
             query.push(("workspace_id", ws.clone()));

@@ -114,6 +114,16 @@ pub struct CreatedObject {
     pub object: Option<String>,
 }
 
+/// The identifying fields of a policy of either family (a list item read without the rest).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PolicySummary {
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+}
+
 /// The list envelope `{object, data, total}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListResponse<T> {
