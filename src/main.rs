@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use portkey_budget_operator::api;
-use portkey_budget_operator::config::{OperatorSettings, RunArgs};
+use portkey_budget_operator::config::{ApiKeySource, OperatorSettings, RunArgs, read_api_key};
 use portkey_budget_operator::controller::manager;
 use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
 use portkey_budget_operator::gitops;
@@ -188,16 +188,19 @@ struct GitopsArgs {
     output: OutputFormat,
 }
 
+/// The key for `plan`/`sync`: `--api-key-file`, else `PORTKEY_API_KEY` (the operator's reader).
 fn api_key_from(file: &Option<PathBuf>) -> Result<ApiKey, String> {
-    let key = match file {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("--api-key-file {}: {e}", path.display()))?,
-        None => std::env::var("PORTKEY_API_KEY").map_err(|_| {
-            "no Admin API key: set PORTKEY_API_KEY or pass --api-key-file (or use --emulator)"
-                .to_owned()
-        })?,
+    let source = match file {
+        Some(path) => ApiKeySource::File(path.clone()),
+        None if std::env::var_os("PORTKEY_API_KEY").is_none() => {
+            return Err(
+                "no Admin API key: set PORTKEY_API_KEY or pass --api-key-file (or use --emulator)"
+                    .into(),
+            );
+        }
+        None => ApiKeySource::Env,
     };
-    Ok(ApiKey::new(key))
+    read_api_key(&source)
 }
 
 /// `plan` and `sync`: 0 no changes (or synced), 2 changes planned, 1 error.
