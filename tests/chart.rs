@@ -260,3 +260,38 @@ fn merge(target: &mut Value, patch: &Value) {
         (t, p) => *t = p.clone(),
     }
 }
+
+/// The operator config the chart renders into its ConfigMap uses only keys the operator
+/// accepts (its parser refuses unknown keys): each must be documented in config/operator.yaml,
+/// whose parsing a unit test checks.
+#[test]
+fn the_chart_config_uses_only_operator_config_keys() {
+    let example = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/operator.yaml"));
+    let documented = |key: &str| {
+        example.lines().any(|l| {
+            let l = l.trim_start().trim_start_matches("# ").trim_start();
+            l.starts_with(&format!("{key}:"))
+        })
+    };
+    let configmap = read(&chart().join("templates/configmap.yaml"));
+    let body = configmap
+        .split("operator.yaml: |")
+        .nth(1)
+        .expect("the ConfigMap holds operator.yaml");
+    let mut keys = 0;
+    for line in body.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with('#') || trimmed.starts_with("{{") || trimmed.is_empty() {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        keys += 1;
+        assert!(
+            documented(key),
+            "the chart sets {key:?}, which config/operator.yaml does not document"
+        );
+    }
+    assert!(keys >= 15, "only {keys} keys found");
+}
