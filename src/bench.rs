@@ -257,13 +257,13 @@ async fn converge(
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     let emu = Emulator::start(opts.emulator_exe.as_ref()).await?;
     let control = emu.control();
-    control
-        .set_faults(json!({
-            "latency_ms": opts.latency_ms,
-            "rate_limit_rps": opts.rate_limit,
-            "retry_after_s": 1
-        }))
-        .await?;
+    // The Admin API as the bench models it: latency on every call, 429 above the rate limit.
+    let conditions = json!({
+        "latency_ms": opts.latency_ms,
+        "rate_limit_rps": opts.rate_limit,
+        "retry_after_s": 1
+    });
+    control.set_faults(conditions.clone()).await?;
 
     let calls = Arc::new(Calls::default());
     let client = |rate: u32| {
@@ -350,13 +350,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     drop(per_owner);
 
     // Steady state: every resource due for its usage refresh, nothing changed.
-    control
-        .set_faults(json!({
-            "latency_ms": opts.latency_ms,
-            "rate_limit_rps": opts.rate_limit,
-            "retry_after_s": 1
-        }))
-        .await?;
+    control.set_faults(conditions).await?;
     control.clear_requests().await?;
     // The same process would refresh with the same metrics registry: share it.
     let steady_ctx = Context::with_metrics(

@@ -155,12 +155,8 @@ impl OwnedIndex {
             _ => {
                 let mut by_marker: HashMap<String, Vec<OwnedEntry>> = HashMap::new();
                 for (name, entry) in list().await? {
-                    if let Some((k, id)) = name.as_deref().and_then(crate::plan::marker::marker_of)
-                    {
-                        by_marker
-                            .entry(format!("[k8s:{k}:{id}]"))
-                            .or_default()
-                            .push(entry);
+                    if let Some(marker) = name.as_deref().and_then(crate::plan::marker::marker_in) {
+                        by_marker.entry(marker.to_owned()).or_default().push(entry);
                     }
                 }
                 let s = Arc::new(OwnedSnapshot {

@@ -365,15 +365,16 @@ impl<R: PolicyResource> Run<'_, R> {
         // 5. Plan and apply.
         let desired = self.obj.desired(&self.identity, &workspace_id);
         let decision = plan(&desired, remote.as_ref(), options);
+        let mut dry_run = None;
         if self.ctx.config.dry_run
             && let Decision::Apply(action) = &decision
         {
-            return Ok(self
-                .dry_run(action, remote.as_ref(), &desired, workspace_id, refresh)
-                .await);
+            dry_run = Some(self.announce_dry_run(action, &workspace_id).await);
         }
         let mut blocked = None;
         match decision {
+            // Dry-run: nothing is written; the status below reports the policy as it is.
+            _ if dry_run.is_some() => {}
             Decision::InSync => {}
             Decision::Blocked {
                 reason, message, ..
@@ -440,6 +441,17 @@ impl<R: PolicyResource> Run<'_, R> {
         for (type_, reason, note) in events {
             self.event(type_, reason, note).await;
         }
+        if let Some(message) = dry_run {
+            // The spec is not in force, but reading Portkey worked.
+            self.set(READY, FALSE, "DryRun", &message);
+            self.set(
+                SYNCED,
+                TRUE,
+                "DryRun",
+                "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
+            );
+            return Ok(refresh);
+        }
         match blocked {
             Some((reason, message)) => {
                 if reason == "OutOfSync" {
@@ -486,16 +498,13 @@ impl<R: PolicyResource> Run<'_, R> {
         Ok(refresh)
     }
 
-    /// Dry-run: record what would be written as Events, write nothing to Portkey, and report
-    /// the remote policy as it is (Ready=False DryRun: the spec is not in force).
-    async fn dry_run(
+    /// Dry-run: records what would be written as Events (nothing is sent to Portkey) and
+    /// returns the summary for the conditions.
+    async fn announce_dry_run(
         &mut self,
         action: &PolicyAction<<R::Kind as PolicyKind>::Create, <R::Kind as PolicyKind>::Update>,
-        remote: Option<&<R::Kind as PolicyKind>::Policy>,
-        desired: &R::Desired,
-        workspace_id: String,
-        refresh: Action,
-    ) -> Action {
+        workspace_id: &str,
+    ) -> String {
         let notes: Vec<(&str, String)> = match action {
             PolicyAction::Create { .. } => vec![(
                 "WouldCreate",
@@ -534,22 +543,7 @@ impl<R: PolicyResource> Run<'_, R> {
         for (reason, note) in notes {
             self.event(EventType::Normal, reason, note).await;
         }
-        let generation = self.generation();
-        self.ps().workspace_id = Some(workspace_id);
-        self.ps().observed_generation = generation;
-        self.ps().remote_status = remote.map(|p| p.status().to_string());
-        let events = self.obj.report(&mut self.status, remote, desired);
-        for (type_, reason, note) in events {
-            self.event(type_, reason, note).await;
-        }
-        self.set(READY, FALSE, "DryRun", &message);
-        self.set(
-            SYNCED,
-            TRUE,
-            "DryRun",
-            "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
-        );
-        refresh
+        message
     }
 
     /// GET (with usage where the kind has it); `None` when the policy is gone (404).

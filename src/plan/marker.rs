@@ -79,6 +79,14 @@ pub fn marker_of(remote_name: &str) -> Option<(&str, &str)> {
     (!kind.is_empty() && !id.is_empty()).then_some((kind, id))
 }
 
+/// The whole ownership marker a remote name ends with (e.g. `[k8s:ulp:team-a/monthly]`, as
+/// [`Identity::marker`] writes it), if any.
+pub fn marker_in(remote_name: &str) -> Option<&str> {
+    let name = remote_name.trim_end();
+    marker_of(name)?;
+    name.rfind("[k8s:").map(|start| &name[start..])
+}
+
 /// 64-bit FNV-1a: a stable, dependency-free hash for long identities.
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -129,6 +137,11 @@ mod tests {
             Some(("ulp", "team-a/monthly"))
         );
         assert_eq!(marker_of("hand made"), None);
+        assert_eq!(
+            marker_in("Team A [k8s:ulp:team-a/monthly] "),
+            Some(id.marker().as_str())
+        );
+        assert_eq!(marker_in("x [k8s:]"), None);
         assert_eq!(marker_of("x [k8s:]"), None);
     }
 }
