@@ -60,7 +60,7 @@ use crate::portkey::{PeriodicReset, UsageLimitType};
     validation = Rule::new("!(has(self.periodicReset) && has(self.periodicResetDays))").message("set at most one of periodicReset and periodicResetDays"),
     validation = Rule::new("quantity(string(self.creditLimit)).compareTo(quantity(self.type == 'tokens' ? '100' : '1')) >= 0").message("creditLimit must be at least 1 for cost (USD) and requests, and at least 100 for tokens"),
     validation = Rule::new("self.type == 'cost' || quantity(string(self.creditLimit)).isInteger()").message("creditLimit must be a whole number for tokens and requests"),
-    validation = Rule::new("!has(self.alertThreshold) || (quantity(string(self.alertThreshold)).sign() > 0 && quantity(string(self.alertThreshold)).isLessThan(quantity(string(self.creditLimit))))").message("alertThreshold must be greater than 0 and less than creditLimit"),
+    validation = Rule::new("!has(self.alertThreshold) || (quantity(string(self.alertThreshold)).isGreaterThan(quantity('0')) && quantity(string(self.alertThreshold)).isLessThan(quantity(string(self.creditLimit))))").message("alertThreshold must be greater than 0 and less than creditLimit"),
     validation = Rule::new("self.type == 'cost' || !has(self.alertThreshold) || quantity(string(self.alertThreshold)).isInteger()").message("alertThreshold must be a whole number for tokens and requests"),
     validation = Rule::new(rules::OBSERVE_NEEDS_ADOPT).message(rules::OBSERVE_NEEDS_ADOPT_MSG),
     validation = Rule::new(rules::TYPE_IMMUTABLE).message(rules::TYPE_IMMUTABLE_MSG),

@@ -1,2 +1,3 @@
 pub mod control_plane;
+pub mod e2e;
 pub mod fake_kube;

@@ -1,0 +1,330 @@
+//! The few lines every e2e test starts from: a control plane with the CRDs, a test namespace,
+//! an emulator seeded with one workspace, a client for it, and operator processes that are
+//! killed when dropped.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::portkey::*;
+
+use super::control_plane::{ControlPlane, Options, require_assets, spawn_logged, tail, under_ci};
+
+pub const WS: &str = "3a1d4e8a-2222-4c3b-9d2e-0000000000e2";
+pub const WS_SLUG: &str = "e2e";
+pub const OTHER_WS: &str = "7b2e5f9b-3333-4d4c-8e3f-0000000000e3";
+pub const OTHER_WS_SLUG: &str = "other";
+pub const KEY: &str = "e2e-admin-key";
+pub const NS: &str = "e2e-budgets";
+/// The Lease namespace of the operators under test.
+pub const OPERATOR_NS: &str = "portkey-operator-system";
+
+/// How long any single e2e test may run before it fails (its children are then killed).
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(420);
+
+pub struct Env {
+    pub cp: ControlPlane,
+    pub emu: EmulatorHandle,
+    pub portkey: PortkeyClient,
+}
+
+impl Env {
+    /// `None` (after one skip line) without `KUBEBUILDER_ASSETS`, except under `CI=true`.
+    pub async fn start(test: &str) -> Option<Env> {
+        Self::start_with(test, Options::default()).await
+    }
+
+    pub async fn start_with(test: &str, options: Options) -> Option<Env> {
+        let assets = require_assets(test)?;
+        if options.controller_manager && !assets.join("kube-controller-manager").is_file() {
+            let what = "KUBEBUILDER_ASSETS has no kube-controller-manager (setup-envtest does not \
+                        ship it; ../shared/k8s/envtest.sh does)";
+            assert!(
+                !under_ci(),
+                "{test}: {what}; under CI=true the e2e tests never skip"
+            );
+            eprintln!("{test}: skipped ({what})");
+            return None;
+        }
+        let cp = ControlPlane::start_with(assets, options);
+        cp.install_crds();
+        let emu = emulator::spawn(EmulatorConfig {
+            api_keys: vec![KEY.into()],
+            workspaces: vec![
+                SeedWorkspace {
+                    id: WS.into(),
+                    slug: WS_SLUG.into(),
+                    name: "E2E".into(),
+                },
+                SeedWorkspace {
+                    id: OTHER_WS.into(),
+                    slug: OTHER_WS_SLUG.into(),
+                    name: "Other team".into(),
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let portkey =
+            PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
+        cp.kubectl(&["create", "namespace", NS]);
+        cp.kubectl(&["create", "namespace", OPERATOR_NS]);
+        Some(Env { cp, emu, portkey })
+    }
+
+    /// Starts the operator binary (leader election on, short lease and intervals).
+    pub fn operator(&self, log_name: &str) -> Operator {
+        self.operator_with(log_name, log_name, &[])
+    }
+
+    /// Starts the operator with `POD_NAME` = `pod` (its Lease identity prefix) and extra flags.
+    pub fn operator_with(&self, log_name: &str, pod: &str, extra: &[&str]) -> Operator {
+        Operator::start(
+            &self.cp,
+            &self.cp.kubeconfig,
+            &self.emu.base_url(),
+            log_name,
+            pod,
+            &[
+                &[
+                    "--leader-election-namespace",
+                    OPERATOR_NS,
+                    "--leader-election-lease-duration",
+                    "4s",
+                ],
+                extra,
+            ]
+            .concat(),
+            &[("PORTKEY_API_KEY", KEY)],
+        )
+    }
+
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.cp.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// All active usage-limits policies of a workspace.
+    pub async fn active_usage(&self, ws: &str) -> Vec<UsageLimitsPolicy> {
+        self.portkey
+            .usage_limits()
+            .list(&active_in(ws))
+            .await
+            .unwrap()
+    }
+
+    pub async fn active_rates(&self, ws: &str) -> Vec<RateLimitsPolicy> {
+        self.portkey
+            .rate_limits()
+            .list(&active_in(ws))
+            .await
+            .unwrap()
+    }
+
+    /// Active usage-limits policies carrying the marker of `NS/name`.
+    pub async fn owned_usage(&self, name: &str) -> Vec<UsageLimitsPolicy> {
+        let marker = format!("[k8s:ulp:{NS}/{name}]");
+        self.active_usage(WS)
+            .await
+            .into_iter()
+            .filter(|p| p.name.as_deref().is_some_and(|n| n.ends_with(&marker)))
+            .collect()
+    }
+
+    /// `kubectl get <kind> <name> -o jsonpath=<path>` in `NS` (or cluster-wide when `ns` is
+    /// `None`).
+    pub fn jsonpath(&self, kind: &str, name: &str, ns: Option<&str>, path: &str) -> String {
+        let expr = format!("jsonpath={path}");
+        let mut args = vec!["get", kind, name, "-o", &expr];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        self.cp.kubectl(&args)
+    }
+
+    /// The `reason` of a condition of a resource.
+    pub fn reason(&self, kind: &str, name: &str, ns: Option<&str>, condition: &str) -> String {
+        self.jsonpath(
+            kind,
+            name,
+            ns,
+            &format!(r#"{{.status.conditions[?(@.type=="{condition}")].reason}}"#),
+        )
+    }
+
+    /// `kubectl wait --for=condition=Ready` (in `NS` unless cluster-scoped).
+    pub fn wait_ready(&self, resource: &str, ns: Option<&str>) {
+        let mut args = vec!["wait", "--for=condition=Ready", resource, "--timeout=60s"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        self.cp.kubectl(&args);
+    }
+
+    /// Waits until a condition of a resource has `reason`.
+    pub async fn wait_reason(
+        &self,
+        kind: &str,
+        name: &str,
+        ns: Option<&str>,
+        cond: &str,
+        reason: &str,
+    ) {
+        eventually(
+            &format!("{kind}/{name} {cond} reason {reason}"),
+            Duration::from_secs(60),
+            || async { (self.reason(kind, name, ns, cond) == reason).then_some(()) },
+        )
+        .await
+    }
+}
+
+pub fn active_in(ws: &str) -> ListFilter {
+    ListFilter {
+        workspace_id: Some(ws.into()),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    }
+}
+
+/// An operator process, killed (SIGKILL) when dropped.
+pub struct Operator {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        _cp: &ControlPlane,
+        kubeconfig: &Path,
+        base_url: &str,
+        log_name: &str,
+        pod: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Operator {
+        let log = _cp.dir.path().join(log_name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"));
+        cmd.args([
+            "run",
+            "--admin-api-url",
+            base_url,
+            "--usage-refresh-interval",
+            "2s",
+            "--resync-interval",
+            "2s",
+            "--create-pending-grace",
+            "5s",
+            "--admin-api-timeout",
+            "20s",
+            "--metrics-bind-address",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("POD_NAME", pod)
+        .env("RUST_LOG", "info")
+        .env_remove("PORTKEY_API_KEY");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = spawn_logged(cmd, &log);
+        Operator {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    /// SIGTERM; waits (bounded) for the exit and returns its status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.pid().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let child = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                self.child = None;
+                return exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the operator did not stop on SIGTERM:\n{}",
+                tail(&self.log, 30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Panics with the log tail when the process has exited.
+    pub fn check_alive(&mut self) {
+        if let Some(child) = self.child.as_mut()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            panic!("the operator exited ({status}):\n{}", tail(&self.log, 40));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `check` until it yields a value, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs a test body with the e2e time limit; on timeout it panics, and dropping the body drops
+/// (and so kills) its control plane and operators.
+pub async fn bounded<F: Future<Output = ()>>(test: &str, body: F) {
+    if tokio::time::timeout(TEST_TIMEOUT, body).await.is_err() {
+        panic!("{test}: timed out after {TEST_TIMEOUT:?}");
+    }
+}
