@@ -265,6 +265,20 @@ async fn list_walks_every_page_and_filters() {
     );
     assert_eq!(emu.control().requests().await.unwrap().total, 1);
 
+    // A server that silently serves fewer items than asked for (a page cap): a short page is not
+    // the end while `total` says there is more.
+    emu.control()
+        .set_faults(serde_json::json!({"page_size_cap": 2}))
+        .await
+        .unwrap();
+    emu.control().clear_requests().await.unwrap();
+    let client100 = client_for(&emu, fast_retry(0), 100);
+    let capped = client100.usage_limits().list(&ws_filter()).await.unwrap();
+    let names: Vec<_> = capped.iter().map(|p| p.name.clone().unwrap()).collect();
+    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"], "nothing hidden by the cap");
+    assert_eq!(emu.control().requests().await.unwrap().total, 3);
+    emu.control().clear_faults().await.unwrap();
+
     // Portkey needs a workspace to list with an organisation key.
     let err = client
         .usage_limits()

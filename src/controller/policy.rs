@@ -130,12 +130,83 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
     }
 }
 
-/// True when a create that failed this way certainly made nothing in Portkey.
-fn definitely_not_created(e: &PortkeyError) -> bool {
+/// True when a create that failed this way certainly made nothing in Portkey: the request never
+/// left (connect failure) or was refused before it was carried out (invalid, unauthorised,
+/// forbidden, not found, rate-limited). Everything else (timeouts, 5xx, 408, 409, 499, any other
+/// status, an unreadable answer) may have created the policy, so the create-pending record stays.
+pub(crate) fn definitely_not_created(e: &PortkeyError) -> bool {
     match e {
         PortkeyError::Transport { connect, .. } => *connect,
-        PortkeyError::Server { .. } | PortkeyError::Decode { .. } => false,
-        _ => true,
+        PortkeyError::Validation { .. }
+        | PortkeyError::Unauthorized { .. }
+        | PortkeyError::Forbidden { .. }
+        | PortkeyError::NotFound { .. }
+        | PortkeyError::RateLimited { .. } => true,
+        PortkeyError::Conflict { .. }
+        | PortkeyError::Server { .. }
+        | PortkeyError::Http { .. }
+        | PortkeyError::Decode { .. }
+        | PortkeyError::Config(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_and_connect_failures_are_certainly_not_created() {
+        let http = |status| PortkeyError::Http {
+            status,
+            code: None,
+            message: String::new(),
+        };
+        for ambiguous in [
+            http(408),
+            http(499),
+            http(402),
+            PortkeyError::Conflict {
+                code: Some("AB07".into()),
+                message: String::new(),
+            },
+            PortkeyError::Server {
+                status: 502,
+                code: None,
+                message: String::new(),
+            },
+            PortkeyError::Transport {
+                message: String::new(),
+                timeout: true,
+                connect: false,
+            },
+            PortkeyError::Decode {
+                message: String::new(),
+            },
+        ] {
+            assert!(!definitely_not_created(&ambiguous), "{ambiguous:?}");
+        }
+        for refused in [
+            PortkeyError::Validation {
+                status: 400,
+                code: Some("AB01".into()),
+                message: String::new(),
+            },
+            PortkeyError::Forbidden {
+                code: Some("AB03".into()),
+                message: String::new(),
+            },
+            PortkeyError::RateLimited {
+                retry_after: None,
+                message: String::new(),
+            },
+            PortkeyError::Transport {
+                message: String::new(),
+                timeout: false,
+                connect: true,
+            },
+        ] {
+            assert!(definitely_not_created(&refused), "{refused:?}");
+        }
     }
 }
 

@@ -128,6 +128,10 @@ pub struct Faults {
     /// `response_delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Serve at most this many items per list page, whatever `page_size` asks for (a real
+    /// server's silent cap); `total` still counts every item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size_cap: Option<usize>,
 }
 
 /// One Admin API request as the emulator saw it.
@@ -170,6 +174,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    /// The page-size cap fault, if set.
+    fn page_cap(&self) -> Option<usize> {
+        lock(&self.faults).faults.page_size_cap
+    }
+
     /// Runs `f` on the state after applying due resets.
     fn read<T>(&self, f: impl FnOnce(&State) -> ApiResult<T>) -> ApiResult<T> {
         let mut state = lock(&self.state);
@@ -311,7 +320,12 @@ fn workspace_param(q: &HashMap<String, String>) -> ApiResult<&str> {
 }
 
 /// Slices one page out of `items` (`page_size`, 0-based `current_page`).
-fn page<T: Serialize>(items: Vec<T>, q: &HashMap<String, String>, max: usize) -> Reply {
+fn page<T: Serialize>(
+    items: Vec<T>,
+    q: &HashMap<String, String>,
+    max: usize,
+    cap: Option<usize>,
+) -> Reply {
     let num = |name: &str, default: usize| -> ApiResult<usize> {
         match q.get(name) {
             None => Ok(default),
@@ -329,6 +343,9 @@ fn page<T: Serialize>(items: Vec<T>, q: &HashMap<String, String>, max: usize) ->
             "page_size",
             format!("must be at most {max}"),
         ));
+    }
+    if let Some(cap) = cap {
+        size = size.min(cap.max(1));
     }
     let current = num("current_page", 0)?;
     let total = items.len() as i64;
@@ -360,7 +377,7 @@ async fn usage_list(AxState(s): Shr, Query(q): Q) -> Reply {
         UsageLimitType::expected(),
     )?;
     let items = s.read(|st| st.list_usage_policies(workspace_param(&q)?, status, t))?;
-    page(items, &q, state::MAX_PAGE_SIZE)
+    page(items, &q, state::MAX_PAGE_SIZE, s.page_cap())
 }
 
 async fn usage_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
@@ -388,7 +405,7 @@ async fn usage_entities(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) ->
     let status = parse_param(&q, "status", BucketStatus::parse, BucketStatus::expected())?;
     let search = q.get("search").cloned();
     let items = s.read(|st| st.entities(&id, status, search.as_deref()))?;
-    page(items, &q, 100)
+    page(items, &q, 100, s.page_cap())
 }
 
 async fn usage_entity_reset(AxState(s): Shr, Path((id, entity)): Path<(String, String)>) -> Reply {
@@ -408,7 +425,7 @@ async fn rate_list(AxState(s): Shr, Query(q): Q) -> Reply {
     let t = parse_param(&q, "type", RateLimitType::parse, RateLimitType::expected())?;
     let u = parse_param(&q, "unit", RateLimitUnit::parse, RateLimitUnit::expected())?;
     let items = s.read(|st| st.list_rate_policies(workspace_param(&q)?, status, t, u))?;
-    page(items, &q, state::MAX_PAGE_SIZE)
+    page(items, &q, state::MAX_PAGE_SIZE, s.page_cap())
 }
 
 async fn rate_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
@@ -431,7 +448,7 @@ async fn rate_delete(AxState(s): Shr, Path(id): Path<String>) -> Reply {
 
 async fn workspace_list(AxState(s): Shr, Query(q): Q) -> Reply {
     let items = s.read(|st| Ok(st.workspaces.clone()))?;
-    page(items, &q, state::MAX_PAGE_SIZE)
+    page(items, &q, state::MAX_PAGE_SIZE, s.page_cap())
 }
 
 async fn workspace_get(AxState(s): Shr, Path(id): Path<String>) -> Reply {
@@ -573,6 +590,7 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         "fail_next",
         "response_delay_ms",
         "method",
+        "page_size_cap",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::invalid(
@@ -607,6 +625,7 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         retry_after_s: int("retry_after_s", 0, 3600)?,
         fail_next: int("fail_next", 0, 1_000_000)?.unwrap_or(0),
         response_delay_ms: int("response_delay_ms", 0, 600_000)?.unwrap_or(0),
+        page_size_cap: int("page_size_cap", 1, 1000)?.map(|n| n as usize),
         method: match obj.get("method") {
             None | Some(Value::Null) => None,
             Some(Value::String(m))

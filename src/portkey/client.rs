@@ -427,8 +427,13 @@ impl PortkeyClient {
             let resp: ListResponse<T> = self.get_json(operation, self.url(segments, &q)).await?;
             let got = resp.data.len();
             items.extend(resp.data);
-            let total_reached = resp.total.is_some_and(|total| items.len() as i64 >= total);
-            if got < page_size as usize || total_reached {
+            // With a `total`, a short page is not the end: a server may cap pages below the
+            // size asked for. Without one, a short page is all there is to go by.
+            let done = match resp.total {
+                Some(total) => items.len() as i64 >= total || got == 0,
+                None => got < page_size as usize,
+            };
+            if done {
                 return Ok(items);
             }
         }

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use portkey_budget_operator::api::CREATE_PENDING_ANNOTATION;
+use futures::{StreamExt, TryStreamExt};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use portkey_budget_operator::api::{CREATE_PENDING_ANNOTATION, UsageLimitPolicy};
 use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -44,23 +47,24 @@ async fn kill_9_around_a_create_leaves_exactly_one_policy() {
                     .await
                     .unwrap();
             }
+            // Watch the resource from before it exists, so a record that lives for only a few
+            // milliseconds is still seen.
+            let api: Api<UsageLimitPolicy> = Api::namespaced(cp.client().await, NS);
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let mut changes = watcher(api, config).applied_objects().boxed();
             let op = env.operator(&format!("operator-{i}-a.log"));
             cp.apply(&ulp(&name, 600));
             match point {
                 KillPoint::PendingRecorded => {
-                    let path = format!(
-                        "{{.metadata.annotations.{}}}",
-                        CREATE_PENDING_ANNOTATION.replace('.', "\\.")
-                    );
-                    eventually(
-                        "the create-pending record",
-                        Duration::from_secs(60),
-                        || async {
-                            let v = env.jsonpath("ulp", &name, Some(NS), &path);
-                            (!v.is_empty()).then_some(())
-                        },
-                    )
+                    let seen = tokio::time::timeout(Duration::from_secs(60), async {
+                        while let Some(obj) = changes.try_next().await.unwrap() {
+                            if obj.annotations().contains_key(CREATE_PENDING_ANNOTATION) {
+                                return;
+                            }
+                        }
+                    })
                     .await;
+                    assert!(seen.is_ok(), "the create-pending record was never written");
                 }
                 KillPoint::CreatedAnswerLost => {
                     eventually(

@@ -254,12 +254,22 @@ async fn usage_limit_policy_lifecycle() {
             "WorkspaceNotAllowed",
         )
         .await;
+        cp.apply(&rlp_in("bound-elsewhere", "intruder", 60, ""));
+        env.wait_reason(
+            "rlp",
+            "intruder",
+            Some("bound-elsewhere"),
+            "Ready",
+            "WorkspaceNotAllowed",
+        )
+        .await;
         let log = ctl.requests().await.unwrap();
         assert_eq!(
             log.count("POST", "/v1/policies"),
             0,
             "no create for a refused policy"
         );
+        assert!(env.active_rates(OTHER_WS).await.is_empty());
         assert!(env.active_usage(OTHER_WS).await.is_empty());
         assert!(
             !env.active_usage(WS).await.iter().any(|p| p
