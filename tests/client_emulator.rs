@@ -275,7 +275,11 @@ async fn list_walks_every_page_and_filters() {
     let client100 = client_for(&emu, fast_retry(0), 100);
     let capped = client100.usage_limits().list(&ws_filter()).await.unwrap();
     let names: Vec<_> = capped.iter().map(|p| p.name.clone().unwrap()).collect();
-    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"], "nothing hidden by the cap");
+    assert_eq!(
+        names,
+        ["p0", "p1", "p2", "p3", "p4"],
+        "nothing hidden by the cap"
+    );
     assert_eq!(emu.control().requests().await.unwrap().total, 3);
     emu.control().clear_faults().await.unwrap();
 
@@ -1122,4 +1126,92 @@ async fn api_key_never_printed() {
     assert!(!err.to_string().contains("bad\nkey"));
     let err = PortkeyClient::new(ClientConfig::new("ftp://x", ApiKey::new("k"))).unwrap_err();
     assert!(err.to_string().contains("must be an http(s) URL"), "{err}");
+}
+
+/// The emulator's real-world consistency faults, as the reconcile tests meet them.
+#[tokio::test]
+async fn consistency_faults_behave_like_the_real_admin_api() {
+    let (emu, client) = setup().await;
+    let ctl = emu.control();
+    let usage = client.usage_limits();
+
+    // Read-after-write lag: a new id 404s and is missing from lists until the lag is over.
+    ctl.set_faults(json!({"read_after_write_lag_ms": 600_000}))
+        .await
+        .unwrap();
+    let id = usage.create(&usage_body("lagging")).await.unwrap().id;
+    let err = usage.get(&id, GetOptions::default()).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(usage.list(&ws_filter()).await.unwrap().is_empty());
+    let put = UpdateUsageLimitsPolicy {
+        credit_limit: Some(dec("90")),
+        ..Default::default()
+    };
+    assert!(usage.update(&id, &put).await.unwrap_err().is_not_found());
+    ctl.clear_faults().await.unwrap();
+    assert_eq!(usage.get(&id, GetOptions::default()).await.unwrap().id, id);
+    assert_eq!(usage.list(&ws_filter()).await.unwrap().len(), 1);
+
+    // Stale echoes: after a PUT, reads show the previous version while the fault lasts.
+    let before = usage.get(&id, GetOptions::default()).await.unwrap();
+    ctl.set_faults(json!({"stale_read_ms": 600_000}))
+        .await
+        .unwrap();
+    usage.update(&id, &put).await.unwrap();
+    assert_eq!(
+        usage
+            .get(&id, GetOptions::default())
+            .await
+            .unwrap()
+            .credit_limit,
+        before.credit_limit
+    );
+    assert_eq!(
+        usage.list(&ws_filter()).await.unwrap()[0].credit_limit,
+        before.credit_limit
+    );
+    ctl.clear_faults().await.unwrap();
+    assert_eq!(
+        usage
+            .get(&id, GetOptions::default())
+            .await
+            .unwrap()
+            .credit_limit,
+        dec("90")
+    );
+
+    // List items without the reset fields (backends before 1.18.0); GET still has them.
+    ctl.set_faults(json!({"list_without_reset": true}))
+        .await
+        .unwrap();
+    let listed = &usage.list(&ws_filter()).await.unwrap()[0];
+    assert_eq!(listed.periodic_reset, None);
+    assert_eq!(listed.next_usage_reset_at, None);
+    let got = usage.get(&id, GetOptions::default()).await.unwrap();
+    assert!(got.periodic_reset.is_some() && got.next_usage_reset_at.is_some());
+
+    // Gone objects answer 403 AB03.
+    ctl.set_faults(json!({"gone_as_forbidden": true}))
+        .await
+        .unwrap();
+    usage.delete(&id).await.unwrap();
+    let err = usage.get(&id, GetOptions::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, PortkeyError::Forbidden { code: Some(c), .. } if c == "AB03"),
+        "{err:?}"
+    );
+    let err = usage.delete(&id).await.unwrap_err();
+    assert!(matches!(err, PortkeyError::Forbidden { .. }), "{err:?}");
+    let err = usage
+        .get(
+            "0b6c0c2e-8a3a-4a43-9d55-2f6f3f1d9a01",
+            GetOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PortkeyError::Forbidden { .. }), "{err:?}");
+
+    // Unknown faults are refused, naming the field.
+    let err = ctl.set_faults(json!({"stale_read": 5})).await.unwrap_err();
+    assert!(err.contains("stale_read"), "{err}");
 }

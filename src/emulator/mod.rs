@@ -132,6 +132,21 @@ pub struct Faults {
     /// server's silent cap); `total` still counts every item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_size_cap: Option<usize>,
+    /// Read-after-write lag: for this long after its create, a new policy 404s on GET and is
+    /// missing from lists (eventual consistency, as the Terraform provider documents).
+    #[serde(default)]
+    pub read_after_write_lag_ms: u64,
+    /// Stale echoes: for this long after a PUT, GET and lists still show the previous version.
+    #[serde(default)]
+    pub stale_read_ms: u64,
+    /// Gone objects answer 403 `AB03` (as Portkey does for deleted workspaces and keys) instead
+    /// of 404 `AB08`.
+    #[serde(default)]
+    pub gone_as_forbidden: bool,
+    /// List items lack `periodic_reset`, `periodic_reset_days` and `next_usage_reset_at`, as on
+    /// backends before 1.18.0 (GET by id still has them).
+    #[serde(default)]
+    pub list_without_reset: bool,
 }
 
 /// One Admin API request as the emulator saw it.
@@ -164,8 +179,18 @@ struct Shared {
     state: Mutex<State>,
     faults: Mutex<FaultState>,
     log: Mutex<RequestLog>,
+    /// Recent creates and updates, for the consistency faults.
+    recent: Mutex<HashMap<String, RecentWrite>>,
     api_keys: Vec<String>,
     state_file: Option<PathBuf>,
+}
+
+/// What a consistency fault needs to know of a recent write to one policy id.
+#[derive(Default)]
+struct RecentWrite {
+    created: Option<std::time::Instant>,
+    /// The version before the last PUT, and when that PUT happened.
+    previous: Option<(std::time::Instant, Value)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -177,6 +202,106 @@ impl Shared {
     /// The page-size cap fault, if set.
     fn page_cap(&self) -> Option<usize> {
         lock(&self.faults).faults.page_size_cap
+    }
+
+    fn faults(&self) -> Faults {
+        lock(&self.faults).faults.clone()
+    }
+
+    fn note_created(&self, id: &str) {
+        lock(&self.recent).entry(id.to_owned()).or_default().created =
+            Some(std::time::Instant::now());
+    }
+
+    fn note_updated(&self, id: &str, previous: Value) {
+        lock(&self.recent)
+            .entry(id.to_owned())
+            .or_default()
+            .previous = Some((std::time::Instant::now(), previous));
+    }
+
+    /// How a policy read answers under the consistency faults: `None` = not visible yet
+    /// (read-after-write lag), `Some(previous)` = a stale echo, `Some(current)` otherwise.
+    fn visible(&self, id: &str, current: Value, faults: &Faults) -> Option<Value> {
+        let recent = lock(&self.recent);
+        let Some(w) = recent.get(id) else {
+            return Some(current);
+        };
+        let lag = Duration::from_millis(faults.read_after_write_lag_ms);
+        if w.created.is_some_and(|t| t.elapsed() < lag) {
+            return None;
+        }
+        let stale = Duration::from_millis(faults.stale_read_ms);
+        match &w.previous {
+            Some((t, previous)) if t.elapsed() < stale => Some(previous.clone()),
+            _ => Some(current),
+        }
+    }
+
+    /// A 404 as the `gone_as_forbidden` fault has it answered.
+    fn gone(faults: &Faults, e: ApiError) -> ApiError {
+        if faults.gone_as_forbidden && e.status == 404 {
+            ApiError {
+                status: 403,
+                code: "AB03",
+                message: "You do not have access to this resource".into(),
+                retry_after_s: None,
+            }
+        } else {
+            e
+        }
+    }
+
+    /// A policy GET answer (or its error) after the consistency faults.
+    fn read_policy<T: Serialize>(&self, id: &str, result: ApiResult<T>) -> Reply {
+        let faults = self.faults();
+        let current = serde_json::to_value(result.map_err(|e| Self::gone(&faults, e))?)
+            .expect("policies serialize");
+        match self.visible(id, current, &faults) {
+            Some(v) => Ok(axum::Json(v)),
+            None => Err(Self::gone(
+                &faults,
+                ApiError::not_found(format!("policy {id}")),
+            )),
+        }
+    }
+
+    /// A write to one policy id: not found while the read-after-write lag hides it, and gone
+    /// objects answered as the faults say.
+    fn writable<T>(&self, id: &str, f: impl FnOnce(&mut State) -> ApiResult<T>) -> ApiResult<T> {
+        let faults = self.faults();
+        if self.visible(id, Value::Null, &faults).is_none() {
+            return Err(Self::gone(
+                &faults,
+                ApiError::not_found(format!("policy {id}")),
+            ));
+        }
+        self.write(f).map_err(|e| Self::gone(&faults, e))
+    }
+
+    /// List items after the consistency faults.
+    fn list_items<T: Serialize>(&self, items: Vec<T>) -> Vec<Value> {
+        let faults = self.faults();
+        items
+            .into_iter()
+            .filter_map(|item| {
+                let v = serde_json::to_value(item).expect("policies serialize");
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                let mut v = self.visible(&id, v, &faults)?;
+                if faults.list_without_reset
+                    && let Some(o) = v.as_object_mut()
+                {
+                    for k in [
+                        "periodic_reset",
+                        "periodic_reset_days",
+                        "next_usage_reset_at",
+                    ] {
+                        o.remove(k);
+                    }
+                }
+                Some(v)
+            })
+            .collect()
     }
 
     /// Runs `f` on the state after applying due resets.
@@ -365,7 +490,9 @@ fn page<T: Serialize>(
 
 async fn usage_create(AxState(s): Shr, body: Bytes) -> Reply {
     let body = body_json(&body)?;
-    ok(s.write(|st| st.create_usage_policy(&body))?)
+    let created = s.write(|st| st.create_usage_policy(&body))?;
+    s.note_created(&created.id);
+    ok(created)
 }
 
 async fn usage_list(AxState(s): Shr, Query(q): Q) -> Reply {
@@ -377,7 +504,7 @@ async fn usage_list(AxState(s): Shr, Query(q): Q) -> Reply {
         UsageLimitType::expected(),
     )?;
     let items = s.read(|st| st.list_usage_policies(workspace_param(&q)?, status, t))?;
-    page(items, &q, state::MAX_PAGE_SIZE, s.page_cap())
+    page(s.list_items(items), &q, state::MAX_PAGE_SIZE, s.page_cap())
 }
 
 async fn usage_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
@@ -387,17 +514,25 @@ async fn usage_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Repl
         Some("true") => true,
         Some(_) => return Err(ApiError::invalid("include_usage", "must be true or false")),
     };
-    ok(s.read(|st| st.get_usage_policy(&id, status, include_usage))?)
+    s.read_policy(
+        &id,
+        s.read(|st| st.get_usage_policy(&id, status, include_usage)),
+    )
 }
 
 async fn usage_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
     let body = body_json(&body)?;
-    s.write(|st| st.update_usage_policy(&id, &body))?;
+    let before = s.read_policy(
+        &id,
+        s.read(|st| st.get_usage_policy(&id, PolicyStatus::Active, false)),
+    )?;
+    s.writable(&id, |st| st.update_usage_policy(&id, &body))?;
+    s.note_updated(&id, before.0);
     empty()
 }
 
 async fn usage_delete(AxState(s): Shr, Path(id): Path<String>) -> Reply {
-    s.write(|st| st.archive_usage_policy(&id))?;
+    s.writable(&id, |st| st.archive_usage_policy(&id))?;
     empty()
 }
 
@@ -417,7 +552,9 @@ async fn usage_entity_reset(AxState(s): Shr, Path((id, entity)): Path<(String, S
 
 async fn rate_create(AxState(s): Shr, body: Bytes) -> Reply {
     let body = body_json(&body)?;
-    ok(s.write(|st| st.create_rate_policy(&body))?)
+    let created = s.write(|st| st.create_rate_policy(&body))?;
+    s.note_created(&created.id);
+    ok(created)
 }
 
 async fn rate_list(AxState(s): Shr, Query(q): Q) -> Reply {
@@ -425,22 +562,27 @@ async fn rate_list(AxState(s): Shr, Query(q): Q) -> Reply {
     let t = parse_param(&q, "type", RateLimitType::parse, RateLimitType::expected())?;
     let u = parse_param(&q, "unit", RateLimitUnit::parse, RateLimitUnit::expected())?;
     let items = s.read(|st| st.list_rate_policies(workspace_param(&q)?, status, t, u))?;
-    page(items, &q, state::MAX_PAGE_SIZE, s.page_cap())
+    page(s.list_items(items), &q, state::MAX_PAGE_SIZE, s.page_cap())
 }
 
 async fn rate_get(AxState(s): Shr, Path(id): Path<String>, Query(q): Q) -> Reply {
     let status = status_param(&q)?;
-    ok(s.read(|st| st.get_rate_policy(&id, status))?)
+    s.read_policy(&id, s.read(|st| st.get_rate_policy(&id, status)))
 }
 
 async fn rate_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
     let body = body_json(&body)?;
-    s.write(|st| st.update_rate_policy(&id, &body))?;
+    let before = s.read_policy(
+        &id,
+        s.read(|st| st.get_rate_policy(&id, PolicyStatus::Active)),
+    )?;
+    s.writable(&id, |st| st.update_rate_policy(&id, &body))?;
+    s.note_updated(&id, before.0);
     empty()
 }
 
 async fn rate_delete(AxState(s): Shr, Path(id): Path<String>) -> Reply {
-    s.write(|st| st.archive_rate_policy(&id))?;
+    s.writable(&id, |st| st.archive_rate_policy(&id))?;
     empty()
 }
 
@@ -591,6 +733,10 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         "response_delay_ms",
         "method",
         "page_size_cap",
+        "read_after_write_lag_ms",
+        "stale_read_ms",
+        "gone_as_forbidden",
+        "list_without_reset",
     ];
     if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::invalid(
@@ -610,6 +756,13 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
                 }),
         }
     };
+    let flag = |name: &str| -> ApiResult<bool> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(_) => Err(ApiError::invalid(name, "must be true or false")),
+        }
+    };
     let error_rate = match obj.get("error_rate") {
         None | Some(Value::Null) => 0.0,
         Some(v) => v
@@ -626,6 +779,10 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         fail_next: int("fail_next", 0, 1_000_000)?.unwrap_or(0),
         response_delay_ms: int("response_delay_ms", 0, 600_000)?.unwrap_or(0),
         page_size_cap: int("page_size_cap", 1, 1000)?.map(|n| n as usize),
+        read_after_write_lag_ms: int("read_after_write_lag_ms", 0, 600_000)?.unwrap_or(0),
+        stale_read_ms: int("stale_read_ms", 0, 600_000)?.unwrap_or(0),
+        gone_as_forbidden: flag("gone_as_forbidden")?,
+        list_without_reset: flag("list_without_reset")?,
         method: match obj.get("method") {
             None | Some(Value::Null) => None,
             Some(Value::String(m))
@@ -799,6 +956,7 @@ pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
             rng: StdRng::from_os_rng(),
         }),
         log: Mutex::new(RequestLog::default()),
+        recent: Mutex::new(HashMap::new()),
         api_keys: config.api_keys.clone(),
         state_file: config.state_file.clone(),
     });
