@@ -337,8 +337,8 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
             .map_err(|e| e.to_string())?;
         let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
         for p in &remote {
-            if let Some((_, id)) = p.name.as_deref().and_then(marker_of) {
-                *per_owner.entry(id.to_owned()).or_default() += 1;
+            if let Some(m) = p.name.as_deref().and_then(marker_of) {
+                *per_owner.entry(m.owner.to_owned()).or_default() += 1;
             }
         }
         (remote.len(), per_owner)

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
+use crate::plan::marker::validate_installation_id;
 use crate::portkey::{ApiKey, DEFAULT_BASE_URL};
 use crate::telemetry::LogFormat;
 
@@ -129,6 +130,15 @@ pub struct RunArgs {
     /// after the leader dies [default: 15s].
     #[arg(long)]
     pub leader_election_lease_duration: Option<FlagDuration>,
+    /// This installation's identity, written into every ownership marker (1-32 of a-z, 0-9,
+    /// '-') [default: derived from the kube-system namespace UID].
+    #[arg(long, env = "PORTKEY_OPERATOR_INSTALLATION_ID")]
+    pub installation_id: Option<String>,
+    /// Also take over policies marked by this other installation (repeatable): a migration
+    /// between clusters. Without it, another installation's policies are never adopted or
+    /// archived.
+    #[arg(long = "adopt-from-installation", value_name = "ID")]
+    pub adopt_from_installations: Vec<String>,
 }
 
 /// The config file. Keys mirror the flags, in camelCase.
@@ -153,6 +163,8 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub metrics_bind_address: Option<String>,
     pub leader_election: Option<FileLeaderElection>,
+    pub installation_id: Option<String>,
+    pub adopt_from_installations: Option<Vec<String>>,
 }
 
 /// `apiKeySecret` in the config file.
@@ -299,7 +311,24 @@ impl RunArgs {
             ),
             Duration::from_secs(3),
         )?;
+        let installation_id = self
+            .installation_id
+            .clone()
+            .or(file.installation_id.clone());
+        if let Some(id) = &installation_id {
+            validate_installation_id(id).map_err(|e| format!("installationId: {e}"))?;
+        }
+        let adopt_from = if self.adopt_from_installations.is_empty() {
+            file.adopt_from_installations.clone().unwrap_or_default()
+        } else {
+            self.adopt_from_installations.clone()
+        };
+        for id in &adopt_from {
+            validate_installation_id(id).map_err(|e| format!("adoptFromInstallations: {e}"))?;
+        }
         let controller = ControllerConfig {
+            installation_id: installation_id.unwrap_or_default(),
+            adopt_from_installations: adopt_from,
             default_workspace: self
                 .default_workspace
                 .clone()
@@ -408,6 +437,11 @@ pub fn checked_key(key: String) -> Result<ApiKey, String> {
 /// What the controller needs to know, independent of how it was configured.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
+    /// This installation's identity in ownership markers; empty until `run` derives it from the
+    /// cluster (the legacy marker form is written while it is empty).
+    pub installation_id: String,
+    /// Installations whose policies this one takes over (a migration).
+    pub adopt_from_installations: Vec<String>,
     pub default_workspace: Option<String>,
     /// Refresh period of resources that report usage (UsageLimitPolicy, WorkspaceBudget).
     pub usage_refresh_interval: Duration,
@@ -422,9 +456,24 @@ pub struct ControllerConfig {
     pub dry_run: bool,
 }
 
+impl ControllerConfig {
+    /// The ownership identity of a resource under this installation.
+    pub fn identity(
+        &self,
+        kind: &'static str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> crate::plan::Identity {
+        crate::plan::Identity::new(kind, namespace, name)
+            .installed(&self.installation_id, &self.adopt_from_installations)
+    }
+}
+
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
+            installation_id: String::new(),
+            adopt_from_installations: Vec::new(),
             default_workspace: None,
             usage_refresh_interval: Duration::from_secs(60),
             resync_interval: Duration::from_secs(600),

@@ -2,8 +2,10 @@
 //!
 //! Manifests are validated with the CRDs' own rules (schema and CEL). Remote state is read with
 //! the Admin API client; decisions come from the same planner the controller uses; remote names
-//! carry the same ownership markers, so `sync` and the operator recognise each other's policies
-//! and never duplicate them.
+//! carry ownership markers with `sync`'s own installation identity (`--installation-id`,
+//! default `sync`), and which remote objects are ours is decided by the same code as in the
+//! controller (`plan::ownership`): `sync` never adopts, fights over or prunes another
+//! installation's policies.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -14,7 +16,8 @@ use serde_json::Value;
 
 use crate::api::validate::{FieldError, validate_object};
 use crate::api::{self, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
-use crate::plan::marker::{Identity, marker_of};
+use crate::plan::marker::Identity;
+use crate::plan::ownership::{self, Candidate, Claimant};
 use crate::plan::policy::{Decision, PlanOptions, PolicyAction, PolicyDiff};
 use crate::plan::rate::DesiredRatePolicy;
 use crate::plan::report::percent;
@@ -102,13 +105,16 @@ impl Loaded {
         }
     }
 
-    fn identity(&self) -> Identity {
+    fn identity(&self, settings: &PlanSettings) -> Identity {
         let short = match self.resource {
             Resource::Usage(_) => "ulp",
             Resource::Rate(_) => "rlp",
             Resource::Workspace(_) => "wsb",
         };
-        Identity::new(short, self.namespace(), self.name())
+        Identity::new(short, self.namespace(), self.name()).installed(
+            &settings.installation_id,
+            &settings.adopt_from_installations,
+        )
     }
 
     fn workspace(&self) -> Option<&str> {
@@ -411,6 +417,10 @@ impl Plan {
 /// Planning knobs.
 #[derive(Debug, Clone, Default)]
 pub struct PlanSettings {
+    /// This tool's installation identity in ownership markers.
+    pub installation_id: String,
+    /// Installations whose policies it takes over.
+    pub adopt_from_installations: Vec<String>,
     pub default_workspace: Option<String>,
     /// Archive marked policies no manifest declares.
     pub prune: bool,
@@ -421,8 +431,9 @@ pub struct PlanSettings {
 #[derive(Default)]
 struct RemoteCache {
     ids: BTreeMap<String, Result<String, String>>,
-    usage: BTreeMap<String, Vec<UsageLimitsPolicy>>,
-    rate: BTreeMap<String, Vec<RateLimitsPolicy>>,
+    /// Active policies per (family, workspace): ids, names and ages only, so that one
+    /// unexpected field anywhere in a workspace cannot break the listing.
+    listed: BTreeMap<(&'static str, String), Vec<PolicySummary>>,
 }
 
 impl RemoteCache {
@@ -443,60 +454,118 @@ impl RemoteCache {
         r
     }
 
-    async fn usage(
+    async fn listed<K: PolicyKind>(
         &mut self,
         client: &PortkeyClient,
         ws: &str,
-    ) -> Result<&Vec<UsageLimitsPolicy>, PortkeyError> {
-        if !self.usage.contains_key(ws) {
+    ) -> Result<&Vec<PolicySummary>, PortkeyError> {
+        let key = (K::PATH, ws.to_owned());
+        if !self.listed.contains_key(&key) {
             let filter = ListFilter {
                 workspace_id: Some(ws.to_owned()),
                 status: Some(PolicyStatus::Active),
                 ..Default::default()
             };
-            let list = client.usage_limits().list(&filter).await?;
-            self.usage.insert(ws.to_owned(), list);
+            let list = client.policies::<K>().list_summaries(&filter).await?;
+            self.listed.insert(key.clone(), list);
         }
-        Ok(&self.usage[ws])
-    }
-
-    async fn rate(
-        &mut self,
-        client: &PortkeyClient,
-        ws: &str,
-    ) -> Result<&Vec<RateLimitsPolicy>, PortkeyError> {
-        if !self.rate.contains_key(ws) {
-            let filter = ListFilter {
-                workspace_id: Some(ws.to_owned()),
-                status: Some(PolicyStatus::Active),
-                ..Default::default()
-            };
-            let list = client.rate_limits().list(&filter).await?;
-            self.rate.insert(ws.to_owned(), list);
-        }
-        Ok(&self.rate[ws])
+        Ok(&self.listed[&key])
     }
 }
 
-/// The remote policy a resource owns: `adoptPolicyId`, else the oldest carrying its marker.
-fn owned<'a, P: RemotePolicy>(
-    list: &'a [P],
+/// What a resource has in Portkey, by the shared ownership rules.
+struct RemoteMatch<P> {
+    remote: Option<P>,
+    /// Younger policies carrying its marker: archived.
+    duplicates: Vec<String>,
+}
+
+/// The remote policy a resource has in workspace `ws`, decided as the controller decides it
+/// (`plan::ownership`): `adoptPolicyId` (in this workspace, not another resource's or
+/// installation's), else the oldest active policy carrying its marker, preferring one that
+/// needs no replacement. The policy is read by id: list items of older backends lack fields
+/// (the reset schedule), and planning against them would re-send the reset every time.
+async fn match_remote<K: PolicyKind>(
+    client: &PortkeyClient,
+    listed: &[PolicySummary],
     identity: &Identity,
     adopt: Option<&str>,
-) -> Option<&'a P> {
+    ws: &str,
+    declared: &BTreeSet<(String, String)>,
+    fits: impl Fn(&K::Policy) -> bool,
+) -> Result<Result<RemoteMatch<K::Policy>, ownership::Refusal>, PortkeyError> {
+    let api = client.policies::<K>();
     if let Some(id) = adopt {
-        return list.iter().find(|p| p.id() == id);
+        let p = match api.get(id, GetOptions::default()).await {
+            Ok(p) => p,
+            Err(e) if e.is_gone() => {
+                return Ok(Err(ownership::Refusal {
+                    reason: "AdoptTargetNotFound",
+                    message: format!("spec.adoptPolicyId: Portkey has no active policy {id}"),
+                }));
+            }
+            Err(e) => return Err(e),
+        };
+        match ownership::check_adoption(
+            "spec.adoptPolicyId",
+            id,
+            p.workspace_id(),
+            p.name(),
+            ws,
+            identity,
+        ) {
+            Ok(None) => {}
+            // Marked by another resource of this identity: adoptable only when no manifest
+            // declares that resource any more.
+            Ok(Some(marked)) if declared.contains(&(marked.kind.clone(), marked.owner.clone())) => {
+                return Ok(Err(marked.refusal("spec.adoptPolicyId", id)));
+            }
+            Ok(Some(_)) => {}
+            Err(refusal) => return Ok(Err(refusal)),
+        }
+        return Ok(Ok(RemoteMatch {
+            remote: Some(p),
+            duplicates: Vec::new(),
+        }));
     }
-    list.iter()
-        .filter(|p| identity.owns(p.name()))
-        .min_by(|a, b| a.created_at().cmp(&b.created_at()).then(a.id().cmp(b.id())))
+    let candidates = listed.iter().map(|p| Candidate {
+        id: &p.id,
+        name: p.name.as_deref(),
+        created_at: p.created_at,
+    });
+    let Some(owned) = ownership::owned(candidates, identity) else {
+        return Ok(Ok(RemoteMatch {
+            remote: None,
+            duplicates: Vec::new(),
+        }));
+    };
+    let mut active = Vec::new();
+    for id in std::iter::once(&owned.keep).chain(&owned.duplicates) {
+        match api.get(id, GetOptions::default()).await {
+            Ok(p) => active.push(p),
+            Err(e) if e.is_gone() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if active.is_empty() {
+        return Ok(Ok(RemoteMatch {
+            remote: None,
+            duplicates: Vec::new(),
+        }));
+    }
+    let keep = active.iter().position(&fits).unwrap_or(0);
+    let remote = active.swap_remove(keep);
+    Ok(Ok(RemoteMatch {
+        remote: Some(remote),
+        duplicates: active.iter().map(|p| p.id().to_owned()).collect(),
+    }))
 }
 
 fn item_for<C, U>(
     loaded: &Loaded,
     workspace: &str,
     decision: Decision<C, U>,
-    wrap: impl Fn(PolicyAction<C, U>) -> Exec,
+    wrap: &impl Fn(PolicyAction<C, U>) -> Exec,
     current: Option<String>,
 ) -> PlanItem {
     let mut item = PlanItem {
@@ -548,16 +617,112 @@ fn create_changes(fields: &[(&'static str, String)]) -> Vec<FieldChange> {
         .collect()
 }
 
+/// Plan items for one policy resource: the planner's decision against what it has in Portkey
+/// (by the shared ownership rules), plus archives of its duplicates. Generic over the families;
+/// `wrap` makes the family's write, `archive` its archive, `create_fields` the summary of a
+/// create.
+#[allow(clippy::too_many_arguments)]
+async fn plan_policy<K, D>(
+    client: &PortkeyClient,
+    cache: &mut RemoteCache,
+    loaded: &Loaded,
+    reference: &str,
+    ws: &str,
+    identity: &Identity,
+    adopt: Option<&str>,
+    declared: &BTreeSet<(String, String)>,
+    desired: &D,
+    options: PlanOptions,
+    wrap: impl Fn(PolicyAction<D::Create, D::Update>) -> Exec,
+    archive: impl Fn(String) -> Exec,
+    create_fields: impl Fn(&D::Create) -> Vec<(&'static str, String)>,
+) -> Result<Vec<PlanItem>, PortkeyError>
+where
+    K: PolicyKind,
+    D: PolicyDiff<Remote = K::Policy>,
+{
+    let listed = cache.listed::<K>(client, ws).await?.clone();
+    let fits = |p: &K::Policy| desired.immutable_changes(p).is_empty();
+    let found =
+        match match_remote::<K>(client, &listed, identity, adopt, ws, declared, fits).await? {
+            Ok(found) => found,
+            Err(refusal) => {
+                let mut item = item_for(
+                    loaded,
+                    reference,
+                    Decision::<D::Create, D::Update>::InSync,
+                    &wrap,
+                    None,
+                );
+                item.action = ChangeKind::Blocked;
+                item.warnings
+                    .push(format!("{}: {}", refusal.reason, refusal.message));
+                return Ok(vec![item]);
+            }
+        };
+    let decision = crate::plan::policy::plan(desired, found.remote.as_ref(), options);
+    let mut item = item_for(
+        loaded,
+        reference,
+        decision,
+        &wrap,
+        found.remote.as_ref().map(|p| p.id().to_owned()),
+    );
+    if item.action == ChangeKind::Create {
+        item.changes = create_changes(&create_fields(&desired.create_body()));
+    }
+    let keep = item.target.clone().unwrap_or_default();
+    let mut items = vec![item];
+    for id in found.duplicates {
+        items.push(PlanItem {
+            kind: loaded.kind().into(),
+            name: loaded.qualified(),
+            source: Some(loaded.source.clone()),
+            workspace: Some(reference.to_owned()),
+            action: ChangeKind::Archive,
+            target: Some(id.clone()),
+            changes: vec![FieldChange::new("status", "active", "archived")],
+            warnings: vec![format!(
+                "a duplicate: it carries the same marker as {keep}, which is older and kept"
+            )],
+            exec: archive(id),
+        });
+    }
+    Ok(items)
+}
+
+/// `(kind, namespace/name)` of every resource the manifests declare.
+fn declared_identities(
+    resources: &[Loaded],
+    settings: &PlanSettings,
+) -> BTreeSet<(String, String)> {
+    resources
+        .iter()
+        .map(|l| {
+            let identity = l.identity(settings);
+            (identity.kind.to_owned(), identity.qualified())
+        })
+        .collect()
+}
+
 /// Reads remote state and plans every resource (and, with `prune`, the archives).
 pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanSettings) -> Plan {
     let mut cache = RemoteCache::default();
     let mut items = Vec::new();
     let mut errors = Vec::new();
-    let mut declared: BTreeSet<(String, String)> = BTreeSet::new();
+    let declared = declared_identities(resources, settings);
     let mut workspace_ids = BTreeSet::new();
+    // WorkspaceBudgets by workspace, for the shared conflict rule.
+    let mut claims: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for loaded in resources {
-        let identity = loaded.identity();
-        declared.insert((identity.kind.to_owned(), identity.qualified()));
+        if let (Resource::Workspace(_), Some(reference)) = (&loaded.resource, loaded.workspace())
+            && let Ok(ws) = cache.workspace_id(client, reference).await
+        {
+            claims.entry(ws).or_default().push(loaded.qualified());
+        }
+    }
+    for loaded in resources {
+        let identity = loaded.identity(settings);
         let Some(reference) = loaded.workspace().or(settings.default_workspace.as_deref()) else {
             errors.push(format!("{}: spec.workspace: required (no cluster here to bind namespaces; or pass --default-workspace)", loaded.source));
             continue;
@@ -570,33 +735,34 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
             }
         };
         workspace_ids.insert(ws.clone());
-        let result: Result<PlanItem, PortkeyError> = async {
-            Ok(match &loaded.resource {
-                Resource::Usage(o) => {
-                    let desired = DesiredUsagePolicy::from_spec(&o.spec, &identity, &ws);
-                    let list = cache.usage(client, &ws).await?;
-                    let remote = owned(list, &identity, o.spec.adopt_policy_id.as_deref()).cloned();
-                    let options = PlanOptions {
-                        management: o.spec.management_policy,
-                        on_immutable_change: o.spec.on_immutable_change,
-                    };
-                    let decision = crate::plan::policy::plan(&desired, remote.as_ref(), options);
-                    let mut item = item_for(
-                        loaded,
-                        reference,
-                        decision,
-                        |a| match a {
-                            PolicyAction::Create { body } => Exec::UsageCreate(body),
-                            PolicyAction::Update { id, body, .. } => Exec::UsageUpdate(id, body),
-                            PolicyAction::Replace { old_id, body, .. } => {
-                                Exec::UsageReplace(old_id, body)
-                            }
-                        },
-                        remote.as_ref().map(|p| p.id.clone()),
-                    );
-                    if item.action == ChangeKind::Create {
-                        let b = desired.create_body();
-                        item.changes = create_changes(&[
+        let result: Result<Vec<PlanItem>, PortkeyError> = match &loaded.resource {
+            Resource::Usage(o) => {
+                let desired = DesiredUsagePolicy::from_spec(&o.spec, &identity, &ws);
+                let options = PlanOptions {
+                    management: o.spec.management_policy,
+                    on_immutable_change: o.spec.on_immutable_change,
+                };
+                plan_policy::<UsageLimits, _>(
+                    client,
+                    &mut cache,
+                    loaded,
+                    reference,
+                    &ws,
+                    &identity,
+                    o.spec.adopt_policy_id.as_deref(),
+                    &declared,
+                    &desired,
+                    options,
+                    |a| match a {
+                        PolicyAction::Create { body } => Exec::UsageCreate(body),
+                        PolicyAction::Update { id, body, .. } => Exec::UsageUpdate(id, body),
+                        PolicyAction::Replace { old_id, body, .. } => {
+                            Exec::UsageReplace(old_id, body)
+                        }
+                    },
+                    Exec::ArchiveUsage,
+                    |b| {
+                        vec![
                             ("name", b.name.clone()),
                             ("type", b.limit_type.to_string()),
                             ("creditLimit", b.credit_limit.normalize().to_string()),
@@ -610,96 +776,105 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
                                 "reset",
                                 schedule_text(b.periodic_reset, b.periodic_reset_days),
                             ),
-                        ]);
-                    }
-                    item
-                }
-                Resource::Rate(o) => {
-                    let desired = DesiredRatePolicy::from_spec(&o.spec, &identity, &ws);
-                    let list = cache.rate(client, &ws).await?;
-                    let remote = owned(list, &identity, o.spec.adopt_policy_id.as_deref()).cloned();
-                    let options = PlanOptions {
-                        management: o.spec.management_policy,
-                        on_immutable_change: o.spec.on_immutable_change,
-                    };
-                    let decision = crate::plan::policy::plan(&desired, remote.as_ref(), options);
-                    let mut item = item_for(
-                        loaded,
-                        reference,
-                        decision,
-                        |a| match a {
-                            PolicyAction::Create { body } => Exec::RateCreate(body),
-                            PolicyAction::Update { id, body, .. } => Exec::RateUpdate(id, body),
-                            PolicyAction::Replace { old_id, body, .. } => {
-                                Exec::RateReplace(old_id, body)
-                            }
-                        },
-                        remote.as_ref().map(|p| p.id.clone()),
-                    );
-                    if item.action == ChangeKind::Create {
-                        let b = desired.create_body();
-                        item.changes = create_changes(&[
+                        ]
+                    },
+                )
+                .await
+            }
+            Resource::Rate(o) => {
+                let desired = DesiredRatePolicy::from_spec(&o.spec, &identity, &ws);
+                let options = PlanOptions {
+                    management: o.spec.management_policy,
+                    on_immutable_change: o.spec.on_immutable_change,
+                };
+                plan_policy::<RateLimits, _>(
+                    client,
+                    &mut cache,
+                    loaded,
+                    reference,
+                    &ws,
+                    &identity,
+                    o.spec.adopt_policy_id.as_deref(),
+                    &declared,
+                    &desired,
+                    options,
+                    |a| match a {
+                        PolicyAction::Create { body } => Exec::RateCreate(body),
+                        PolicyAction::Update { id, body, .. } => Exec::RateUpdate(id, body),
+                        PolicyAction::Replace { old_id, body, .. } => {
+                            Exec::RateReplace(old_id, body)
+                        }
+                    },
+                    Exec::ArchiveRate,
+                    |b| {
+                        vec![
                             ("name", b.name.clone()),
                             ("type", b.limit_type.to_string()),
                             ("value", b.value.normalize().to_string()),
                             ("unit", b.unit.to_string()),
-                        ]);
+                        ]
+                    },
+                )
+                .await
+            }
+            Resource::Workspace(o) => {
+                let mut item = PlanItem {
+                    kind: loaded.kind().into(),
+                    name: loaded.qualified(),
+                    source: Some(loaded.source.clone()),
+                    workspace: Some(reference.to_owned()),
+                    action: ChangeKind::Unchanged,
+                    target: Some(ws.clone()),
+                    changes: vec![],
+                    warnings: vec![],
+                    exec: Exec::None,
+                };
+                // Two WorkspaceBudgets for one workspace: the controller's rule (the oldest,
+                // then by name; manifests have no age) picks the one that writes.
+                let claimants: Vec<Claimant<'_>> = claims
+                    .get(&ws)
+                    .into_iter()
+                    .flatten()
+                    .map(|name| Claimant {
+                        name,
+                        created_at: None,
+                    })
+                    .collect();
+                let owner = ownership::workspace_owner(&claimants).map(str::to_owned);
+                match owner {
+                    Some(owner) if owner != loaded.qualified() => {
+                        item.action = ChangeKind::Blocked;
+                        item.warnings.push(format!(
+                            "Conflict: workspace {reference} is managed by WorkspaceBudget {owner}; this one makes no changes"
+                        ));
+                        Ok(vec![item])
                     }
-                    item
+                    _ => match client.get_workspace(&ws).await {
+                        Ok(current) => {
+                            let desired = DesiredWorkspaceLimits::from_spec(&o.spec);
+                            if let Some(update) = wsplan::plan(&desired, &current) {
+                                item.action = ChangeKind::Update;
+                                item.changes = update.changes;
+                                item.exec = Exec::Workspace(ws.clone(), update.body);
+                            }
+                            Ok(vec![item])
+                        }
+                        Err(e) => Err(e),
+                    },
                 }
-                Resource::Workspace(o) => {
-                    let current = client.get_workspace(&ws).await?;
-                    let desired = DesiredWorkspaceLimits::from_spec(&o.spec);
-                    let mut item = PlanItem {
-                        kind: loaded.kind().into(),
-                        name: loaded.qualified(),
-                        source: Some(loaded.source.clone()),
-                        workspace: Some(reference.to_owned()),
-                        action: ChangeKind::Unchanged,
-                        target: Some(ws.clone()),
-                        changes: vec![],
-                        warnings: vec![],
-                        exec: Exec::None,
-                    };
-                    if let Some(update) = wsplan::plan(&desired, &current) {
-                        item.action = ChangeKind::Update;
-                        item.changes = update.changes;
-                        item.exec = Exec::Workspace(ws.clone(), update.body);
-                    }
-                    item
-                }
-            })
-        }
-        .await;
+            }
+        };
         match result {
-            Ok(item) => items.push(item),
+            Ok(new) => items.extend(new),
             Err(e) => errors.push(format!("{}: reading Portkey: {e}", loaded.source)),
         }
-    }
-    // Two WorkspaceBudgets for one workspace: the same rule as the controller refuses both here.
-    let mut by_ws: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (loaded, item) in resources
-        .iter()
-        .filter(|l| matches!(l.resource, Resource::Workspace(_)))
-        .zip(items.iter().filter(|i| i.kind == "WorkspaceBudget"))
-    {
-        by_ws
-            .entry(item.target.clone().unwrap_or_default())
-            .or_default()
-            .push(loaded.qualified());
-    }
-    for (ws, names) in by_ws.into_iter().filter(|(_, n)| n.len() > 1) {
-        errors.push(format!(
-            "WorkspaceBudgets {} all manage workspace {ws}; keep one",
-            names.join(", ")
-        ));
     }
     if settings.prune {
         let mut archives = Vec::new();
         for ws in &workspace_ids {
             let lists = async {
-                let usage = cache.usage(client, ws).await?.clone();
-                let rate = cache.rate(client, ws).await?.clone();
+                let usage = cache.listed::<UsageLimits>(client, ws).await?.clone();
+                let rate = cache.listed::<RateLimits>(client, ws).await?.clone();
                 Ok::<_, PortkeyError>((usage, rate))
             }
             .await;
@@ -716,10 +891,14 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
                 .chain(rate.iter().map(|p| ("rlp", p.id.clone(), p.name.clone())));
             for (family, id, name) in candidates {
                 let Some(remote_name) = name else { continue };
-                let Some((kind, owner)) = marker_of(&remote_name) else {
+                // Only this installation's markers: never another cluster's, a legacy one, or
+                // anything made by hand.
+                let Some((kind, owner)) =
+                    ownership::prunable(&remote_name, family, &settings.installation_id)
+                else {
                     continue;
                 };
-                if kind != family || declared.contains(&(kind.to_owned(), owner.to_owned())) {
+                if declared.contains(&(kind.to_owned(), owner.to_owned())) {
                     continue;
                 }
                 archives.push(PlanItem {
@@ -777,21 +956,24 @@ pub async fn apply(client: &PortkeyClient, plan: &Plan) -> SyncReport {
         let result: Result<bool, PortkeyError> = async {
             match &item.exec {
                 Exec::None => return Ok(false),
+                // The answer holds the id; a read-back could lag behind the create.
                 Exec::UsageCreate(body) => {
-                    client.usage_limits().create_and_get(body).await?;
+                    client.usage_limits().create(body).await?;
                 }
                 Exec::UsageUpdate(id, body) => client.usage_limits().update(id, body).await?,
                 Exec::UsageReplace(old, body) => {
+                    // Create first: a refused create leaves the old policy in force.
+                    client.usage_limits().create(body).await?;
                     archive(client.usage_limits().delete(old).await)?;
-                    client.usage_limits().create_and_get(body).await?;
                 }
                 Exec::RateCreate(body) => {
-                    client.rate_limits().create_and_get(body).await?;
+                    client.rate_limits().create(body).await?;
                 }
                 Exec::RateUpdate(id, body) => client.rate_limits().update(id, body).await?,
                 Exec::RateReplace(old, body) => {
+                    // Create first: a refused create leaves the old policy in force.
+                    client.rate_limits().create(body).await?;
                     archive(client.rate_limits().delete(old).await)?;
-                    client.rate_limits().create_and_get(body).await?;
                 }
                 Exec::Workspace(id, body) => client.update_workspace(id, body).await?,
                 Exec::ArchiveUsage(id) => archive(client.usage_limits().delete(id).await)?,
@@ -813,7 +995,7 @@ pub async fn apply(client: &PortkeyClient, plan: &Plan) -> SyncReport {
 
 fn archive(result: Result<(), PortkeyError>) -> Result<(), PortkeyError> {
     match result {
-        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) if e.is_gone() => Ok(()),
         other => other,
     }
 }
@@ -882,8 +1064,10 @@ pub fn render_text(plan: &Plan, target: &str) -> String {
 pub async fn status_table(
     client: &PortkeyClient,
     resources: &[Loaded],
-    default_workspace: Option<&str>,
+    settings: &PlanSettings,
 ) -> String {
+    let default_workspace = settings.default_workspace.as_deref();
+    let declared = declared_identities(resources, settings);
     let mut rows = vec![[
         "KIND".to_owned(),
         "NAME".into(),
@@ -895,7 +1079,7 @@ pub async fn status_table(
     ]];
     let mut cache = RemoteCache::default();
     for loaded in resources {
-        let identity = loaded.identity();
+        let identity = loaded.identity(settings);
         let reference = loaded
             .workspace()
             .or(default_workspace)
@@ -915,8 +1099,26 @@ pub async fn status_table(
         };
         let row = match &loaded.resource {
             Resource::Usage(o) => {
-                let list = cache.usage(client, &ws).await.cloned().unwrap_or_default();
-                match owned(&list, &identity, o.spec.adopt_policy_id.as_deref()) {
+                let listed = cache
+                    .listed::<UsageLimits>(client, &ws)
+                    .await
+                    .cloned()
+                    .unwrap_or_default();
+                let adopt = o.spec.adopt_policy_id.as_deref();
+                let found = match_remote::<UsageLimits>(
+                    client,
+                    &listed,
+                    &identity,
+                    adopt,
+                    &ws,
+                    &declared,
+                    |_| true,
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|m| m.remote);
+                match found {
                     Some(p) => {
                         let full = client
                             .usage_limits()
@@ -968,8 +1170,26 @@ pub async fn status_table(
                 }
             }
             Resource::Rate(o) => {
-                let list = cache.rate(client, &ws).await.cloned().unwrap_or_default();
-                match owned(&list, &identity, o.spec.adopt_policy_id.as_deref()) {
+                let listed = cache
+                    .listed::<RateLimits>(client, &ws)
+                    .await
+                    .cloned()
+                    .unwrap_or_default();
+                let adopt = o.spec.adopt_policy_id.as_deref();
+                let found = match_remote::<RateLimits>(
+                    client,
+                    &listed,
+                    &identity,
+                    adopt,
+                    &ws,
+                    &declared,
+                    |_| true,
+                )
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .and_then(|m| m.remote);
+                match found {
                     Some(p) => [
                         loaded.kind().into(),
                         loaded.qualified(),

@@ -183,6 +183,14 @@ struct GitopsArgs {
     /// Refuse to prune more than this many policies.
     #[arg(long, default_value_t = 5)]
     max_prune: usize,
+    /// This tool's identity in ownership markers (1-32 of a-z, 0-9, '-'). Policies marked by
+    /// another identity (an operator's cluster, another pipeline) are never adopted, changed or
+    /// pruned.
+    #[arg(long, env = "PORTKEY_SYNC_INSTALLATION_ID", default_value = "sync", value_parser = installation_id)]
+    installation_id: String,
+    /// Also take over policies marked by this other installation (repeatable).
+    #[arg(long = "adopt-from-installation", value_name = "ID", value_parser = installation_id)]
+    adopt_from_installations: Vec<String>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     output: OutputFormat,
@@ -263,6 +271,8 @@ async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
         (client, target)
     };
     let settings = gitops::PlanSettings {
+        installation_id: args.installation_id.clone(),
+        adopt_from_installations: args.adopt_from_installations.clone(),
         default_workspace: args.default_workspace.clone(),
         prune: args.prune,
         max_prune: args.max_prune,
@@ -292,12 +302,7 @@ async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
         return Ok(if plan.has_changes() { 2 } else { 0 });
     }
     let report = gitops::apply(&client, &plan).await;
-    let table = gitops::status_table(
-        &client,
-        &manifests.resources,
-        args.default_workspace.as_deref(),
-    )
-    .await;
+    let table = gitops::status_table(&client, &manifests.resources, &settings).await;
     if json {
         println!(
             "{}",
@@ -380,4 +385,10 @@ async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
     tracing::info!("shutting down the emulator");
     handle.shutdown().await;
     Ok(())
+}
+
+/// clap value parser for installation ids.
+fn installation_id(s: &str) -> Result<String, String> {
+    portkey_budget_operator::plan::marker::validate_installation_id(s)?;
+    Ok(s.to_owned())
 }

@@ -75,6 +75,7 @@ pub struct Metrics {
     budget_usage: Family<ResourceLabels, FloatGauge>,
     budget_usage_ratio: Family<ResourceLabels, FloatGauge>,
     budget_exhausted: Family<ResourceLabels, Gauge>,
+    duplicates_archived: Family<KindLabels, Counter>,
     leader: Gauge,
     dry_run: Gauge,
 }
@@ -103,6 +104,7 @@ impl Metrics {
             budget_usage: Family::default(),
             budget_usage_ratio: Family::default(),
             budget_exhausted: Family::default(),
+            duplicates_archived: Family::default(),
             leader: Gauge::default(),
             dry_run: Gauge::default(),
             registry: Registry::default(),
@@ -153,6 +155,11 @@ impl Metrics {
             m.budget_exhausted.clone(),
         );
         registry.register(
+            "operator_duplicates_archived",
+            "Remote policies archived because another policy carries the same resource's marker (the oldest is kept), by kind",
+            m.duplicates_archived.clone(),
+        );
+        registry.register(
             "operator_leader",
             "1 while this instance holds the leader lease (or runs without leader election)",
             m.leader.clone(),
@@ -163,6 +170,13 @@ impl Metrics {
             m.dry_run.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Counts one duplicate policy archived.
+    pub fn duplicate_archived(&self, kind: &str) {
+        self.duplicates_archived
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
     }
 
     /// Counts one finished reconcile; `error` is its reason when it failed.

@@ -265,14 +265,19 @@ async fn prune_is_guarded_and_never_touches_unmarked_policies() {
     };
     for i in 0..3 {
         c.usage_limits()
-            .create(&body(&format!("old {i} [k8s:ulp:team-a/old-{i}]")))
+            .create(&body(&format!("old {i} [k8s:ulp:team-a/old-{i}@sync]")))
             .await
             .unwrap();
     }
-    c.usage_limits()
-        .create(&body("made by hand, no marker"))
-        .await
-        .unwrap();
+    // Never pruned: made by hand, another installation's (a cluster's operator), and a marker
+    // of an earlier version (no installation: whose it is cannot be told).
+    for name in [
+        "made by hand, no marker",
+        "a cluster's [k8s:ulp:team-a/theirs@c1a2b3c4]",
+        "legacy [k8s:ulp:team-a/legacy]",
+    ] {
+        c.usage_limits().create(&body(name)).await.unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     write(
         dir.path(),
@@ -291,7 +296,7 @@ async fn prune_is_guarded_and_never_touches_unmarked_policies() {
     assert!(err(&out).contains("nothing was changed"));
     assert_eq!(
         active_usage(&c).await.len(),
-        4,
+        6,
         "nothing archived, nothing created"
     );
 
@@ -302,9 +307,19 @@ async fn prune_is_guarded_and_never_touches_unmarked_policies() {
         .into_iter()
         .filter_map(|p| p.name)
         .collect();
-    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(names.len(), 4, "{names:?}");
     assert!(names.contains(&"made by hand, no marker".to_owned()));
-    assert!(names.iter().any(|n| n.ends_with("[k8s:ulp:team-a/keep]")));
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("[k8s:ulp:team-a/theirs@c1a2b3c4]"))
+    );
+    assert!(names.iter().any(|n| n.ends_with("[k8s:ulp:team-a/legacy]")));
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("[k8s:ulp:team-a/keep@sync]"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

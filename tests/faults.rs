@@ -154,7 +154,7 @@ impl Harness {
             .await
             .unwrap()
         {
-            let (_, id) = marker_of(p.name.as_deref().unwrap()).unwrap();
+            let id = marker_of(p.name.as_deref().unwrap()).unwrap().owner;
             let name = id.split('/').nth(1).unwrap().to_owned();
             out.entry(name).or_default().push(p.credit_limit);
         }

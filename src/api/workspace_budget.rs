@@ -65,6 +65,18 @@ pub enum WorkspaceDeletionPolicy {
     Retain,
 }
 
+/// Which of the workspace's limits a `WorkspaceBudget` manages.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum LimitOwnership {
+    /// Only the limits it declares (usage limits by `type`, rate limits by `type` and `unit`);
+    /// any other limit on the workspace (set in the Portkey UI, say) is left as it is and
+    /// listed in `status.unmanagedLimits`.
+    #[default]
+    Declared,
+    /// The whole lists: the workspace holds exactly the declared limits; others are removed.
+    All,
+}
+
 /// Budgets and rate limits of one Portkey workspace, e.g. "Marketing gets $500/month, alert at
 /// $400" and "120 requests per minute".
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -116,6 +128,10 @@ pub struct WorkspaceBudgetSpec {
     /// `Clear` (default): on delete, remove the limits this resource set; `Retain`: keep them.
     #[serde(default)]
     pub deletion_policy: WorkspaceDeletionPolicy,
+    /// `Declared` (default): manage only the limits declared here and keep any other;
+    /// `All`: own the workspace's whole lists (undeclared limits are removed).
+    #[serde(default)]
+    pub limit_ownership: LimitOwnership,
 }
 
 /// Observed state of a `WorkspaceBudget`.
@@ -150,4 +166,9 @@ pub struct WorkspaceBudgetStatus {
     /// When the operator last compared the workspace with the spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
+    /// Limits on the workspace that this resource does not declare and leaves alone
+    /// (`limitOwnership: Declared`), e.g. `usage: 500 tokens`, `rate: 10 tokens rpd`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub unmanaged_limits: Vec<String>,
 }

@@ -84,24 +84,32 @@ pub async fn set_annotation<K: Managed>(
     patch_metadata(api, obj, json!({ "annotations": { key: value } })).await
 }
 
-/// Replaces the status through server-side apply (fields the operator stops setting go away).
+/// Replaces the status through server-side apply (fields the operator stops setting go away),
+/// guarded by the resourceVersion of `obj`: a reconcile that worked from a stale copy gets 409
+/// Conflict instead of overwriting a newer status (and, say, dropping its `policyId`).
 /// Returns the object as stored: its resourceVersion moved, and later guarded patches need it.
 pub async fn apply_status<K: Managed, S: Serialize>(
     api: &Api<K>,
-    name: &str,
+    obj: &K,
     status: &S,
 ) -> Result<K, kube::Error> {
     let body = json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
+        "metadata": {"resourceVersion": obj.resource_version()},
         "status": status,
     });
     api.patch_status(
-        name,
+        &obj.name_any(),
         &PatchParams::apply(FIELD_MANAGER).force(),
         &Patch::Apply(body),
     )
     .await
+}
+
+/// True for a 409 Conflict from the Kubernetes API (a stale resourceVersion).
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 /// The workspace a namespace is bound to by annotation, if any.

@@ -101,6 +101,29 @@ async fn probe_admin_api(portkey: PortkeyClient, health: Arc<Health>) {
     }
 }
 
+/// The default installation id: the first 8 characters of the `kube-system` namespace's UID,
+/// stable for the life of the cluster and different between clusters.
+async fn cluster_installation_id(kube: &kube::Client) -> Result<String, String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
+    let ns = api.get("kube-system").await.map_err(|e| {
+        format!(
+            "cannot derive the installation id from the kube-system namespace ({e}); set --installation-id (installationId)"
+        )
+    })?;
+    let uid = ns.metadata.uid.unwrap_or_default().to_ascii_lowercase();
+    let id: String = uid
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    crate::plan::marker::validate_installation_id(&id).map_err(|e| {
+        format!(
+            "the kube-system namespace UID gives no installation id: {e}; set --installation-id"
+        )
+    })?;
+    Ok(id)
+}
+
 /// This instance's identity in the Lease: the pod name (unique per pod), else host and a
 /// random suffix.
 fn identity() -> String {
@@ -122,6 +145,15 @@ pub async fn run(settings: OperatorSettings) -> Result<(), String> {
         .clone()
         .unwrap_or_else(|| kube.default_namespace().to_owned());
     let key = api_key(&settings.api_key, &kube, &namespace).await?;
+    let mut settings = settings;
+    if settings.controller.installation_id.is_empty() {
+        settings.controller.installation_id = cluster_installation_id(&kube).await?;
+    }
+    tracing::info!(
+        installation = %settings.controller.installation_id,
+        adopt_from = ?settings.controller.adopt_from_installations,
+        "ownership markers carry this installation id"
+    );
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     let mut client_config = ClientConfig::new(settings.admin_api_url.clone(), key);

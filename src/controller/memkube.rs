@@ -349,6 +349,17 @@ impl MemoryKube {
                         };
                         let obj = &mut stored;
                         if content_type.starts_with("application/apply-patch") {
+                            // Like the API server: a resourceVersion in the applied object is a
+                            // precondition.
+                            if let Some(want) = patch["metadata"].get("resourceVersion")
+                                && !want.is_null()
+                                && *want != obj["metadata"]["resourceVersion"]
+                            {
+                                return (
+                                    StatusCode::CONFLICT,
+                                    status_body(409, "Conflict", "the object has been modified"),
+                                );
+                            }
                             if status_only {
                                 obj["status"] = patch["status"].clone();
                             } else {

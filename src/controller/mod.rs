@@ -30,28 +30,68 @@ use crate::metrics::{Health, Metrics};
 use crate::portkey::{PortkeyClient, PortkeyError};
 use policy::PolicyResource;
 
-/// Why a reconcile failed (it is retried with backoff).
+/// Why a reconcile failed (it is retried with backoff), with the step that failed (e.g.
+/// "add the finalizer", "write the status", "create the policy").
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Portkey(#[from] PortkeyError),
+    #[error("could not {step} (Kubernetes API): {source}")]
+    Kube {
+        step: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("could not {step}: {source}")]
+    Portkey {
+        step: &'static str,
+        #[source]
+        source: PortkeyError,
+    },
+}
+
+impl From<kube::Error> for Error {
+    fn from(source: kube::Error) -> Self {
+        Error::Kube {
+            step: "call the Kubernetes API",
+            source,
+        }
+    }
+}
+
+impl From<PortkeyError> for Error {
+    fn from(source: PortkeyError) -> Self {
+        Error::Portkey {
+            step: "call the Portkey Admin API",
+            source,
+        }
+    }
 }
 
 impl Error {
+    pub fn kube(step: &'static str, source: kube::Error) -> Self {
+        Error::Kube { step, source }
+    }
+
+    pub fn portkey(step: &'static str, source: PortkeyError) -> Self {
+        Error::Portkey { step, source }
+    }
+
     /// CamelCase reason for conditions and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "KubernetesApiError",
-            Error::Portkey(e) => e.reason(),
+            Error::Kube { .. } => "KubernetesApiError",
+            Error::Portkey { source, .. } => source.reason(),
         }
+    }
+
+    /// True when retrying cannot help (an Admin API validation error).
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Error::Portkey { source, .. } if source.is_terminal())
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Portkey(e) => e.retry_after(),
-            Error::Kube(_) => None,
+            Error::Portkey { source, .. } => source.retry_after(),
+            Error::Kube { .. } => None,
         }
     }
 }
@@ -101,6 +141,7 @@ impl WorkspaceCache {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OwnedEntry {
     pub id: String,
+    pub name: Option<String>,
     pub created_at: Option<jiff::Timestamp>,
 }
 
@@ -129,13 +170,29 @@ pub struct OwnedIndex {
 pub const OWNED_INDEX_TTL: Duration = Duration::from_secs(30);
 
 impl OwnedIndex {
-    /// The policies carrying `marker` in `workspace` (family `kind`), from a listing at most
-    /// [`OWNED_INDEX_TTL`] old; `list` makes a new listing as `(name, entry)` pairs.
+    /// Forgets the listing of `workspace` (family `kind`): this process just created or
+    /// archived a policy there.
+    pub fn invalidate(&self, kind: &str, workspace: &str) {
+        let slot = self
+            .slots
+            .lock()
+            .expect("owned index lock")
+            .get(&(kind.to_owned(), workspace.to_owned()))
+            .cloned();
+        if let Some(slot) = slot
+            && let Ok(mut guard) = slot.try_lock()
+        {
+            *guard = None;
+        }
+    }
+
+    /// The policies carrying any of `markers` in `workspace` (family `kind`), from a listing at
+    /// most [`OWNED_INDEX_TTL`] old; `list` makes a new listing as `(name, entry)` pairs.
     pub async fn lookup<F, Fut>(
         &self,
         kind: &str,
         workspace: &str,
-        marker: &str,
+        markers: &[String],
         list: F,
     ) -> Result<Vec<OwnedEntry>, PortkeyError>
     where
@@ -167,7 +224,10 @@ impl OwnedIndex {
                 s
             }
         };
-        Ok(snapshot.by_marker.get(marker).cloned().unwrap_or_default())
+        Ok(markers
+            .iter()
+            .flat_map(|m| snapshot.by_marker.get(m).cloned().unwrap_or_default())
+            .collect())
     }
 }
 

@@ -28,6 +28,7 @@ use super::{Context, Error};
 use crate::api::validate::summarize;
 use crate::api::*;
 use crate::metrics::BudgetFigures;
+use crate::plan::ownership;
 use crate::plan::policy::{Decision, PlanOptions, PolicyAction, PolicyDiff, plan};
 use crate::plan::{FieldChange, Identity};
 use crate::portkey::*;
@@ -96,7 +97,9 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
     let mut run = Run {
         ctx,
         api: Api::namespaced(ctx.client.clone(), &namespace),
-        identity: Identity::new(R::SHORT, Some(&namespace), &obj.name_any()),
+        identity: ctx
+            .config
+            .identity(R::SHORT, Some(&namespace), &obj.name_any()),
         status: obj.status().cloned().unwrap_or_default(),
         obj: obj.clone(),
         now: Timestamp::now(),
@@ -252,7 +255,7 @@ impl<R: PolicyResource> Run<'_, R> {
 
     fn failed(&mut self, e: &Error) {
         let message = e.to_string();
-        let terminal = matches!(e, Error::Portkey(p) if p.is_terminal());
+        let terminal = e.is_terminal();
         let status = if terminal { FALSE } else { UNKNOWN };
         self.set(SYNCED, status, e.reason(), &message);
         // Ready keeps its last known value unless the failure is terminal: the policy may well
@@ -266,7 +269,7 @@ impl<R: PolicyResource> Run<'_, R> {
         if self.obj.status() == Some(&self.status) {
             return Ok(());
         }
-        self.obj = kube_ops::apply_status(&self.api, &self.obj.name_any(), &self.status).await?;
+        self.obj = kube_ops::apply_status(&self.api, &self.obj, &self.status).await?;
         Ok(())
     }
 
@@ -299,142 +302,38 @@ impl<R: PolicyResource> Run<'_, R> {
             return Ok(action);
         }
         let refresh = Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE));
-
-        // 1. Admission rules again: nothing invalid ever reaches Portkey.
-        let value = serde_json::to_value(&self.obj).expect("resources serialize");
-        let errors = self.ctx.crd(R::SHORT).validate(&value, None);
-        if !errors.is_empty() {
-            self.terminal("InvalidSpec", &summarize(&errors));
-            return Ok(Action::await_change());
-        }
         let spec = self.obj.common();
         let observe = spec.management_policy == ManagementPolicy::Observe;
-        if !observe && !kube_ops::has_finalizer(&self.obj) {
-            self.obj = kube_ops::add_finalizer(&self.api, &self.obj).await?;
+
+        // 1. Validate: nothing invalid ever reaches Portkey.
+        if let Step::Stop(action) = self.validate() {
+            return Ok(action);
         }
-
-        // 2. Tenancy.
-        let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = kube_ops::namespace_binding(&self.ctx.client, &namespace).await?;
-        let workspace = match (&spec.workspace, &binding) {
-            (Some(w), Some(b)) if !w.eq_ignore_ascii_case(b) => {
-                let msg = format!(
-                    "spec.workspace {w:?} is not allowed: namespace {namespace} is bound to workspace {b:?} (annotation {WORKSPACE_ANNOTATION})"
-                );
-                self.terminal("WorkspaceNotAllowed", &msg);
-                return Ok(refresh);
-            }
-            (_, None) if self.ctx.config.require_namespace_binding => {
-                let msg = format!(
-                    "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding)"
-                );
-                self.terminal("NamespaceNotBound", &msg);
-                return Ok(refresh);
-            }
-            (Some(w), _) => w.clone(),
-            (None, Some(b)) => b.clone(),
-            (None, None) => match &self.ctx.config.default_workspace {
-                Some(d) => d.clone(),
-                None => {
-                    self.terminal(
-                        "InvalidSpec",
-                        "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)",
-                    );
-                    return Ok(Action::await_change());
-                }
-            },
+        if !observe && !kube_ops::has_finalizer(&self.obj) {
+            self.obj = kube_ops::add_finalizer(&self.api, &self.obj)
+                .await
+                .map_err(|e| Error::kube("add the finalizer", e))?;
+        }
+        // 2. Resolve the workspace: tenancy, then its UUID.
+        let workspace_id = match self.resolve(&spec, refresh.clone()).await? {
+            Step::Go(id) => id,
+            Step::Stop(action) => return Ok(action),
         };
-
-        // 3. Workspace UUID.
-        let workspace_id = match self
-            .ctx
-            .workspaces
-            .resolve(&self.ctx.portkey, &workspace)
-            .await
+        let desired = self.obj.desired(&self.identity, &workspace_id);
+        // 3. Observe the remote policy.
+        let had_policy = self.psr().policy_id.is_some();
+        let mut remote = match self
+            .observe(&spec, &workspace_id, &desired, refresh.clone())
+            .await?
         {
-            Ok(id) => id,
-            Err(e) if e.is_not_found() => {
-                self.terminal(
-                    "WorkspaceNotFound",
-                    &format!("Portkey has no workspace {workspace:?}"),
-                );
-                return Ok(refresh);
-            }
-            Err(e) => return Err(e.into()),
+            Step::Go(remote) => remote,
+            Step::Stop(action) => return Ok(action),
         };
-
-        // 4. Observe.
+        // 4. Plan and 5. execute.
         let options = PlanOptions {
             management: spec.management_policy,
             on_immutable_change: spec.on_immutable_change,
         };
-        let had_policy = self.psr().policy_id.is_some();
-        let mut remote = None;
-        if let Some(id) = self.psr().policy_id.clone() {
-            remote = self.get_policy(&id).await?;
-            if remote.is_none() {
-                tracing::info!(policy = %id, "the Portkey policy is gone (archived elsewhere?)");
-                self.ps().policy_id = None;
-                self.ps().remote_status = Some(PolicyStatus::Archived.to_string());
-            }
-        } else if let Some(id) = spec.adopt_policy_id.clone() {
-            remote = self.get_policy(&id).await?;
-            match &remote {
-                Some(_) if !observe => {
-                    self.event(
-                        EventType::Normal,
-                        "Adopted",
-                        format!("took over Portkey policy {id} (adoptPolicyId)"),
-                    )
-                    .await;
-                }
-                Some(_) => {}
-                None => {
-                    let msg = format!("spec.adoptPolicyId: Portkey has no active policy {id}");
-                    let reason = if observe {
-                        "RemotePolicyNotFound"
-                    } else {
-                        "AdoptTargetNotFound"
-                    };
-                    self.terminal(reason, &msg);
-                    return Ok(refresh);
-                }
-            }
-        }
-        if remote.is_none() && !observe {
-            remote = self.find_owned(&workspace_id).await?;
-            if remote.is_none()
-                && let Some(since) = self.pending_since()
-            {
-                let grace = self.ctx.config.create_pending_grace;
-                let waited =
-                    Duration::try_from(self.now.duration_since(since)).unwrap_or(Duration::MAX);
-                if waited < grace {
-                    let msg = format!(
-                        "a create was sent at {since} but no Portkey policy with marker {} is visible yet; waiting up to {}s before creating again (remove annotation {CREATE_PENDING_ANNOTATION} to retry now)",
-                        self.identity.marker(),
-                        grace.as_secs()
-                    );
-                    self.set(SYNCED, FALSE, "CreationResultUnknown", &msg);
-                    self.set(READY, FALSE, "CreationResultUnknown", &msg);
-                    return Ok(Action::requeue(grace - waited));
-                }
-            }
-        }
-        if let Some(p) = &remote
-            && self.psr().policy_id.as_deref() != Some(p.id())
-            && !observe
-        {
-            self.ps().policy_id = Some(p.id().to_owned());
-        }
-        if remote.is_some() && self.pending_since().is_some() {
-            self.obj =
-                kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
-                    .await?;
-        }
-
-        // 5. Plan and apply.
-        let desired = self.obj.desired(&self.identity, &workspace_id);
         let decision = plan(&desired, remote.as_ref(), options);
         let mut dry_run = None;
         if self.ctx.config.dry_run
@@ -450,18 +349,242 @@ impl<R: PolicyResource> Run<'_, R> {
             Decision::Blocked {
                 reason, message, ..
             } => blocked = Some((reason, message)),
-            Decision::Apply(PolicyAction::Create { body }) => {
-                let reason = if had_policy { "Recreated" } else { "Created" };
-                let note = if had_policy {
-                    "the Portkey policy was archived or deleted outside the operator; created a new one (usage restarts from zero)"
-                } else {
-                    "created the Portkey policy"
-                };
-                remote = Some(self.create(&body, &workspace_id, reason, note).await?);
+            Decision::Apply(action) => {
+                match self
+                    .execute(action, &workspace_id, had_policy, remote.take())
+                    .await?
+                {
+                    Step::Go(policy) => remote = policy,
+                    Step::Stop(action) => return Ok(action),
+                }
             }
-            Decision::Apply(PolicyAction::Update { id, body, changes }) => {
+        }
+        // 6. Report.
+        self.report(
+            remote.as_ref(),
+            &desired,
+            &workspace_id,
+            observe,
+            dry_run,
+            blocked,
+        )
+        .await;
+        Ok(refresh)
+    }
+
+    /// Step 1: the admission rules again (a resource may have bypassed admission).
+    fn validate(&mut self) -> Step<()> {
+        let value = serde_json::to_value(&self.obj).expect("resources serialize");
+        let errors = self.ctx.crd(R::SHORT).validate(&value, None);
+        if errors.is_empty() {
+            return Step::Go(());
+        }
+        self.terminal("InvalidSpec", &summarize(&errors));
+        Step::Stop(Action::await_change())
+    }
+
+    /// Step 2: the workspace this resource may use (namespace binding, spec, default), as a
+    /// UUID. Terminal conditions for a refused or unknown workspace.
+    async fn resolve(&mut self, spec: &CommonSpec, refresh: Action) -> Result<Step<String>, Error> {
+        let namespace = self.obj.namespace().unwrap_or_default();
+        let binding = kube_ops::namespace_binding(&self.ctx.client, &namespace)
+            .await
+            .map_err(|e| Error::kube("read the namespace binding", e))?;
+        let workspace = match (&spec.workspace, &binding) {
+            (Some(w), Some(b)) if !w.eq_ignore_ascii_case(b) => {
+                let msg = format!(
+                    "spec.workspace {w:?} is not allowed: namespace {namespace} is bound to workspace {b:?} (annotation {WORKSPACE_ANNOTATION})"
+                );
+                self.terminal("WorkspaceNotAllowed", &msg);
+                return Ok(Step::Stop(refresh));
+            }
+            (_, None) if self.ctx.config.require_namespace_binding => {
+                let msg = format!(
+                    "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding)"
+                );
+                self.terminal("NamespaceNotBound", &msg);
+                return Ok(Step::Stop(refresh));
+            }
+            (Some(w), _) => w.clone(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => match &self.ctx.config.default_workspace {
+                Some(d) => d.clone(),
+                None => {
+                    self.terminal(
+                        "InvalidSpec",
+                        "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)",
+                    );
+                    return Ok(Step::Stop(Action::await_change()));
+                }
+            },
+        };
+        match self
+            .ctx
+            .workspaces
+            .resolve(&self.ctx.portkey, &workspace)
+            .await
+        {
+            Ok(id) => Ok(Step::Go(id)),
+            Err(e) if e.is_gone() => {
+                self.terminal(
+                    "WorkspaceNotFound",
+                    &format!("Portkey has no workspace {workspace:?}"),
+                );
+                Ok(Step::Stop(refresh))
+            }
+            Err(e) => Err(Error::portkey("resolve the workspace", e)),
+        }
+    }
+
+    /// Step 3: the remote policy this resource has: the one recorded in status (confirmed gone
+    /// before it is given up), the one `adoptPolicyId` names (in this workspace, not another
+    /// resource's or installation's), or the oldest carrying its marker (adopt before create).
+    /// Duplicates carrying its marker are archived on the way.
+    async fn observe(
+        &mut self,
+        spec: &CommonSpec,
+        workspace_id: &str,
+        desired: &R::Desired,
+        refresh: Action,
+    ) -> Result<Step<Option<Policy<R>>>, Error> {
+        let observe = spec.management_policy == ManagementPolicy::Observe;
+        let grace = self.ctx.config.create_pending_grace;
+        let waited = self.pending_since().map(|since| {
+            Duration::try_from(self.now.duration_since(since)).unwrap_or(Duration::MAX)
+        });
+        let mut remote = None;
+        if let Some(id) = self.psr().policy_id.clone() {
+            match self.lookup(&id).await? {
+                Lookup::Active(p) => remote = Some(p),
+                Lookup::Archived => {
+                    tracing::info!(policy = %id, "the Portkey policy was archived outside the operator");
+                    self.ps().policy_id = None;
+                    self.ps().remote_status = Some(PolicyStatus::Archived.to_string());
+                }
+                Lookup::Missing => match waited {
+                    // Created moments ago: Portkey may not show it yet (read-after-write lag).
+                    Some(w) if w < grace => {
+                        let msg = format!(
+                            "created Portkey policy {id}, which Portkey does not show yet; waiting up to {}s",
+                            grace.as_secs()
+                        );
+                        self.set(READY, FALSE, "RemotePolicyNotVisible", &msg);
+                        self.set(SYNCED, UNKNOWN, "RemotePolicyNotVisible", &msg);
+                        return Ok(Step::Stop(Action::requeue(
+                            (grace - w).min(Duration::from_secs(5)),
+                        )));
+                    }
+                    _ => {
+                        tracing::info!(policy = %id, "the Portkey policy is not found, active or archived");
+                        self.ps().policy_id = None;
+                        self.ps().remote_status = None;
+                    }
+                },
+            }
+        } else if let Some(id) = spec.adopt_policy_id.clone() {
+            let Some(p) = self.get_policy(&id).await? else {
+                let msg = format!("spec.adoptPolicyId: Portkey has no active policy {id}");
+                let reason = if observe {
+                    "RemotePolicyNotFound"
+                } else {
+                    "AdoptTargetNotFound"
+                };
+                self.terminal(reason, &msg);
+                return Ok(Step::Stop(refresh));
+            };
+            let refusal = match ownership::check_adoption(
+                "spec.adoptPolicyId",
+                &id,
+                p.workspace_id(),
+                p.name(),
+                workspace_id,
+                &self.identity,
+            ) {
+                Ok(None) => None,
+                Ok(Some(marked)) if self.resource_exists(&marked).await? => {
+                    Some(marked.refusal("spec.adoptPolicyId", &id))
+                }
+                Ok(Some(_)) => None,
+                Err(refusal) => Some(refusal),
+            };
+            if let Some(refusal) = refusal {
+                self.terminal(refusal.reason, &refusal.message);
+                return Ok(Step::Stop(refresh));
+            }
+            if !observe {
+                self.event(
+                    EventType::Normal,
+                    "Adopted",
+                    format!("took over Portkey policy {id} (adoptPolicyId)"),
+                )
+                .await;
+            }
+            remote = Some(p);
+        }
+        if observe {
+            return Ok(Step::Go(remote));
+        }
+        // Adopt before create, and at every refresh: duplicates carrying the marker.
+        let fresh_listing = self.pending_since().is_some();
+        remote = self
+            .reconcile_owned(workspace_id, desired, remote, fresh_listing)
+            .await?;
+        if remote.is_none()
+            && let Some(w) = waited
+            && w < grace
+        {
+            let msg = format!(
+                "a create was sent {}s ago but no Portkey policy with marker {} is visible yet; waiting up to {}s before creating again (remove annotation {CREATE_PENDING_ANNOTATION} to retry now)",
+                w.as_secs(),
+                self.identity.marker(),
+                grace.as_secs()
+            );
+            self.set(SYNCED, FALSE, "CreationResultUnknown", &msg);
+            self.set(READY, FALSE, "CreationResultUnknown", &msg);
+            return Ok(Step::Stop(Action::requeue(grace - w)));
+        }
+        if let Some(p) = &remote {
+            if self.psr().policy_id.as_deref() != Some(p.id()) {
+                self.ps().policy_id = Some(p.id().to_owned());
+            }
+            if self.pending_since().is_some() {
+                // The create is confirmed: Portkey shows the policy.
+                self.obj =
+                    kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
+                        .await
+                        .map_err(|e| Error::kube("clear the create-pending record", e))?;
+            }
+        }
+        Ok(Step::Go(remote))
+    }
+
+    /// Steps 4–5: carries out the planner's action. A replacement is created before the old
+    /// policy is archived, so a refused create never leaves the workspace without the budget.
+    async fn execute(
+        &mut self,
+        action: PolicyAction<<R::Kind as PolicyKind>::Create, <R::Kind as PolicyKind>::Update>,
+        workspace_id: &str,
+        had_policy: bool,
+        remote: Option<Policy<R>>,
+    ) -> Result<Step<Option<Policy<R>>>, Error> {
+        match action {
+            PolicyAction::Create { body } => {
+                let (reason, note) = if had_policy {
+                    (
+                        "Recreated",
+                        "the Portkey policy was archived or deleted outside the operator; created a new one (usage restarts from zero)",
+                    )
+                } else {
+                    ("Created", "created the Portkey policy")
+                };
+                self.create(&body, workspace_id, reason, note).await
+            }
+            PolicyAction::Update { id, body, changes } => {
                 self.ctx.write_permit().await;
-                self.policies().update(&id, &body).await?;
+                self.policies()
+                    .update(&id, &body)
+                    .await
+                    .map_err(|e| Error::portkey("update the policy", e))?;
                 let spec_changed = self.psr().observed_generation != self.generation();
                 let (reason, what) = if spec_changed {
                     ("Updated", "updated the Portkey policy")
@@ -477,38 +600,40 @@ impl<R: PolicyResource> Run<'_, R> {
                     format!("{what}: {}", FieldChange::summary(&changes)),
                 )
                 .await;
-                remote = self.get_policy(&id).await?;
+                // PUT answers `{}`: read the policy back (a stale echo is settled next pass).
+                Ok(Step::Go(self.get_policy(&id).await?.or(remote)))
             }
-            Decision::Apply(PolicyAction::Replace {
+            PolicyAction::Replace {
                 old_id,
                 body,
                 changes,
-            }) => {
-                self.ctx.write_permit().await;
-                match self.policies().delete(&old_id).await {
-                    Ok(()) => {}
-                    Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.ps().policy_id = None;
-                self.flush_status().await?;
+            } => {
                 let note = format!(
-                    "{} cannot change in place: archived Portkey policy {old_id} and created a new one (usage restarts from zero)",
+                    "{} cannot change in place: created a new Portkey policy and archived {old_id} (usage restarts from zero)",
                     FieldChange::summary(&changes)
                 );
-                remote = Some(
-                    self.create(&body, &workspace_id, "Recreated", &note)
-                        .await?,
-                );
+                let created = self.create(&body, workspace_id, "Recreated", &note).await?;
+                self.archive(workspace_id, &old_id).await?;
+                Ok(created)
             }
         }
+    }
 
-        // 6. Status.
+    /// Step 6: status and conditions from what Portkey holds.
+    async fn report(
+        &mut self,
+        remote: Option<&Policy<R>>,
+        desired: &R::Desired,
+        workspace_id: &str,
+        observe: bool,
+        dry_run: Option<String>,
+        blocked: Option<(&'static str, String)>,
+    ) {
         let generation = self.generation();
-        self.ps().workspace_id = Some(workspace_id);
+        self.ps().workspace_id = Some(workspace_id.to_owned());
         self.ps().observed_generation = generation;
-        self.ps().remote_status = remote.as_ref().map(|p| p.status().to_string());
-        let events = self.obj.report(&mut self.status, remote.as_ref(), &desired);
+        self.ps().remote_status = remote.map(|p| p.status().to_string());
+        let events = self.obj.report(&mut self.status, remote, desired);
         for (type_, reason, note) in events {
             self.event(type_, reason, note).await;
         }
@@ -521,30 +646,24 @@ impl<R: PolicyResource> Run<'_, R> {
                 "DryRun",
                 "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
             );
-            return Ok(refresh);
+            return;
         }
         match blocked {
-            Some((reason, message)) => {
-                if reason == "OutOfSync" {
-                    // Observe mode: reading worked; the policy just differs from the spec.
-                    self.set(READY, FALSE, reason, &message);
-                    self.set(
-                        SYNCED,
-                        TRUE,
-                        "Observed",
-                        "read the Portkey policy (managementPolicy Observe: no writes)",
-                    );
-                    let now = self.now;
-                    self.ps().last_sync_time = Some(Time(now));
-                } else {
-                    self.terminal(reason, &message);
-                }
+            Some(("OutOfSync", message)) => {
+                // Observe mode: reading worked; the policy just differs from the spec.
+                self.set(READY, FALSE, "OutOfSync", &message);
+                self.set(
+                    SYNCED,
+                    TRUE,
+                    "Observed",
+                    "read the Portkey policy (managementPolicy Observe: no writes)",
+                );
+                let now = self.now;
+                self.ps().last_sync_time = Some(Time(now));
             }
+            Some((reason, message)) => self.terminal(reason, &message),
             None => {
-                let policy = remote
-                    .as_ref()
-                    .map(|p| p.id().to_owned())
-                    .unwrap_or_default();
+                let policy = remote.map(|p| p.id().to_owned()).unwrap_or_default();
                 let ready_msg = if observe {
                     format!("Portkey policy {policy} matches the spec (observed, not managed)")
                 } else {
@@ -566,7 +685,6 @@ impl<R: PolicyResource> Run<'_, R> {
                 self.ps().last_sync_time = Some(Time(now));
             }
         }
-        Ok(refresh)
     }
 
     /// Dry-run: records what would be written as Events (nothing is sent to Portkey) and
@@ -592,16 +710,16 @@ impl<R: PolicyResource> Run<'_, R> {
                 old_id, changes, ..
             } => vec![
                 (
+                    "WouldCreate",
+                    format!(
+                        "dry-run: would create a replacement in workspace {workspace_id} (usage restarts from zero)"
+                    ),
+                ),
+                (
                     "WouldArchive",
                     format!(
                         "dry-run: would archive Portkey policy {old_id} ({} cannot change in place)",
                         FieldChange::summary(changes)
-                    ),
-                ),
-                (
-                    "WouldCreate",
-                    format!(
-                        "dry-run: would create its replacement in workspace {workspace_id} (usage restarts from zero)"
                     ),
                 ),
             ],
@@ -617,29 +735,48 @@ impl<R: PolicyResource> Run<'_, R> {
         message
     }
 
-    /// GET (with usage where the kind has it); `None` when the policy is gone (404).
-    async fn get_policy(&self, id: &str) -> Result<Option<<R::Kind as PolicyKind>::Policy>, Error> {
+    /// GET (with usage where the kind has it); `None` when the policy is gone (404, or 403
+    /// `AB03`).
+    async fn get_policy(&self, id: &str) -> Result<Option<Policy<R>>, Error> {
         let options = GetOptions {
             include_usage: R::INCLUDE_USAGE,
             ..Default::default()
         };
         match self.policies().get(id, options).await {
             Ok(p) => Ok(Some(p)),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
+            Err(e) if e.is_gone() => Ok(None),
+            Err(e) => Err(Error::portkey("read the policy", e)),
         }
     }
 
-    /// Adopt before create: the oldest active policy in the workspace carrying this resource's
-    /// ownership marker. Extra ones (duplicates from an earlier failure) are archived. A resource
-    /// with a create pending lists the workspace afresh; others use the shared [`OwnedIndex`]
-    /// listing (see there why that is safe).
+    /// The policy recorded in status: active, confirmed archived (`?status=archived`), or not
+    /// found at all (a new policy Portkey does not show yet, or one deleted for good).
+    async fn lookup(&self, id: &str) -> Result<Lookup<Policy<R>>, Error> {
+        if let Some(p) = self.get_policy(id).await? {
+            return Ok(Lookup::Active(p));
+        }
+        let archived = GetOptions {
+            status: Some(PolicyStatus::Archived),
+            ..Default::default()
+        };
+        match self.policies().get(id, archived).await {
+            Ok(p) if p.status() == PolicyStatus::Archived => Ok(Lookup::Archived),
+            Ok(_) => Ok(Lookup::Missing),
+            Err(e) if e.is_gone() => Ok(Lookup::Missing),
+            Err(e) => Err(Error::portkey("confirm the policy is archived", e)),
+        }
+    }
+
+    /// The policies of the workspace carrying this resource's marker, as `(id, name, created)`.
+    /// `fresh`: a new listing; else the shared [`OwnedIndex`] listing (see there why that is
+    /// safe).
     ///
     /// [`OwnedIndex`]: super::OwnedIndex
-    async fn find_owned(
-        &mut self,
+    async fn marked(
+        &self,
         workspace_id: &str,
-    ) -> Result<Option<<R::Kind as PolicyKind>::Policy>, Error> {
+        fresh: bool,
+    ) -> Result<Vec<super::OwnedEntry>, Error> {
         let list = || async {
             let filter = ListFilter {
                 workspace_id: Some(workspace_id.to_owned()),
@@ -654,16 +791,18 @@ impl<R: PolicyResource> Run<'_, R> {
                 .map(|p| {
                     let entry = super::OwnedEntry {
                         id: p.id,
+                        name: p.name.clone(),
                         created_at: p.created_at,
                     };
                     (p.name, entry)
                 })
                 .collect::<Vec<_>>())
         };
-        let marker = self.identity.marker();
-        let mut owned: Vec<super::OwnedEntry> = if self.pending_since().is_some() {
+        let markers = self.identity.accepted_markers();
+        let entries = if fresh {
             list()
-                .await?
+                .await
+                .map_err(|e| Error::portkey("list the workspace's policies", e))?
                 .into_iter()
                 .filter(|(name, _)| self.identity.owns(name.as_deref()))
                 .map(|(_, e)| e)
@@ -671,68 +810,188 @@ impl<R: PolicyResource> Run<'_, R> {
         } else {
             self.ctx
                 .owned
-                .lookup(R::SHORT, workspace_id, &marker, list)
-                .await?
+                .lookup(R::SHORT, workspace_id, &markers, list)
+                .await
+                .map_err(|e| Error::portkey("list the workspace's policies", e))?
         };
-        if owned.is_empty() {
+        Ok(entries)
+    }
+
+    /// Which of the policies carrying this resource's marker (and `current`, the one it has)
+    /// it keeps, archiving the others. The oldest active one wins, preferring one whose
+    /// immutable fields already match the spec (so an interrupted replacement is not undone).
+    /// An explicitly adopted `current` is always kept.
+    async fn reconcile_owned(
+        &mut self,
+        workspace_id: &str,
+        desired: &R::Desired,
+        current: Option<Policy<R>>,
+        fresh: bool,
+    ) -> Result<Option<Policy<R>>, Error> {
+        let entries = self.marked(workspace_id, fresh).await?;
+        let current_marker = self.identity.marker();
+        let mut candidates: Vec<ownership::Candidate<'_>> = entries
+            .iter()
+            .map(|e| ownership::Candidate {
+                id: &e.id,
+                name: e.name.as_deref(),
+                created_at: e.created_at,
+            })
+            .collect();
+        if let Some(c) = &current {
+            // The policy this resource has counts as its own even before it carries the marker.
+            candidates.push(ownership::Candidate {
+                id: c.id(),
+                name: Some(&current_marker),
+                created_at: c.created_at(),
+            });
+        }
+        let Some(owned) = ownership::owned(candidates, &self.identity) else {
+            return Ok(current);
+        };
+        let explicit = current
+            .as_ref()
+            .is_some_and(|c| self.obj.common().adopt_policy_id.as_deref() == Some(c.id()));
+        let mut order: Vec<String> = std::iter::once(owned.keep)
+            .chain(owned.duplicates)
+            .collect();
+        if explicit && let Some(c) = &current {
+            order.retain(|id| id != c.id());
+            order.insert(0, c.id().to_owned());
+        }
+        if order.len() == 1 && current.as_ref().is_some_and(|c| c.id() == order[0]) {
+            return Ok(current);
+        }
+        // Read the candidates (oldest first) until the keeper is known.
+        let mut active: Vec<Policy<R>> = Vec::new();
+        for id in &order {
+            let p = match &current {
+                Some(c) if c.id() == id => Some(c.clone()),
+                _ => self.get_policy(id).await?,
+            };
+            if let Some(p) = p {
+                active.push(p);
+            }
+        }
+        let keep_index = if explicit {
+            0
+        } else {
+            active
+                .iter()
+                .position(|p| desired.immutable_changes(p).is_empty())
+                .unwrap_or(0)
+        };
+        if active.is_empty() {
             return Ok(None);
         }
-        owned.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        let keep = owned.remove(0);
-        let Some(kept) = self.get_policy(&keep.id).await? else {
-            // Archived since the listing: nothing to adopt.
-            return Ok(None);
-        };
-        for extra in owned {
+        let keep = active.swap_remove(keep_index);
+        let mut archived_any = false;
+        for extra in active {
+            let id = extra.id().to_owned();
             if self.ctx.config.dry_run {
                 self.event(
                     EventType::Normal,
                     "WouldArchive",
                     format!(
-                        "dry-run: would archive Portkey policy {} carrying this resource's marker (a duplicate of {})",
-                        extra.id, keep.id
+                        "dry-run: would archive Portkey policy {id} carrying this resource's marker (a duplicate of {})",
+                        keep.id()
                     ),
                 )
                 .await;
                 continue;
             }
             self.ctx.write_permit().await;
-            match self.policies().delete(&extra.id).await {
+            match self.policies().delete(&id).await {
                 Ok(()) => {}
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) if e.is_gone() => continue,
+                Err(e) => return Err(Error::portkey("archive a duplicate policy", e)),
             }
+            archived_any = true;
+            self.ctx.metrics.duplicate_archived(R::SHORT);
             self.event(
                 EventType::Warning,
                 "DuplicateArchived",
                 format!(
-                    "archived Portkey policy {} carrying this resource's marker; kept {}",
-                    extra.id, keep.id
+                    "archived Portkey policy {id} carrying this resource's marker; kept {}",
+                    keep.id()
                 ),
             )
             .await;
         }
-        self.event(
-            EventType::Normal,
-            "Adopted",
-            format!(
-                "found Portkey policy {} (marker {marker}) and took it over instead of creating another",
-                keep.id
-            ),
-        )
-        .await;
-        Ok(Some(kept))
+        if archived_any {
+            self.ctx.owned.invalidate(R::SHORT, workspace_id);
+        }
+        if current.as_ref().map(|c| c.id()) != Some(keep.id()) {
+            self.event(
+                EventType::Normal,
+                "Adopted",
+                format!(
+                    "found Portkey policy {} (marker {}) and took it over instead of creating another",
+                    keep.id(),
+                    self.identity.marker()
+                ),
+            )
+            .await;
+        }
+        Ok(Some(keep))
     }
 
-    /// Creates the policy, bracketed by the create-pending annotation; records the id in status
-    /// before anything else.
+    /// Whether the resource a marker names still exists (then its policy is not adoptable). A
+    /// hashed identity or another kind cannot be looked up: taken as existing.
+    async fn resource_exists(&self, marked: &ownership::MarkedBy) -> Result<bool, Error> {
+        let Some((namespace, name)) = marked.owner.split_once('/') else {
+            return Ok(true);
+        };
+        if marked.kind != R::SHORT {
+            return Ok(true);
+        }
+        let api: Api<R> = Api::namespaced(self.ctx.client.clone(), namespace);
+        api.get_opt(name)
+            .await
+            .map(|o| o.is_some())
+            .map_err(|e| Error::kube("look up the resource that marked the policy", e))
+    }
+
+    /// Archives one policy of this resource (404/403 `AB03`: already gone).
+    async fn archive(&mut self, workspace_id: &str, id: &str) -> Result<(), Error> {
+        self.ctx.write_permit().await;
+        match self.policies().delete(id).await {
+            Ok(()) => {}
+            Err(e) if e.is_gone() => {}
+            Err(e) => return Err(Error::portkey("archive the replaced policy", e)),
+        }
+        self.ctx.owned.invalidate(R::SHORT, workspace_id);
+        Ok(())
+    }
+
+    /// Writes status; on a 409 (someone else wrote the object meanwhile) re-reads it and writes
+    /// again, so the `policyId` of a policy just created is never lost.
+    async fn record_status(&mut self) -> Result<(), Error> {
+        match self.flush_status().await {
+            Err(e) if kube_ops::is_conflict(&e) => {
+                self.obj = self
+                    .api
+                    .get(&self.obj.name_any())
+                    .await
+                    .map_err(|e| Error::kube("re-read the resource", e))?;
+                self.flush_status()
+                    .await
+                    .map_err(|e| Error::kube("write the status", e))
+            }
+            other => other.map_err(|e| Error::kube("write the status", e)),
+        }
+    }
+
+    /// Creates the policy, bracketed by the create-pending annotation (cleared only once
+    /// Portkey shows the policy); records the id in status before anything else. `Stop` while
+    /// Portkey does not show the new policy yet.
     async fn create(
         &mut self,
         body: &<R::Kind as PolicyKind>::Create,
         workspace_id: &str,
         reason: &str,
         note: &str,
-    ) -> Result<<R::Kind as PolicyKind>::Policy, Error> {
+    ) -> Result<Step<Option<Policy<R>>>, Error> {
         // Guarded by resourceVersion: a stale cached copy of the resource cannot create twice.
         let stamp = self.now.to_string();
         self.obj = kube_ops::set_annotation(
@@ -741,7 +1000,8 @@ impl<R: PolicyResource> Run<'_, R> {
             CREATE_PENDING_ANNOTATION,
             Some(&stamp),
         )
-        .await?;
+        .await
+        .map_err(|e| Error::kube("write the create-pending record", e))?;
         self.ctx.write_permit().await;
         let created = match self.policies().create(body).await {
             Ok(c) => c,
@@ -753,16 +1013,16 @@ impl<R: PolicyResource> Run<'_, R> {
                         CREATE_PENDING_ANNOTATION,
                         None,
                     )
-                    .await?;
+                    .await
+                    .map_err(|e| Error::kube("clear the create-pending record", e))?;
                 }
-                return Err(e.into());
+                return Err(Error::portkey("create the policy", e));
             }
         };
+        self.ctx.owned.invalidate(R::SHORT, workspace_id);
         self.ps().policy_id = Some(created.id.clone());
         self.ps().workspace_id = Some(workspace_id.to_owned());
-        self.flush_status().await?;
-        self.obj =
-            kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None).await?;
+        self.record_status().await?;
         let type_ = if reason == "Recreated" {
             EventType::Warning
         } else {
@@ -770,23 +1030,54 @@ impl<R: PolicyResource> Run<'_, R> {
         };
         self.event(type_, reason, format!("{note} ({})", created.id))
             .await;
-        // Read back the server's fields (next reset, status); tolerate a lagging read.
+        // Read back the server's fields (next reset, status); tolerate a short lag. While
+        // Portkey does not show it, the create-pending record stays: the next pass waits
+        // instead of taking the policy for gone.
         for attempt in 0..3 {
             if let Some(p) = self.get_policy(&created.id).await? {
-                return Ok(p);
+                self.obj =
+                    kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
+                        .await
+                        .map_err(|e| Error::kube("clear the create-pending record", e))?;
+                return Ok(Step::Go(Some(p)));
             }
             tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
         }
-        Err(Error::Portkey(PortkeyError::NotFound {
-            code: None,
-            message: format!(
-                "policy {} was created but cannot be read back yet",
-                created.id
-            ),
-        }))
+        let msg = format!(
+            "created Portkey policy {}, which Portkey does not show yet",
+            created.id
+        );
+        self.set(READY, FALSE, "RemotePolicyNotVisible", &msg);
+        self.set(SYNCED, UNKNOWN, "RemotePolicyNotVisible", &msg);
+        Ok(Step::Stop(Action::requeue(Duration::from_secs(2))))
     }
 
-    /// Deletion: archive (or retain) the remote policy, then release the finalizer.
+    /// The workspace UUID to clean up in: the recorded one, else (a create may have been cut
+    /// short before it was recorded) the one the spec resolves to.
+    async fn cleanup_workspace(&self) -> Option<String> {
+        if let Some(ws) = self.psr().workspace_id.clone() {
+            return Some(ws);
+        }
+        let spec = self.obj.common();
+        let namespace = self.obj.namespace().unwrap_or_default();
+        let binding = kube_ops::namespace_binding(&self.ctx.client, &namespace)
+            .await
+            .ok()
+            .flatten();
+        let reference = spec
+            .workspace
+            .or(binding)
+            .or(self.ctx.config.default_workspace.clone())?;
+        self.ctx
+            .workspaces
+            .resolve(&self.ctx.portkey, &reference)
+            .await
+            .ok()
+    }
+
+    /// Deletion: archive (or retain) every policy of this resource (the recorded one and any
+    /// carrying its marker), then release the finalizer. A policy Portkey refuses to archive
+    /// keeps the finalizer, with a condition saying what a human can do.
     async fn cleanup(&mut self) -> Result<Action, Error> {
         if !kube_ops::has_finalizer(&self.obj) {
             return Ok(Action::await_change());
@@ -796,19 +1087,28 @@ impl<R: PolicyResource> Run<'_, R> {
             && spec.management_policy == ManagementPolicy::Manage;
         if archive {
             let mut ids: Vec<String> = self.psr().policy_id.iter().cloned().collect();
-            // A create may have been in flight: find it by its marker so it is not left behind.
-            if (ids.is_empty() || self.pending_since().is_some())
-                && let Some(ws) = self.psr().workspace_id.clone()
-            {
-                let filter = ListFilter {
-                    workspace_id: Some(ws),
-                    status: Some(PolicyStatus::Active),
-                    ..Default::default()
-                };
-                for p in self.policies().list(&filter).await? {
-                    if self.identity.owns(p.name()) && !ids.iter().any(|i| i == p.id()) {
-                        ids.push(p.id().to_owned());
+            if let Some(ws) = self.cleanup_workspace().await {
+                match self.marked(&ws, true).await {
+                    Ok(entries) => {
+                        for e in entries {
+                            if !ids.contains(&e.id) {
+                                ids.push(e.id);
+                            }
+                        }
                     }
+                    // A deleted workspace answers 403 AB03: nothing is left to archive there.
+                    Err(Error::Portkey { source, .. }) if source.is_gone() => {
+                        match self.ctx.portkey.get_workspace(&ws).await {
+                            Err(e) if e.is_gone() => {}
+                            _ => {
+                                let msg = format!(
+                                    "the Admin API key may not list the policies of workspace {ws} ({source}); grant it policies.list, or set spec.deletionPolicy: Retain to release this resource without archiving"
+                                );
+                                return self.cleanup_blocked("ListForbidden", &msg).await;
+                            }
+                        }
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             for id in ids {
@@ -832,7 +1132,17 @@ impl<R: PolicyResource> Run<'_, R> {
                         .await
                     }
                     Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.into()),
+                    Err(e @ PortkeyError::Forbidden { .. }) => {
+                        // 403: gone (AB03 for deleted objects), or a key without
+                        // policies.delete. The policy still being readable tells them apart.
+                        if self.get_policy(&id).await?.is_some() {
+                            let msg = format!(
+                                "Portkey refused to archive policy {id} ({e}); grant the Admin API key policies.delete, or set spec.deletionPolicy: Retain to release this resource and leave the policy in force"
+                            );
+                            return self.cleanup_blocked("ArchiveForbidden", &msg).await;
+                        }
+                    }
+                    Err(e) => return Err(Error::portkey("archive the policy", e)),
                 }
             }
         } else if let Some(id) = self.psr().policy_id.clone() {
@@ -848,7 +1158,37 @@ impl<R: PolicyResource> Run<'_, R> {
             )
             .await;
         }
-        kube_ops::remove_finalizer(&self.api, &self.obj).await?;
+        kube_ops::remove_finalizer(&self.api, &self.obj)
+            .await
+            .map_err(|e| Error::kube("remove the finalizer", e))?;
         Ok(Action::await_change())
     }
+
+    /// Deletion cannot finish until a human acts: a terminal condition and an Event, checked
+    /// again at the next refresh.
+    async fn cleanup_blocked(&mut self, reason: &str, message: &str) -> Result<Action, Error> {
+        self.terminal(reason, message);
+        self.event(EventType::Warning, "CleanupBlocked", message.to_owned())
+            .await;
+        self.flush_status()
+            .await
+            .map_err(|e| Error::kube("write the status", e))?;
+        Ok(Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE)))
+    }
+}
+
+/// The remote policy type of a resource kind.
+type Policy<R> = <<R as PolicyResource>::Kind as PolicyKind>::Policy;
+
+/// How a step ends: go on with a value, or stop the reconcile with an action.
+enum Step<T> {
+    Go(T),
+    Stop(Action),
+}
+
+/// What a GET of the recorded policy found.
+enum Lookup<P> {
+    Active(P),
+    Archived,
+    Missing,
 }

@@ -16,6 +16,7 @@ use super::{Context, Error};
 use crate::api::validate::summarize;
 use crate::api::*;
 use crate::plan::FieldChange;
+use crate::plan::ownership::{self, Claimant};
 use crate::plan::workspace::{self as plan, DesiredWorkspaceLimits};
 use crate::portkey::Workspace;
 
@@ -46,7 +47,7 @@ pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, E
         }
         Err(e) => {
             let message = e.to_string();
-            let terminal = matches!(&e, Error::Portkey(p) if p.is_terminal());
+            let terminal = e.is_terminal();
             let status = if terminal { FALSE } else { UNKNOWN };
             run.set(SYNCED, status, e.reason(), &message);
             if terminal || conditions::get(&run.status.conditions, READY).is_none() {
@@ -60,14 +61,21 @@ pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, E
     }
 }
 
-/// Which resource owns a workspace among those naming it: the oldest (then by name). Resources
-/// being deleted still count, so a successor never writes before its predecessor cleared.
+/// Which resource owns a workspace among those naming it, by the rule the CLI shares
+/// (`plan::ownership::workspace_owner`: the oldest, then by name). Resources being deleted
+/// still count, so a successor never writes before its predecessor cleared.
 fn owner(candidates: &[WorkspaceBudget]) -> Option<&WorkspaceBudget> {
-    candidates.iter().min_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| a.name_any().cmp(&b.name_any()))
-    })
+    let names: Vec<String> = candidates.iter().map(|c| c.name_any()).collect();
+    let claimants: Vec<Claimant<'_>> = candidates
+        .iter()
+        .zip(&names)
+        .map(|(c, name)| Claimant {
+            name,
+            created_at: c.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        })
+        .collect();
+    let winner = ownership::workspace_owner(&claimants)?;
+    candidates.iter().find(|c| c.name_any() == winner)
 }
 
 impl Run<'_> {
@@ -98,7 +106,7 @@ impl Run<'_> {
         if self.obj.status.as_ref() == Some(&self.status) {
             return Ok(());
         }
-        self.obj = kube_ops::apply_status(&self.api, &self.obj.name_any(), &self.status).await?;
+        self.obj = kube_ops::apply_status(&self.api, &self.obj, &self.status).await?;
         Ok(())
     }
 
@@ -246,6 +254,7 @@ impl Run<'_> {
             .min()
             .map(Time);
         self.status.last_reset_at = ws.last_reset_at.map(Time);
+        self.status.unmanaged_limits = plan::unmanaged(desired, ws);
         self.status.observed_generation = self.generation();
         // Eventual consistency: a read right after a PUT may lag; the next resync settles it.
         if plan::plan(desired, ws).is_some() {

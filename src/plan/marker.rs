@@ -1,32 +1,73 @@
-//! Ownership markers: how a remote policy says which resource owns it.
+//! Ownership markers: how a remote policy says which resource, of which installation, owns it.
 //!
 //! Portkey policies have no labels, tags or client-chosen ids; `name` is the only free-text
 //! field. The operator (and `sync`) therefore end every remote name with a marker derived from
-//! the resource's kind, namespace and name, e.g. `Team A budget [k8s:ulp:team-a/monthly]`. The
-//! marker is deterministic, so a restarted operator, or `sync` without a cluster, finds a policy
-//! it created earlier instead of creating a second one.
+//! the resource's kind, namespace and name and the installation that manages it, e.g.
+//! `Team A budget [k8s:ulp:team-a/monthly@1f3c9a2e]`. The marker is deterministic, so a
+//! restarted operator, or `sync` without a cluster, finds a policy it created earlier instead of
+//! creating a second one, and two installations (two clusters, or a cluster and `sync` in CI)
+//! never take each other's policies.
+//!
+//! Markers written before installation identities existed (`[k8s:ulp:team-a/monthly]`) are
+//! recognised as the resource's own (the upgrade path) and rewritten with the installation on
+//! the next update.
+//!
+//! Which remote objects are ours (markers, adoption, duplicates, conflicts) is decided in
+//! [`super::ownership`], for the controller and the CLI alike.
 
 /// Longest remote `name` Portkey accepts.
 pub const MAX_REMOTE_NAME: usize = 255;
 /// Identities longer than this are hashed to keep the marker short.
 const MAX_PLAIN_ID: usize = 100;
+/// Longest installation id.
+pub const MAX_INSTALLATION_ID: usize = 32;
 
-/// The resource a remote object belongs to.
+/// Checks an installation id: 1–32 lowercase letters, digits and `-`.
+pub fn validate_installation_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_INSTALLATION_ID
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "installation id {id:?} must be 1-{MAX_INSTALLATION_ID} characters of a-z, 0-9 and '-'"
+        ))
+    }
+}
+
+/// The resource a remote object belongs to, and the installation that manages it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Identity {
     /// Short kind: `ulp`, `rlp`, `wsb`.
     pub kind: &'static str,
     pub namespace: Option<String>,
     pub name: String,
+    /// The installation writing markers (empty: the legacy form without one).
+    pub installation: String,
+    /// Other installations whose markers this one takes over (a migration between clusters).
+    pub adopt_from: Vec<String>,
 }
 
 impl Identity {
+    /// An identity without installation (legacy markers).
     pub fn new(kind: &'static str, namespace: Option<&str>, name: &str) -> Self {
         Identity {
             kind,
             namespace: namespace.map(str::to_owned),
             name: name.to_owned(),
+            installation: String::new(),
+            adopt_from: Vec::new(),
         }
+    }
+
+    /// The same resource, managed by `installation` (which also takes over `adopt_from`'s).
+    pub fn installed(mut self, installation: &str, adopt_from: &[String]) -> Self {
+        self.installation = installation.to_owned();
+        self.adopt_from = adopt_from.to_vec();
+        self
     }
 
     /// `namespace/name`, or `name` for cluster-scoped resources.
@@ -37,14 +78,44 @@ impl Identity {
         }
     }
 
-    /// `[k8s:<kind>:<namespace>/<name>]`, or a hashed form for very long identities.
-    pub fn marker(&self) -> String {
+    /// The owner part of the marker: `namespace/name`, or a hash for very long identities.
+    fn owner(&self) -> String {
         let id = self.qualified();
         if id.len() <= MAX_PLAIN_ID {
-            format!("[k8s:{}:{id}]", self.kind)
+            id
         } else {
-            format!("[k8s:{}:#{:016x}]", self.kind, fnv1a64(id.as_bytes()))
+            format!("#{:016x}", fnv1a64(id.as_bytes()))
         }
+    }
+
+    fn marker_for(&self, installation: &str) -> String {
+        if installation.is_empty() {
+            format!("[k8s:{}:{}]", self.kind, self.owner())
+        } else {
+            format!("[k8s:{}:{}@{installation}]", self.kind, self.owner())
+        }
+    }
+
+    /// `[k8s:<kind>:<namespace>/<name>@<installation>]`, or a hashed form for very long
+    /// identities.
+    pub fn marker(&self) -> String {
+        self.marker_for(&self.installation)
+    }
+
+    /// The marker without installation that earlier versions wrote.
+    pub fn legacy_marker(&self) -> String {
+        self.marker_for("")
+    }
+
+    /// Every marker this identity recognises as its own: its own, the legacy one, and those
+    /// of the installations it adopts from.
+    pub fn accepted_markers(&self) -> Vec<String> {
+        let mut markers = vec![self.marker()];
+        if !self.installation.is_empty() {
+            markers.push(self.legacy_marker());
+        }
+        markers.extend(self.adopt_from.iter().map(|i| self.marker_for(i)));
+        markers
     }
 
     /// The full remote name: `display [marker]`, the display shortened so it fits 255 chars.
@@ -62,24 +133,44 @@ impl Identity {
         }
     }
 
-    /// True when a remote name carries this identity's marker.
+    /// True when a remote name carries a marker this identity recognises as its own.
     pub fn owns(&self, remote_name: Option<&str>) -> bool {
-        remote_name.is_some_and(|n| n.trim_end().ends_with(&self.marker()))
+        remote_name
+            .and_then(marker_in)
+            .is_some_and(|m| self.accepted_markers().iter().any(|a| a == m))
     }
 }
 
-/// The `(kind, identity)` of the ownership marker a remote name ends with, if any: any policy
-/// created by this operator or by `sync`.
-pub fn marker_of(remote_name: &str) -> Option<(&str, &str)> {
+/// A marker as read from a remote name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker<'a> {
+    /// `ulp`, `rlp`, …
+    pub kind: &'a str,
+    /// `namespace/name` (or `#hash`).
+    pub owner: &'a str,
+    /// The installation, `None` for a legacy marker.
+    pub installation: Option<&'a str>,
+}
+
+/// The marker a remote name ends with, if any: any policy created by this operator or `sync`.
+pub fn marker_of(remote_name: &str) -> Option<Marker<'_>> {
     let name = remote_name.trim_end();
     let inner = name.strip_suffix(']')?;
     let start = inner.rfind("[k8s:")?;
     let body = &inner[start + "[k8s:".len()..];
-    let (kind, id) = body.split_once(':')?;
-    (!kind.is_empty() && !id.is_empty()).then_some((kind, id))
+    let (kind, rest) = body.split_once(':')?;
+    let (owner, installation) = match rest.rsplit_once('@') {
+        Some((owner, inst)) => (owner, Some(inst)),
+        None => (rest, None),
+    };
+    (!kind.is_empty() && !owner.is_empty() && installation != Some("")).then_some(Marker {
+        kind,
+        owner,
+        installation,
+    })
 }
 
-/// The whole ownership marker a remote name ends with (e.g. `[k8s:ulp:team-a/monthly]`, as
+/// The whole ownership marker a remote name ends with (e.g. `[k8s:ulp:team-a/monthly@c1]`, as
 /// [`Identity::marker`] writes it), if any.
 pub fn marker_in(remote_name: &str) -> Option<&str> {
     let name = remote_name.trim_end();
@@ -118,10 +209,11 @@ mod tests {
         assert!(!id.owns(Some("Team A [k8s:rlp:team-a/monthly]")));
         assert!(!id.owns(None));
 
-        let long = Identity::new("ulp", Some(&"n".repeat(63)), &"x".repeat(253));
+        let long = Identity::new("ulp", Some(&"n".repeat(63)), &"x".repeat(253))
+            .installed(&"i".repeat(MAX_INSTALLATION_ID), &[]);
         let marker = long.marker();
         assert!(
-            marker.starts_with("[k8s:ulp:#") && marker.len() < 40,
+            marker.starts_with("[k8s:ulp:#") && marker.len() < 70,
             "{marker}"
         );
         assert_eq!(marker, long.marker());
@@ -134,14 +226,53 @@ mod tests {
         assert!(wide.owns(Some(&name)));
         assert_eq!(
             marker_of("Team A [k8s:ulp:team-a/monthly]"),
-            Some(("ulp", "team-a/monthly"))
+            Some(Marker {
+                kind: "ulp",
+                owner: "team-a/monthly",
+                installation: None
+            })
+        );
+        assert_eq!(
+            marker_of("Team A [k8s:ulp:team-a/monthly@c1]"),
+            Some(Marker {
+                kind: "ulp",
+                owner: "team-a/monthly",
+                installation: Some("c1")
+            })
         );
         assert_eq!(marker_of("hand made"), None);
+        assert_eq!(marker_of("x [k8s:ulp:a/b@]"), None);
         assert_eq!(
             marker_in("Team A [k8s:ulp:team-a/monthly] "),
             Some(id.marker().as_str())
         );
         assert_eq!(marker_in("x [k8s:]"), None);
         assert_eq!(marker_of("x [k8s:]"), None);
+    }
+
+    #[test]
+    fn installations_own_their_markers_and_legacy_ones_only() {
+        let a = Identity::new("ulp", Some("team-a"), "monthly").installed("cluster-a", &[]);
+        assert_eq!(a.marker(), "[k8s:ulp:team-a/monthly@cluster-a]");
+        assert!(a.owns(Some("x [k8s:ulp:team-a/monthly@cluster-a]")));
+        // Written by an earlier version: still ours (upgrade path).
+        assert!(a.owns(Some("x [k8s:ulp:team-a/monthly]")));
+        // Another cluster's, or sync's: never.
+        assert!(!a.owns(Some("x [k8s:ulp:team-a/monthly@cluster-b]")));
+        assert!(!a.owns(Some("x [k8s:ulp:team-a/monthly@sync]")));
+        // Unless this installation explicitly takes over from it (a migration).
+        let migrating = Identity::new("ulp", Some("team-a"), "monthly")
+            .installed("cluster-b", &["cluster-a".to_owned()]);
+        assert!(migrating.owns(Some("x [k8s:ulp:team-a/monthly@cluster-a]")));
+        assert!(!migrating.owns(Some("x [k8s:ulp:team-a/monthly@cluster-c]")));
+        assert_eq!(
+            migrating.remote_name(Some("Team A")),
+            "Team A [k8s:ulp:team-a/monthly@cluster-b]"
+        );
+
+        assert!(validate_installation_id("cluster-a").is_ok());
+        for bad in ["", "Cluster", "a b", "a@b", &"x".repeat(33)] {
+            assert!(validate_installation_id(bad).is_err(), "{bad:?}");
+        }
     }
 }

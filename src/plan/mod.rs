@@ -4,6 +4,7 @@
 //! in the project.
 
 pub mod marker;
+pub mod ownership;
 pub mod policy;
 pub mod rate;
 pub mod report;

@@ -1,13 +1,17 @@
 //! Planning for workspace budgets: the inline `usage_limits[]` / `rate_limits[]` of a workspace.
 //!
-//! A `WorkspaceBudget` owns those lists while it exists. A PUT sends only a list that differs,
-//! and a usage limit whose schedule did not change carries Portkey's current
-//! `next_usage_reset_at`, so updating a limit never reschedules its reset.
+//! A `WorkspaceBudget` manages the limits it declares (usage limits by type, rate limits by type
+//! and unit) and leaves any other limit of the workspace as it is, unless it owns the whole lists
+//! (`limitOwnership: All`). A PUT sends only a list that differs (with the limits it does not
+//! manage unchanged in it), and a usage limit whose schedule did not change carries Portkey's
+//! current `next_usage_reset_at`, so updating a limit never reschedules its reset.
 
 use serde::Serialize;
 
 use super::{FieldChange, fmt_opt};
-use crate::api::{WorkspaceBudgetSpec, WorkspaceRateLimitSpec, WorkspaceUsageLimitSpec};
+use crate::api::{
+    LimitOwnership, WorkspaceBudgetSpec, WorkspaceRateLimitSpec, WorkspaceUsageLimitSpec,
+};
 use crate::portkey::*;
 
 /// The limits a `WorkspaceBudget` asks for.
@@ -15,6 +19,7 @@ use crate::portkey::*;
 pub struct DesiredWorkspaceLimits {
     pub usage_limits: Vec<WorkspaceUsageLimit>,
     pub rate_limits: Vec<WorkspaceRateLimit>,
+    pub ownership: LimitOwnership,
 }
 
 fn usage_limit(spec: &WorkspaceUsageLimitSpec) -> WorkspaceUsageLimit {
@@ -45,8 +50,67 @@ impl DesiredWorkspaceLimits {
         DesiredWorkspaceLimits {
             usage_limits: usage,
             rate_limits: rate,
+            ownership: spec.limit_ownership,
         }
     }
+
+    fn declares_usage(&self, l: &WorkspaceUsageLimit) -> bool {
+        self.usage_limits
+            .iter()
+            .any(|d| d.limit_type == l.limit_type)
+    }
+
+    fn declares_rate(&self, l: &WorkspaceRateLimit) -> bool {
+        self.rate_limits
+            .iter()
+            .any(|d| d.limit_type == l.limit_type && d.unit == l.unit)
+    }
+
+    /// The limits of `remote` this resource does not manage (none with `All`).
+    fn others(&self, remote: &Workspace) -> (Vec<WorkspaceUsageLimit>, Vec<WorkspaceRateLimit>) {
+        if self.ownership == LimitOwnership::All {
+            return (Vec::new(), Vec::new());
+        }
+        let usage = remote
+            .usage_limits
+            .iter()
+            .flatten()
+            .filter(|l| !self.declares_usage(l))
+            .cloned()
+            .collect();
+        let rate = remote
+            .rate_limits
+            .iter()
+            .flatten()
+            .filter(|l| !self.declares_rate(l))
+            .cloned()
+            .collect();
+        (usage, rate)
+    }
+
+    /// What the workspace should hold: the declared limits plus, with `Declared`, the others it
+    /// holds now, untouched.
+    fn target(&self, remote: &Workspace) -> (Vec<WorkspaceUsageLimit>, Vec<WorkspaceRateLimit>) {
+        let (mut usage, mut rate) = self.others(remote);
+        usage.extend(self.usage_limits.iter().cloned());
+        rate.extend(self.rate_limits.iter().cloned());
+        (usage, rate)
+    }
+}
+
+/// The limits of the workspace this resource leaves alone, described for status.
+pub fn unmanaged(desired: &DesiredWorkspaceLimits, remote: &Workspace) -> Vec<String> {
+    let (usage, rate) = desired.others(remote);
+    let usage = sorted_usage(&usage);
+    let rate = sorted_rate(&rate);
+    usage
+        .iter()
+        .map(|l| format!("usage: {}", describe_usage(std::slice::from_ref(l))))
+        .chain(
+            rate.iter()
+                .map(|l| format!("rate: {}", describe_rate(std::slice::from_ref(l)))),
+        )
+        .collect()
 }
 
 /// A usage limit without its server-computed next reset, for comparison.
@@ -137,69 +201,55 @@ fn usage_to_send(
         .collect()
 }
 
-/// The PUT that makes the workspace hold the desired limits, or `None` when it already does.
+/// The PUT that makes the workspace hold the desired limits (and, with `Declared`, keep every
+/// other limit it holds), or `None` when it already does.
 pub fn plan(desired: &DesiredWorkspaceLimits, remote: &Workspace) -> Option<WorkspaceUpdate> {
+    let (usage, rate) = desired.target(remote);
+    put_lists(&usage, &rate, remote)
+}
+
+/// The PUT that makes the workspace's lists equal `usage` and `rate`.
+fn put_lists(
+    usage: &[WorkspaceUsageLimit],
+    rate: &[WorkspaceRateLimit],
+    remote: &Workspace,
+) -> Option<WorkspaceUpdate> {
     let remote_usage = remote.usage_limits.clone().unwrap_or_default();
     let remote_rate = remote.rate_limits.clone().unwrap_or_default();
     let mut body = UpdateWorkspace::default();
     let mut changes = Vec::new();
-    if sorted_usage(&desired.usage_limits) != sorted_usage(&remote_usage) {
+    if sorted_usage(usage) != sorted_usage(&remote_usage) {
         changes.push(FieldChange::new(
             "usageLimits",
             describe_usage(&sorted_usage(&remote_usage)),
-            describe_usage(&desired.usage_limits),
+            describe_usage(&sorted_usage(usage)),
         ));
-        body.usage_limits = if desired.usage_limits.is_empty() {
+        body.usage_limits = if usage.is_empty() {
             Nullable::Null
         } else {
-            Nullable::Value(usage_to_send(&desired.usage_limits, &remote_usage))
+            Nullable::Value(usage_to_send(usage, &remote_usage))
         };
     }
-    if sorted_rate(&desired.rate_limits) != sorted_rate(&remote_rate) {
+    if sorted_rate(rate) != sorted_rate(&remote_rate) {
         changes.push(FieldChange::new(
             "rateLimits",
             describe_rate(&sorted_rate(&remote_rate)),
-            describe_rate(&desired.rate_limits),
+            describe_rate(&sorted_rate(rate)),
         ));
-        body.rate_limits = if desired.rate_limits.is_empty() {
+        body.rate_limits = if rate.is_empty() {
             Nullable::Null
         } else {
-            Nullable::Value(desired.rate_limits.clone())
+            Nullable::Value(rate.to_vec())
         };
     }
     (!changes.is_empty()).then_some(WorkspaceUpdate { body, changes })
 }
 
 /// On deletion with `Clear`: remove the limits this resource set (same type, or same type and
-/// unit), keep any others. `None` when nothing of ours is left.
+/// unit) and keep any others; with `All`, remove them all. `None` when nothing is left to remove.
 pub fn clear(desired: &DesiredWorkspaceLimits, remote: &Workspace) -> Option<WorkspaceUpdate> {
-    let remote_usage = remote.usage_limits.clone().unwrap_or_default();
-    let remote_rate = remote.rate_limits.clone().unwrap_or_default();
-    let keep_usage: Vec<_> = remote_usage
-        .iter()
-        .filter(|r| {
-            !desired
-                .usage_limits
-                .iter()
-                .any(|d| d.limit_type == r.limit_type)
-        })
-        .cloned()
-        .collect();
-    let keep_rate: Vec<_> = remote_rate
-        .iter()
-        .filter(|r| {
-            !desired
-                .rate_limits
-                .iter()
-                .any(|d| d.limit_type == r.limit_type && d.unit == r.unit)
-        })
-        .cloned()
-        .collect();
-    let target = DesiredWorkspaceLimits {
-        usage_limits: usage_to_send(&keep_usage, &remote_usage),
-        rate_limits: keep_rate,
-    };
-    plan(&target, remote)
+    let (usage, rate) = desired.others(remote);
+    put_lists(&usage, &rate, remote)
 }
 
 /// Printer-column summaries: budget, reset and rate limit.

@@ -93,6 +93,14 @@ fn retry_suffix(retry_after: &Option<Duration>) -> String {
 }
 
 impl PortkeyError {
+    /// The object is gone: 404, or 403 `AB03`, which Portkey answers for deleted objects
+    /// (reference §16). Only meaningful for an id the operator knows; a 403 on a list or a
+    /// create is a permission problem.
+    pub fn is_gone(&self) -> bool {
+        self.is_not_found()
+            || matches!(self, PortkeyError::Forbidden { code: Some(c), .. } if c == "AB03")
+    }
+
     /// Builds the error for a non-2xx answer from its status, body and `Retry-After` header.
     pub fn from_response(status: u16, body: &str, retry_after: Option<Duration>) -> Self {
         let (message, code) = parse_error_body(body)

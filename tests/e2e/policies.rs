@@ -224,7 +224,7 @@ async fn usage_limit_policy_lifecycle() {
             adopted
                 .name
                 .unwrap()
-                .ends_with(&format!("[k8s:ulp:{NS}/adopted]"))
+                .contains(&format!("[k8s:ulp:{NS}/adopted@"))
         );
         assert_eq!(
             env.active_usage(WS).await.len(),
@@ -401,11 +401,7 @@ async fn rate_limit_policy_lifecycle() {
             .await
             .unwrap();
         assert_eq!(r.value, Decimal::from(90));
-        assert!(
-            r.name
-                .unwrap()
-                .ends_with(&format!("[k8s:rlp:{NS}/adopter]"))
-        );
+        assert!(r.name.unwrap().contains(&format!("[k8s:rlp:{NS}/adopter@")));
         assert_eq!(env.active_rates(WS).await.len(), 1);
     })
     .await;

@@ -10,6 +10,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::plan::marker::marker_of;
 use portkey_budget_operator::portkey::*;
 
 use super::control_plane::{ControlPlane, Options, require_assets, spawn_logged, tail, under_ci};
@@ -125,13 +126,18 @@ impl Env {
             .unwrap()
     }
 
-    /// Active usage-limits policies carrying the marker of `NS/name`.
+    /// Active usage-limits policies carrying the marker of `NS/name` (any installation).
     pub async fn owned_usage(&self, name: &str) -> Vec<UsageLimitsPolicy> {
-        let marker = format!("[k8s:ulp:{NS}/{name}]");
+        let owner = format!("{NS}/{name}");
         self.active_usage(WS)
             .await
             .into_iter()
-            .filter(|p| p.name.as_deref().is_some_and(|n| n.ends_with(&marker)))
+            .filter(|p| {
+                p.name
+                    .as_deref()
+                    .and_then(marker_of)
+                    .is_some_and(|m| m.kind == "ulp" && m.owner == owner)
+            })
             .collect()
     }
 
