@@ -433,3 +433,90 @@ fn built_in_emulator_runs_the_samples() {
         "a fresh emulator: changes planned"
     );
 }
+
+/// The shared ownership rules in the CLI: policies are read by id before planning (list items
+/// of older backends lack the reset fields), adoption stays in the workspace, and two
+/// WorkspaceBudgets for one workspace follow the controller's rule.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_follows_the_controllers_ownership_rules() {
+    let emu = emulator().await;
+    let c = client(&emu);
+    let ctl = emu.control();
+    ctl.set_faults(serde_json::json!({"list_without_reset": true}))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    write(
+        dir.path(),
+        "a.yaml",
+        &ulp("monthly", "100", "metadata._user", ""),
+    );
+    let out = cli(&emu, &["sync", "-f", d]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    let first = active_usage(&c).await.remove(0);
+    assert!(
+        first
+            .name
+            .as_deref()
+            .unwrap()
+            .ends_with("[k8s:ulp:team-a/monthly@sync]")
+    );
+    ctl.clear_requests().await.unwrap();
+    // List items lack periodic_reset: planning against them would re-send the reset (and move
+    // it) every run. The policy is read by id instead: nothing to do.
+    let out = cli(&emu, &["sync", "-f", d]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    assert_eq!(ctl.requests().await.unwrap().writes(), 0, "{}", text(&out));
+    let again = active_usage(&c).await.remove(0);
+    assert_eq!(again.next_usage_reset_at, first.next_usage_reset_at);
+    ctl.clear_faults().await.unwrap();
+
+    // adoptPolicyId naming another workspace's policy: blocked, nothing created.
+    let ws_b = c.resolve_workspace_id("marketing").await.unwrap();
+    let theirs: CreateUsageLimitsPolicy = serde_json::from_value(serde_json::json!({
+        "name": "marketing budget",
+        "conditions": [{"key": "metadata._team", "value": "m"}],
+        "group_by": [{"key": "metadata._user"}],
+        "type": "cost", "credit_limit": 50, "workspace_id": ws_b,
+    }))
+    .unwrap();
+    let theirs = c.usage_limits().create(&theirs).await.unwrap().id;
+    write(
+        dir.path(),
+        "b.yaml",
+        &ulp(
+            "grab",
+            "100",
+            "metadata._user",
+            &format!("  adoptPolicyId: {theirs}\n"),
+        ),
+    );
+    // Two WorkspaceBudgets naming one workspace: the first by name wins (manifests have no age).
+    for name in ["b-second", "a-first"] {
+        write(
+            dir.path(),
+            &format!("{name}.yaml"),
+            &format!(
+                "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: WorkspaceBudget\nmetadata:\n  name: {name}\nspec:\n  workspace: marketing\n  rateLimits:\n    - type: requests\n      unit: rpm\n      value: 60\n"
+            ),
+        );
+    }
+    let out = cli(&emu, &["plan", "-f", d]);
+    let plan = text(&out);
+    assert!(plan.contains("WorkspaceNotAllowed"), "{plan}");
+    assert!(
+        plan.contains("Conflict: workspace marketing is managed by WorkspaceBudget a-first"),
+        "{plan}"
+    );
+    let grab = plan.split("UsageLimitPolicy team-a/grab").nth(1).unwrap();
+    assert!(
+        grab.trim_start().starts_with("! blocked") || grab.contains("! blocked"),
+        "{plan}"
+    );
+    assert_eq!(
+        active_usage(&c).await.len(),
+        1,
+        "nothing created for the refused adoption"
+    );
+}

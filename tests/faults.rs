@@ -154,7 +154,14 @@ impl Harness {
             .await
             .unwrap()
         {
-            let id = marker_of(p.name.as_deref().unwrap()).unwrap().owner;
+            // Ours only: legacy markers (the other tests) or this cluster's.
+            let Some(marker) = p.name.as_deref().and_then(marker_of) else {
+                continue;
+            };
+            if marker.installation.is_some_and(|i| i != "this-cluster") {
+                continue;
+            }
+            let id = marker.owner;
             let name = id.split('/').nth(1).unwrap().to_owned();
             out.entry(name).or_default().push(p.credit_limit);
         }
@@ -458,4 +465,150 @@ async fn every_bad_manifest_is_rejected_naming_the_field_with_no_admin_api_call(
         0,
         "a bad manifest caused an Admin API call"
     );
+}
+
+/// The Admin API's real-world behaviours (emulator fault modes), one at a time: read-after-write
+/// lag, stale echoes after a PUT, a page-size cap below the requested size, 403 `AB03` for gone
+/// objects, and list items without the reset fields. Under each, resources are created, changed
+/// and deleted, and every invariant holds: exactly one active policy per resource with the right
+/// limit, nothing archived that is not ours (a hand-made policy and another installation's
+/// stay), reset schedules never moved by a re-sent field, and every finalizer released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_world_admin_api_behaviour_keeps_every_invariant() {
+    let modes = [
+        (
+            "read-after-write lag",
+            json!({"read_after_write_lag_ms": 2500}),
+        ),
+        ("stale echoes", json!({"stale_read_ms": 1500})),
+        ("page-size cap", json!({"page_size_cap": 2})),
+        ("gone answers 403 AB03", json!({"gone_as_forbidden": true})),
+        (
+            "list items without reset fields",
+            json!({"list_without_reset": true}),
+        ),
+    ];
+    for (mode, fault) in modes {
+        let h = Harness::new().await;
+        let portkey = h.client(Duration::from_secs(5));
+        // Not ours: made by hand, and another installation's policy for the same resource name.
+        let foreign = |name: &str| {
+            serde_json::from_value::<CreateUsageLimitsPolicy>(json!({
+                "name": name,
+                "conditions": [{"key": "metadata._team", "value": "x"}],
+                "group_by": [{"key": "metadata._user"}],
+                "type": "cost", "credit_limit": 7, "workspace_id": WS,
+            }))
+            .unwrap()
+        };
+        let mut not_ours = Vec::new();
+        for name in [
+            "made by hand",
+            "theirs [k8s:ulp:team-a/budget-0@other-cluster]",
+        ] {
+            not_ours.push(
+                portkey
+                    .usage_limits()
+                    .create(&foreign(name))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let names: Vec<String> = (0..5).map(|i| format!("budget-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            h.kube.apply(&ulp(name, 100 + i as i64));
+        }
+        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        let ctx = Context::new(
+            h.kube.client(),
+            h.client(Duration::from_secs(5)),
+            ControllerConfig {
+                installation_id: "this-cluster".into(),
+                usage_refresh_interval: Duration::ZERO,
+                resync_interval: Duration::ZERO,
+                create_pending_grace: Duration::from_secs(20),
+                admin_api_write_rate: 1000,
+                ..Default::default()
+            },
+            controller::reporter(),
+        );
+        let settle = |want: fn(&Harness, &str) -> bool| {
+            let (h, ctx, names) = (&h, &ctx, &names);
+            async move {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !names.iter().all(|n| want(h, n)) {
+                    assert!(std::time::Instant::now() < deadline, "{mode}: not settled");
+                    let pending: Vec<&String> = names.iter().filter(|n| !want(h, n)).collect();
+                    futures::future::join_all(pending.iter().map(|n| h.reconcile(ctx, n))).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        settle(|h, n| h.ready(n)).await;
+        // Let the faults' windows pass, then read what Portkey holds.
+        let schedules =
+            |remote: &[UsageLimitsPolicy]| -> BTreeMap<String, Option<jiff::Timestamp>> {
+                remote
+                    .iter()
+                    .map(|p| (p.id.clone(), p.next_usage_reset_at))
+                    .collect()
+            };
+        let check = |when: &str, remote: &BTreeMap<String, Vec<Decimal>>, bump: i64| {
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(
+                    remote.get(name),
+                    Some(&vec![Decimal::from(100 + bump + i as i64)]),
+                    "{mode}, {when}: exactly one active policy for {name}"
+                );
+            }
+        };
+        let filter = ListFilter {
+            workspace_id: Some(WS.into()),
+            status: Some(PolicyStatus::Active),
+            ..Default::default()
+        };
+        let remote = h.remote().await;
+        check("after create", &remote, 0);
+        let before = schedules(&portkey.usage_limits().list(&filter).await.unwrap());
+
+        // Change every limit under the same fault.
+        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        for (i, name) in names.iter().enumerate() {
+            h.kube.apply(&ulp(name, 1000 + i as i64));
+        }
+        settle(|h, n| h.ready(n)).await;
+        let remote = h.remote().await;
+        check("after the change", &remote, 900);
+        let after = schedules(&portkey.usage_limits().list(&filter).await.unwrap());
+        for (id, next) in &before {
+            if let Some(now) = after.get(id) {
+                assert_eq!(now, next, "{mode}: the reset of {id} did not move");
+            }
+        }
+
+        // Delete every resource under the same fault: finalizers released, ours archived.
+        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        for name in &names {
+            h.kube.delete::<UsageLimitPolicy>(NS, name);
+        }
+        settle(|h, n| h.get(n).is_none()).await;
+        h.emu.control().clear_faults().await.unwrap();
+        let left: Vec<String> = portkey
+            .usage_limits()
+            .list(&filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.id)
+            .collect();
+        let mut expected = not_ours.clone();
+        expected.sort();
+        let mut left_sorted = left;
+        left_sorted.sort();
+        assert_eq!(
+            left_sorted, expected,
+            "{mode}: only the policies that are not ours remain"
+        );
+    }
 }

@@ -1063,6 +1063,108 @@ mod workspace_budgets {
     }
 
     #[tokio::test]
+    async fn limits_it_does_not_declare_are_kept_unless_it_owns_all() {
+        let env = env().await;
+        // Finance set a $500 monthly budget and a token rate limit in the Portkey UI.
+        let by_hand = UpdateWorkspace {
+            usage_limits: Nullable::Value(vec![WorkspaceUsageLimit {
+                limit_type: UsageLimitType::Cost,
+                credit_limit: d("500"),
+                alert_threshold: None,
+                periodic_reset: Some(PeriodicReset::Monthly),
+                periodic_reset_days: None,
+                next_usage_reset_at: None,
+            }]),
+            rate_limits: Nullable::Value(vec![WorkspaceRateLimit {
+                limit_type: RateLimitType::Tokens,
+                unit: RateLimitUnit::Rpd,
+                value: d("1000000"),
+            }]),
+            ..Default::default()
+        };
+        env.portkey.update_workspace(WS_A, &by_hand).await.unwrap();
+        let reset = env
+            .portkey
+            .get_workspace(WS_A)
+            .await
+            .unwrap()
+            .usage_limits
+            .unwrap()[0]
+            .next_usage_reset_at;
+        // A WorkspaceBudget that declares only a request rate limit.
+        let spec: WorkspaceBudgetSpec = serde_json::from_value(json!({
+            "workspace": "team-a",
+            "rateLimits": [{"type": "requests", "unit": "rpm", "value": 120}]
+        }))
+        .unwrap();
+        env.kube
+            .apply(&WorkspaceBudget::new("rates-only", spec.clone()));
+        run(&env, "rates-only").await;
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        let usage = ws.usage_limits.unwrap();
+        assert_eq!(usage.len(), 1, "the hand-made budget is kept");
+        assert_eq!(usage[0].credit_limit, d("500"));
+        assert_eq!(
+            usage[0].next_usage_reset_at, reset,
+            "and its reset untouched"
+        );
+        let rates = ws.rate_limits.unwrap();
+        assert_eq!(rates.len(), 2, "{rates:?}");
+        let st = status(&env, "rates-only");
+        assert_eq!(
+            st.unmanaged_limits,
+            [
+                "usage: cost 500 (alert (none)) monthly",
+                "rate: 1000000 tokens rpd"
+            ]
+        );
+        assert!(conditions::is_true(&st.conditions, "Ready"));
+        // Drift on the declared limit is corrected; the others are still left alone.
+        let drift = UpdateWorkspace {
+            rate_limits: Nullable::Value(vec![WorkspaceRateLimit {
+                limit_type: RateLimitType::Requests,
+                unit: RateLimitUnit::Rpm,
+                value: d("5"),
+            }]),
+            ..Default::default()
+        };
+        env.portkey.update_workspace(WS_A, &drift).await.unwrap();
+        run(&env, "rates-only").await;
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        assert_eq!(ws.usage_limits.unwrap().len(), 1);
+        let rates = ws.rate_limits.unwrap();
+        assert!(
+            rates
+                .iter()
+                .any(|r| r.unit == RateLimitUnit::Rpm && r.value == d("120"))
+        );
+        // Clear on delete removes only what it declares.
+        env.kube.delete::<WorkspaceBudget>("", "rates-only");
+        run(&env, "rates-only").await;
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        assert_eq!(ws.usage_limits.unwrap().len(), 1);
+        assert!(
+            ws.rate_limits
+                .is_none_or(|r| r.iter().all(|l| l.unit != RateLimitUnit::Rpm))
+        );
+
+        // With limitOwnership: All the workspace holds exactly the spec.
+        let mut all = spec;
+        all.limit_ownership = LimitOwnership::All;
+        env.kube.apply(&WorkspaceBudget::new("owns-all", all));
+        run(&env, "owns-all").await;
+        let ws = env.portkey.get_workspace(WS_A).await.unwrap();
+        assert!(
+            ws.usage_limits.is_none_or(|u| u.is_empty()),
+            "undeclared budget removed"
+        );
+        let rates = ws.rate_limits.unwrap();
+        assert_eq!(rates.len(), 1);
+        assert_eq!(rates[0].value, d("120"));
+        assert!(status(&env, "owns-all").unmanaged_limits.is_empty());
+    }
+
+    #[tokio::test]
     async fn the_older_budget_wins_and_the_other_makes_no_call() {
         let env = env().await;
         env.kube
@@ -1339,5 +1441,394 @@ mod operations {
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+}
+
+/// Ownership and identity under real-world Admin API behaviour: each test is one scenario of
+/// what used to archive another team's budget, wipe limits nobody declared, or duplicate.
+mod ownership {
+    use super::*;
+    use kube::ResourceExt;
+
+    fn body(name: &str, ws: &str) -> CreateUsageLimitsPolicy {
+        serde_json::from_value(json!({
+            "name": name,
+            "conditions": [{"key": "metadata._team", "value": "team-a"}],
+            "group_by": [{"key": "metadata._user"}],
+            "type": "cost", "credit_limit": 100, "periodic_reset": "monthly",
+            "workspace_id": ws,
+        }))
+        .unwrap()
+    }
+
+    fn installed(id: &str, adopt_from: &[&str]) -> ControllerConfig {
+        ControllerConfig {
+            installation_id: id.into(),
+            adopt_from_installations: adopt_from.iter().map(|s| s.to_string()).collect(),
+            ..test_config()
+        }
+    }
+
+    fn reason(env: &Env, name: &str) -> String {
+        env.condition(name, "Ready").1
+    }
+
+    #[tokio::test]
+    async fn adopting_another_workspaces_policy_is_refused_and_nothing_is_archived() {
+        let env = env().await;
+        let theirs = env
+            .portkey
+            .usage_limits()
+            .create(&body("team B's budget", WS_B))
+            .await
+            .unwrap()
+            .id;
+        let mut s = spec();
+        s.adopt_policy_id = Some(theirs.clone());
+        s.on_immutable_change = OnImmutableChange::Recreate;
+        env.kube.apply(&ulp("grab", s.clone()));
+        env.emu.control().clear_requests().await.unwrap();
+        env.reconcile("grab").await.unwrap();
+        assert_eq!(reason(&env, "grab"), "WorkspaceNotAllowed");
+        let status = env.obj("grab").status.unwrap();
+        assert_eq!(
+            status.common.policy_id, None,
+            "the foreign id is never recorded"
+        );
+        assert_eq!(env.api_writes().await, 0);
+        // Observe mode reads nothing of team B's into team A's status.
+        s.management_policy = ManagementPolicy::Observe;
+        env.kube.apply(&ulp("peek", s));
+        env.reconcile("peek").await.unwrap();
+        assert_eq!(reason(&env, "peek"), "WorkspaceNotAllowed");
+        assert!(env.obj("peek").status.unwrap().usage.is_none());
+        // Deleting the resource archives nothing.
+        env.kube.delete::<UsageLimitPolicy>(NS, "grab");
+        env.reconcile("grab").await.unwrap();
+        assert!(env.kube.get::<UsageLimitPolicy>(NS, "grab").is_none());
+        let b = env.active(WS_B).await;
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].id, theirs);
+        assert_eq!(env.api_writes().await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_create_portkey_does_not_show_yet_is_waited_for_not_duplicated() {
+        let env = env().await;
+        let ctl = env.emu.control();
+        ctl.set_faults(json!({"read_after_write_lag_ms": 600_000}))
+            .await
+            .unwrap();
+        env.kube.apply(&ulp("lagging", spec()));
+        env.reconcile("lagging").await.unwrap();
+        assert_eq!(reason(&env, "lagging"), "RemotePolicyNotVisible");
+        let obj = env.obj("lagging");
+        assert!(
+            obj.annotations().contains_key(CREATE_PENDING_ANNOTATION),
+            "the create stays pending until Portkey shows it"
+        );
+        let id = obj.status.unwrap().common.policy_id.expect("id recorded");
+        // Further passes while the new id 404s: no second create, no "Recreated".
+        for _ in 0..3 {
+            env.reconcile("lagging").await.unwrap();
+        }
+        let log = ctl.requests().await.unwrap();
+        assert_eq!(log.count("POST", "/v1/policies"), 1, "exactly one create");
+        assert!(!env.kube.event_reasons().contains(&"Recreated".to_owned()));
+        ctl.clear_faults().await.unwrap();
+        env.reconcile("lagging").await.unwrap();
+        assert_eq!(reason(&env, "lagging"), "InForce");
+        let obj = env.obj("lagging");
+        assert!(!obj.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+        assert_eq!(obj.status.unwrap().common.policy_id, Some(id));
+        assert_eq!(env.active(WS_A).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_transient_404_is_confirmed_before_anything_is_recreated() {
+        let env = env().await;
+        env.kube.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let id = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
+        // A transient 404 on the GET of a known policy (a lagging replica): the archive is
+        // checked with `?status=archived`, which finds it active → nothing is recreated.
+        env.emu
+            .control()
+            .set_faults(json!({"fail_next": 1, "error_status": 404, "method": "GET"}))
+            .await
+            .unwrap();
+        env.reconcile("monthly").await.unwrap();
+        assert_eq!(env.active(WS_A).await.len(), 1);
+        assert_eq!(
+            env.obj("monthly").status.unwrap().common.policy_id,
+            Some(id)
+        );
+        assert!(!env.kube.event_reasons().contains(&"Recreated".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn duplicates_are_archived_at_refresh_and_all_on_deletion() {
+        let env = env().await;
+        env.kube.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let id = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
+        let marker = "[k8s:ulp:team-a/monthly]";
+        // A younger policy with the same marker (a create elsewhere, an old bug): archived at
+        // the next refresh, the older kept.
+        env.portkey
+            .usage_limits()
+            .create(&body(&format!("copy {marker}"), WS_A))
+            .await
+            .unwrap();
+        env.reconcile("monthly").await.unwrap();
+        let active = env.active(WS_A).await;
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].id, id, "the oldest wins");
+        assert!(
+            env.kube
+                .events()
+                .iter()
+                .any(|e| e.0 == "Warning" && e.1 == "DuplicateArchived")
+        );
+        assert!(
+            env.ctx
+                .metrics
+                .encode()
+                .contains("portkey_operator_duplicates_archived_total{kind=\"ulp\"} 1")
+        );
+        // An older one (the clock set back): it wins, and the resource switches to it.
+        env.emu
+            .control()
+            .set_clock(Some("2020-01-01T00:00:00Z".parse().unwrap()))
+            .await
+            .unwrap();
+        let older = env
+            .portkey
+            .usage_limits()
+            .create(&body(&format!("older {marker}"), WS_A))
+            .await
+            .unwrap()
+            .id;
+        env.emu.control().set_clock(None).await.unwrap();
+        env.ctx.owned.invalidate("ulp", WS_A);
+        env.reconcile("monthly").await.unwrap();
+        let active = env.active(WS_A).await;
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].id, older);
+        assert_eq!(
+            env.obj("monthly").status.unwrap().common.policy_id,
+            Some(older)
+        );
+        // On deletion every policy carrying the marker is archived.
+        env.portkey
+            .usage_limits()
+            .create(&body(&format!("late {marker}"), WS_A))
+            .await
+            .unwrap();
+        env.kube.delete::<UsageLimitPolicy>(NS, "monthly");
+        env.reconcile("monthly").await.unwrap();
+        assert!(env.active(WS_A).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn installations_never_adopt_or_archive_each_others_policies() {
+        let env = env_with(installed("cluster-a", &[])).await;
+        // Cluster B: its own Kubernetes API, the same Portkey org, a resource of the same name.
+        let kube_b = FakeKube::new();
+        kube_b.add_namespace(NS, &[]);
+        let ctx_b = Context::new(
+            kube_b.client(),
+            env.portkey.clone(),
+            installed("cluster-b", &[]),
+            controller::reporter(),
+        );
+        env.kube.apply(&ulp("monthly", spec()));
+        kube_b.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let reconcile_b = |name: &str| {
+            let obj = kube_b.get::<UsageLimitPolicy>(NS, name).unwrap();
+            let ctx = ctx_b.clone();
+            async move { usage::reconcile(&obj, &ctx).await }
+        };
+        reconcile_b("monthly").await.unwrap();
+        let names: Vec<String> = env
+            .active(WS_A)
+            .await
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        assert_eq!(names.len(), 2, "each installation has its own: {names:?}");
+        assert!(
+            names
+                .iter()
+                .any(|n| n.ends_with("[k8s:ulp:team-a/monthly@cluster-a]"))
+        );
+        assert!(
+            names
+                .iter()
+                .any(|n| n.ends_with("[k8s:ulp:team-a/monthly@cluster-b]"))
+        );
+        // Refreshes on both sides leave the other's alone (no duplicate archiving across).
+        env.reconcile("monthly").await.unwrap();
+        reconcile_b("monthly").await.unwrap();
+        assert_eq!(env.active(WS_A).await.len(), 2);
+        // Cluster B deletes its resource: only its policy is archived.
+        kube_b.delete::<UsageLimitPolicy>(NS, "monthly");
+        reconcile_b("monthly").await.unwrap();
+        let left = env.active(WS_A).await;
+        assert_eq!(left.len(), 1);
+        assert!(left[0].name.as_deref().unwrap().ends_with("@cluster-a]"));
+        // adoptPolicyId naming another installation's policy is refused without the setting.
+        let mut s = spec();
+        s.adopt_policy_id = Some(left[0].id.clone());
+        kube_b.apply(&ulp("takeover", s));
+        reconcile_b("takeover").await.unwrap();
+        let status = kube_b
+            .get::<UsageLimitPolicy>(NS, "takeover")
+            .unwrap()
+            .status
+            .unwrap();
+        let ready = conditions::get(&status.common.conditions, "Ready").unwrap();
+        assert_eq!(ready.reason, "OwnedByAnotherInstallation");
+        assert!(
+            ready.message.contains("adoptFromInstallations"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_migration_takes_over_with_the_setting_and_legacy_markers_are_upgraded() {
+        let env = env_with(installed("new-cluster", &["old-cluster"])).await;
+        let from_old = env
+            .portkey
+            .usage_limits()
+            .create(&body("x [k8s:ulp:team-a/migrated@old-cluster]", WS_A))
+            .await
+            .unwrap()
+            .id;
+        let legacy = env
+            .portkey
+            .usage_limits()
+            .create(&body("y [k8s:ulp:team-a/legacy]", WS_A))
+            .await
+            .unwrap()
+            .id;
+        env.kube.apply(&ulp("migrated", spec()));
+        env.kube.apply(&ulp("legacy", spec()));
+        env.reconcile("migrated").await.unwrap();
+        env.reconcile("legacy").await.unwrap();
+        let active = env.active(WS_A).await;
+        assert_eq!(active.len(), 2, "both adopted, nothing created");
+        for (id, name) in [(&from_old, "migrated"), (&legacy, "legacy")] {
+            let p = active.iter().find(|p| &p.id == id).unwrap();
+            assert_eq!(
+                p.name.as_deref().unwrap(),
+                format!("Team A monthly [k8s:ulp:team-a/{name}@new-cluster]"),
+                "re-marked with this installation"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_cannot_overwrite_a_newer_status() {
+        let env = env().await;
+        env.kube.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let stale = env.obj("monthly");
+        let id = stale.status.clone().unwrap().common.policy_id.unwrap();
+        env.emu
+            .control()
+            .add_usage(&id, "metadata._user:alice", d("250"))
+            .await
+            .unwrap();
+        env.reconcile("monthly").await.unwrap();
+        let newer = env.obj("monthly").status.unwrap();
+        assert_eq!(newer.usage.as_ref().unwrap().buckets, 1);
+        // A reconcile working from the older copy (watch lag) is refused by the API server.
+        let err = usage::reconcile(&stale, &env.ctx).await.unwrap_err();
+        assert!(
+            err.to_string().contains("409") || err.to_string().contains("Conflict"),
+            "{err}"
+        );
+        assert_eq!(env.obj("monthly").status.unwrap(), newer);
+    }
+
+    #[tokio::test]
+    async fn a_refused_replacement_leaves_the_old_budget_in_force() {
+        let env = env().await;
+        let mut s = spec();
+        s.on_immutable_change = OnImmutableChange::Recreate;
+        env.kube.apply(&ulp("monthly", s.clone()));
+        env.reconcile("monthly").await.unwrap();
+        let old = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
+        s.group_by[0].key = "api_key".into();
+        env.kube.apply(&ulp("monthly", s));
+        env.emu
+            .control()
+            .set_faults(json!({"fail_next": 1, "error_status": 400, "method": "POST"}))
+            .await
+            .unwrap();
+        assert!(env.reconcile("monthly").await.is_err());
+        let active = env.active(WS_A).await;
+        assert_eq!(active.len(), 1);
+        assert_eq!(active[0].id, old, "the old budget stays in force");
+        env.reconcile("monthly").await.unwrap();
+        let active = env.active(WS_A).await;
+        assert_eq!(active.len(), 1);
+        assert_ne!(active[0].id, old);
+        assert_eq!(active[0].group_by[0].key, "api_key");
+    }
+
+    #[tokio::test]
+    async fn deletion_with_gone_objects_or_a_missing_scope() {
+        let env = env().await;
+        let ctl = env.emu.control();
+        env.kube.apply(&ulp("gone", spec()));
+        env.reconcile("gone").await.unwrap();
+        let id = env.obj("gone").status.unwrap().common.policy_id.unwrap();
+        // Archived elsewhere, and Portkey answers 403 AB03 for it: the finalizer is released.
+        env.portkey.usage_limits().delete(&id).await.unwrap();
+        ctl.set_faults(json!({"gone_as_forbidden": true}))
+            .await
+            .unwrap();
+        env.kube.delete::<UsageLimitPolicy>(NS, "gone");
+        env.reconcile("gone").await.unwrap();
+        assert!(env.kube.get::<UsageLimitPolicy>(NS, "gone").is_none());
+        ctl.clear_faults().await.unwrap();
+
+        // A key without policies.delete: the finalizer stays, the condition says what to do,
+        // and switching to Retain releases it with the policy left in force.
+        env.kube.apply(&ulp("stuck", spec()));
+        env.reconcile("stuck").await.unwrap();
+        let id = env.obj("stuck").status.unwrap().common.policy_id.unwrap();
+        ctl.set_faults(json!({"fail_next": 100, "error_status": 403, "method": "DELETE"}))
+            .await
+            .unwrap();
+        env.kube.delete::<UsageLimitPolicy>(NS, "stuck");
+        env.reconcile("stuck").await.unwrap();
+        let obj = env.obj("stuck");
+        assert!(obj.metadata.deletion_timestamp.is_some());
+        let (status, reason) = env.condition("stuck", "Ready");
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ArchiveForbidden")
+        );
+        let message = conditions::get(&obj.status.unwrap().common.conditions, "Ready")
+            .unwrap()
+            .message
+            .clone();
+        assert!(
+            message.contains("policies.delete") && message.contains("deletionPolicy: Retain"),
+            "{message}"
+        );
+        env.kube
+            .replace_raw("usagelimitpolicies", NS, "stuck", |o| {
+                o["spec"]["deletionPolicy"] = json!("Retain");
+            });
+        env.reconcile("stuck").await.unwrap();
+        assert!(env.kube.get::<UsageLimitPolicy>(NS, "stuck").is_none());
+        ctl.clear_faults().await.unwrap();
+        assert_eq!(env.active(WS_A).await[0].id, id, "left in force");
     }
 }
