@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use portkey_budget_operator::api;
 use portkey_budget_operator::config::{ApiKeySource, OperatorSettings, RunArgs, read_api_key};
 use portkey_budget_operator::controller::manager;
-use portkey_budget_operator::emulator::{self, EmulatorConfig, SeedWorkspace};
+use portkey_budget_operator::emulator::{self, EmulatorConfig, Faults, SeedWorkspace};
 use portkey_budget_operator::gitops;
 use portkey_budget_operator::portkey::{ApiKey, ClientConfig, PortkeyClient};
 use portkey_budget_operator::telemetry::{self, LogFormat};
@@ -151,6 +151,10 @@ struct EmulatorArgs {
     /// Keep the state in this JSON file across restarts.
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
+    /// Start with these faults (the JSON of `POST /_emulator/faults`), e.g.
+    /// '{"read_after_write_lag_ms": 5000, "page_size_cap": 10}'.
+    #[arg(long, value_name = "JSON")]
+    faults: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -373,11 +377,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
+    let faults = match &args.faults {
+        Some(json) => {
+            let value: serde_json::Value =
+                serde_json::from_str(json).map_err(|e| format!("--faults: not JSON: {e}"))?;
+            Faults::from_json(&value).map_err(|e| format!("--faults: {e}"))?
+        }
+        None => Faults::default(),
+    };
     let handle = emulator::spawn(EmulatorConfig {
         listen: args.listen,
         api_keys: args.api_keys,
         workspaces: args.workspaces,
         state_file: args.state_file,
+        faults,
     })
     .await
     .map_err(|e| format!("could not start the emulator on {}: {e}", args.listen))?;

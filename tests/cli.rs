@@ -520,3 +520,57 @@ async fn sync_follows_the_controllers_ownership_rules() {
         "nothing created for the refused adoption"
     );
 }
+
+/// `emulator --faults` starts the emulator with the real-world behaviours switched on; a bad
+/// fault is refused naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_emulator_binary_starts_with_faults() {
+    let bad = Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
+        .args([
+            "emulator",
+            "--listen",
+            "127.0.0.1:0",
+            "--faults",
+            r#"{"stale_reads": 5}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(err(&bad).contains("stale_reads"), "{}", err(&bad));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"))
+        .args([
+            "emulator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--faults",
+            r#"{"page_size_cap": 2, "gone_as_forbidden": true}"#,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/_emulator/faults");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let faults: Value = loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && let Ok(v) = r.json::<Value>().await
+        {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the emulator did not answer"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(faults["page_size_cap"], 2, "{faults}");
+    assert_eq!(faults["gone_as_forbidden"], true, "{faults}");
+}

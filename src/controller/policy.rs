@@ -153,66 +153,6 @@ pub(crate) fn definitely_not_created(e: &PortkeyError) -> bool {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_refusals_and_connect_failures_are_certainly_not_created() {
-        let http = |status| PortkeyError::Http {
-            status,
-            code: None,
-            message: String::new(),
-        };
-        for ambiguous in [
-            http(408),
-            http(499),
-            http(402),
-            PortkeyError::Conflict {
-                code: Some("AB07".into()),
-                message: String::new(),
-            },
-            PortkeyError::Server {
-                status: 502,
-                code: None,
-                message: String::new(),
-            },
-            PortkeyError::Transport {
-                message: String::new(),
-                timeout: true,
-                connect: false,
-            },
-            PortkeyError::Decode {
-                message: String::new(),
-            },
-        ] {
-            assert!(!definitely_not_created(&ambiguous), "{ambiguous:?}");
-        }
-        for refused in [
-            PortkeyError::Validation {
-                status: 400,
-                code: Some("AB01".into()),
-                message: String::new(),
-            },
-            PortkeyError::Forbidden {
-                code: Some("AB03".into()),
-                message: String::new(),
-            },
-            PortkeyError::RateLimited {
-                retry_after: None,
-                message: String::new(),
-            },
-            PortkeyError::Transport {
-                message: String::new(),
-                timeout: false,
-                connect: true,
-            },
-        ] {
-            assert!(definitely_not_created(&refused), "{refused:?}");
-        }
-    }
-}
-
 impl<R: PolicyResource> Run<'_, R> {
     fn generation(&self) -> Option<i64> {
         self.obj.meta().generation
@@ -1191,4 +1131,64 @@ enum Lookup<P> {
     Active(P),
     Archived,
     Missing,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_and_connect_failures_are_certainly_not_created() {
+        let http = |status| PortkeyError::Http {
+            status,
+            code: None,
+            message: String::new(),
+        };
+        for ambiguous in [
+            http(408),
+            http(499),
+            http(402),
+            PortkeyError::Conflict {
+                code: Some("AB07".into()),
+                message: String::new(),
+            },
+            PortkeyError::Server {
+                status: 502,
+                code: None,
+                message: String::new(),
+            },
+            PortkeyError::Transport {
+                message: String::new(),
+                timeout: true,
+                connect: false,
+            },
+            PortkeyError::Decode {
+                message: String::new(),
+            },
+        ] {
+            assert!(!definitely_not_created(&ambiguous), "{ambiguous:?}");
+        }
+        for refused in [
+            PortkeyError::Validation {
+                status: 400,
+                code: Some("AB01".into()),
+                message: String::new(),
+            },
+            PortkeyError::Forbidden {
+                code: Some("AB03".into()),
+                message: String::new(),
+            },
+            PortkeyError::RateLimited {
+                retry_after: None,
+                message: String::new(),
+            },
+            PortkeyError::Transport {
+                message: String::new(),
+                timeout: false,
+                connect: true,
+            },
+        ] {
+            assert!(definitely_not_created(&refused), "{refused:?}");
+        }
+    }
 }

@@ -93,6 +93,8 @@ pub struct EmulatorConfig {
     pub workspaces: Vec<SeedWorkspace>,
     /// Keep state across restarts in this JSON file.
     pub state_file: Option<PathBuf>,
+    /// Faults in force from the first request (see [`Faults::from_json`]).
+    pub faults: Faults,
 }
 
 impl Default for EmulatorConfig {
@@ -102,6 +104,7 @@ impl Default for EmulatorConfig {
             api_keys: Vec::new(),
             workspaces: Vec::new(),
             state_file: None,
+            faults: Faults::default(),
         }
     }
 }
@@ -803,12 +806,25 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
 async fn control_set_faults(AxState(s): Shr, body: Bytes) -> Reply {
     let faults = parse_faults(&body_json(&body)?)?;
     let mut f = lock(&s.faults);
-    f.limiter = faults
-        .rate_limit_rps
-        .and_then(NonZeroU32::new)
-        .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
-    f.faults = faults;
+    f.set(faults);
     ok(&f.faults)
+}
+
+impl FaultState {
+    fn set(&mut self, faults: Faults) {
+        self.limiter = faults
+            .rate_limit_rps
+            .and_then(NonZeroU32::new)
+            .map(|rps| RateLimiter::direct(Quota::per_second(rps)));
+        self.faults = faults;
+    }
+}
+
+impl Faults {
+    /// Faults from the JSON of `POST /_emulator/faults`; the error names the bad key.
+    pub fn from_json(value: &Value) -> Result<Faults, String> {
+        parse_faults(value).map_err(|e| e.message)
+    }
 }
 
 async fn control_get_faults(AxState(s): Shr) -> Reply {
@@ -950,10 +966,14 @@ pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
     let state = load_state(&config)?;
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
-        faults: Mutex::new(FaultState {
-            faults: Faults::default(),
-            limiter: None,
-            rng: StdRng::from_os_rng(),
+        faults: Mutex::new({
+            let mut f = FaultState {
+                faults: Faults::default(),
+                limiter: None,
+                rng: StdRng::from_os_rng(),
+            };
+            f.set(config.faults.clone());
+            f
         }),
         log: Mutex::new(RequestLog::default()),
         recent: Mutex::new(HashMap::new()),

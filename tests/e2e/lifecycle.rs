@@ -237,7 +237,7 @@ async fn deleting_a_namespace_releases_the_finalizers() {
         assert_eq!(
             portkey
                 .usage_limits()
-                .get(&ulp_id, archived.clone())
+                .get(&ulp_id, archived)
                 .await
                 .unwrap()
                 .status,
