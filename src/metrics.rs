@@ -36,6 +36,13 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    kind: String,
+    outcome: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
     operation: String,
     outcome: String,
@@ -43,41 +50,110 @@ struct CallLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
+    kind: String,
     namespace: String,
     name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadyLabels {
     kind: String,
+    namespace: String,
+    name: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    kind: String,
+    namespace: String,
+    name: String,
+    /// `cost`, `tokens` or `requests`.
+    #[prometheus(flatten)]
+    measure: Measure,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Measure {
+    r#type: String,
+    /// `USD`, `tokens` or `requests`.
+    unit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
 }
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// A resource's budget figures for the per-resource gauges.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BudgetFigures {
+    /// `cost`, `tokens` or `requests`.
+    pub budget_type: String,
     /// The limit (USD for cost, tokens or requests).
     pub limit: f64,
     /// Usage of the most used bucket.
     pub usage: f64,
     /// `usage / limit` (0 when the limit is 0).
     pub ratio: f64,
+    /// The alert threshold as a fraction of the limit, when there is one.
+    pub alert_ratio: Option<f64>,
     pub exhausted_buckets: i64,
+    /// When usage next returns to zero (Unix seconds), when it resets.
+    pub next_reset: Option<i64>,
 }
 
-/// The operator's metrics. Cheap to share (`Arc`).
+/// The unit of a budget type.
+fn unit_of(budget_type: &str) -> &'static str {
+    match budget_type {
+        "cost" => "USD",
+        "tokens" => "tokens",
+        _ => "requests",
+    }
+}
+
+/// The metric prefix of every family (`portkey_budget_operator_…`).
+pub const PREFIX: &str = "portkey_budget_operator";
+
+/// The operator's metrics. Cheap to share (`Arc`). Every family carries the prefix
+/// [`PREFIX`]; the `kind` label always holds the resource kind (`UsageLimitPolicy`,
+/// `RateLimitPolicy`, `WorkspaceBudget`), and Admin API families an `operation` label.
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabels, Counter>,
     reconcile_errors: Family<ErrorLabels, Counter>,
+    reconcile_outcomes: Family<OutcomeLabels, Counter>,
     reconcile_duration: Family<KindLabels, Histogram>,
     api_calls: Family<CallLabels, Counter>,
-    api_call_duration: Family<KindLabels, Histogram>,
-    budget_limit: Family<ResourceLabels, FloatGauge>,
-    budget_usage: Family<ResourceLabels, FloatGauge>,
-    budget_usage_ratio: Family<ResourceLabels, FloatGauge>,
-    budget_exhausted: Family<ResourceLabels, Gauge>,
+    api_call_duration: Family<OperationLabels, Histogram>,
+    resource_ready: Family<ReadyLabels, Gauge>,
+    last_sync: Family<ResourceLabels, Gauge>,
+    budget_limit: Family<BudgetLabels, FloatGauge>,
+    budget_usage: Family<BudgetLabels, FloatGauge>,
+    budget_usage_ratio: Family<BudgetLabels, FloatGauge>,
+    budget_alert_ratio: Family<BudgetLabels, FloatGauge>,
+    budget_exhausted: Family<BudgetLabels, Gauge>,
+    next_reset: Family<BudgetLabels, Gauge>,
     duplicates_archived: Family<KindLabels, Counter>,
     leader: Gauge,
     dry_run: Gauge,
+    build_info: Family<BuildLabels, Gauge>,
+    /// Per resource: the labels of its current series, to replace or remove them.
+    series: std::sync::Mutex<std::collections::HashMap<ResourceLabels, ResourceSeries>>,
+}
+
+#[derive(Default)]
+struct ResourceSeries {
+    ready_reason: Option<String>,
+    budget: Option<BudgetLabels>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -93,34 +169,46 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("portkey");
+        let mut registry = Registry::with_prefix(PREFIX);
         let m = Metrics {
             reconciles: Family::default(),
             reconcile_errors: Family::default(),
+            reconcile_outcomes: Family::default(),
             reconcile_duration: Family::new_with_constructor(duration_histogram),
             api_calls: Family::default(),
             api_call_duration: Family::new_with_constructor(duration_histogram),
+            resource_ready: Family::default(),
+            last_sync: Family::default(),
             budget_limit: Family::default(),
             budget_usage: Family::default(),
             budget_usage_ratio: Family::default(),
+            budget_alert_ratio: Family::default(),
             budget_exhausted: Family::default(),
+            next_reset: Family::default(),
             duplicates_archived: Family::default(),
             leader: Gauge::default(),
             dry_run: Gauge::default(),
+            build_info: Family::default(),
+            series: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
-            "operator_reconciles",
-            "Reconciles run, by kind (ulp, rlp, wsb)",
+            "reconciles",
+            "Reconciles run, by kind",
             m.reconciles.clone(),
         );
         registry.register(
-            "operator_reconcile_errors",
+            "reconcile_errors",
             "Reconciles that failed, by kind and reason",
             m.reconcile_errors.clone(),
         );
         registry.register(
-            "operator_reconcile_duration_seconds",
+            "reconcile_outcomes",
+            "What reconciles concluded, by kind, outcome (in_force, progressing, held, retryable, terminal) and reason",
+            m.reconcile_outcomes.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
             "Time a reconcile took, by kind",
             m.reconcile_duration.clone(),
         );
@@ -131,17 +219,27 @@ impl Metrics {
         );
         registry.register(
             "admin_api_request_duration_seconds",
-            "Portkey Admin API HTTP attempt latency, by operation (label kind)",
+            "Portkey Admin API HTTP attempt latency, by operation",
             m.api_call_duration.clone(),
         );
         registry.register(
+            "resource_ready",
+            "1 when the resource is Ready, else 0, with the Ready reason; one series per resource",
+            m.resource_ready.clone(),
+        );
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "When the resource was last compared with Portkey successfully (Unix seconds)",
+            m.last_sync.clone(),
+        );
+        registry.register(
             "budget_limit",
-            "The budget's limit (USD for cost budgets, else tokens or requests), per resource",
+            "The budget's limit in its unit (USD, tokens, requests), per resource",
             m.budget_limit.clone(),
         );
         registry.register(
             "budget_usage",
-            "Usage of the budget's most used bucket, per resource",
+            "Usage of the budget's most used bucket in its unit, per resource",
             m.budget_usage.clone(),
         );
         registry.register(
@@ -150,25 +248,45 @@ impl Metrics {
             m.budget_usage_ratio.clone(),
         );
         registry.register(
+            "budget_alert_ratio",
+            "The alert threshold divided by the limit, per resource that has one",
+            m.budget_alert_ratio.clone(),
+        );
+        registry.register(
             "budget_exhausted_buckets",
             "Buckets that reached the limit, per resource",
             m.budget_exhausted.clone(),
         );
         registry.register(
-            "operator_duplicates_archived",
+            "budget_next_reset_timestamp_seconds",
+            "When the budget's usage next returns to zero (Unix seconds), per resource that resets",
+            m.next_reset.clone(),
+        );
+        registry.register(
+            "duplicates_archived",
             "Remote policies archived because another policy carries the same resource's marker (the oldest is kept), by kind",
             m.duplicates_archived.clone(),
         );
         registry.register(
-            "operator_leader",
+            "leader",
             "1 while this instance holds the leader lease (or runs without leader election)",
             m.leader.clone(),
         );
         registry.register(
-            "operator_dry_run",
+            "dry_run",
             "1 when the operator runs in dry-run mode (no writes to Portkey)",
             m.dry_run.clone(),
         );
+        registry.register(
+            "build_info",
+            "Always 1, with the operator's version",
+            m.build_info.clone(),
+        );
+        m.build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
         Metrics { registry, ..m }
     }
 
@@ -196,6 +314,54 @@ impl Metrics {
         }
     }
 
+    /// Records what a reconcile of one resource concluded: the outcome counter and the
+    /// resource's readiness gauge (with the Ready reason).
+    pub fn outcome(
+        &self,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        outcome: &crate::controller::conditions::Outcome,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        use crate::controller::conditions::{READY, TRUE, get};
+        let ready = get(conditions, READY);
+        let reason = ready.map_or("Unknown", |c| c.reason.as_str());
+        self.reconcile_outcomes
+            .get_or_create(&OutcomeLabels {
+                kind: kind.into(),
+                outcome: outcome.label().into(),
+                reason: reason.into(),
+            })
+            .inc();
+        let resource = resource_labels(kind, namespace, name);
+        let mut series = self.series.lock().expect("metrics lock");
+        let entry = series.entry(resource.clone()).or_default();
+        if let Some(old) = entry.ready_reason.take()
+            && old != reason
+        {
+            self.resource_ready.remove(&ready_labels(&resource, &old));
+        }
+        let value = i64::from(ready.is_some_and(|c| c.status == TRUE));
+        self.resource_ready
+            .get_or_create(&ready_labels(&resource, reason))
+            .set(value);
+        entry.ready_reason = Some(reason.to_owned());
+    }
+
+    /// When a resource was last compared with Portkey (`key`: `kind/namespace/name`).
+    pub fn last_sync(&self, key: &str, at: jiff::Timestamp) {
+        let mut parts = key.splitn(3, '/');
+        let (kind, namespace, name) = (
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+            parts.next().unwrap_or_default(),
+        );
+        self.last_sync
+            .get_or_create(&resource_labels(kind, namespace, name))
+            .set(at.as_second());
+    }
+
     /// Counts one Admin API HTTP attempt (the client's observer).
     pub fn api_call(&self, call: &CallRecord) {
         let outcome = match call.status {
@@ -213,40 +379,91 @@ impl Metrics {
             })
             .inc();
         self.api_call_duration
-            .get_or_create(&KindLabels {
-                kind: call.operation.into(),
+            .get_or_create(&OperationLabels {
+                operation: call.operation.into(),
             })
             .observe(call.duration.as_secs_f64());
     }
 
     /// Sets the budget gauges of one resource.
     pub fn budget(&self, kind: &str, namespace: &str, name: &str, figures: BudgetFigures) {
-        let labels = ResourceLabels {
+        let resource = resource_labels(kind, namespace, name);
+        let labels = BudgetLabels {
+            kind: kind.into(),
             namespace: namespace.into(),
             name: name.into(),
-            kind: kind.into(),
+            measure: Measure {
+                unit: unit_of(&figures.budget_type).into(),
+                r#type: figures.budget_type.clone(),
+            },
         };
+        let mut series = self.series.lock().expect("metrics lock");
+        let entry = series.entry(resource).or_default();
+        if let Some(old) = entry.budget.take()
+            && old != labels
+        {
+            self.remove_budget(&old);
+        }
         self.budget_limit.get_or_create(&labels).set(figures.limit);
         self.budget_usage.get_or_create(&labels).set(figures.usage);
         self.budget_usage_ratio
             .get_or_create(&labels)
             .set(figures.ratio);
+        match figures.alert_ratio {
+            Some(r) => {
+                self.budget_alert_ratio.get_or_create(&labels).set(r);
+            }
+            None => {
+                self.budget_alert_ratio.remove(&labels);
+            }
+        }
         self.budget_exhausted
             .get_or_create(&labels)
             .set(figures.exhausted_buckets);
+        match figures.next_reset {
+            Some(t) => {
+                self.next_reset.get_or_create(&labels).set(t);
+            }
+            None => {
+                self.next_reset.remove(&labels);
+            }
+        }
+        entry.budget = Some(labels);
     }
 
-    /// Removes a resource's budget series (it was deleted, or has no budget any more).
+    fn remove_budget(&self, labels: &BudgetLabels) {
+        self.budget_limit.remove(labels);
+        self.budget_usage.remove(labels);
+        self.budget_usage_ratio.remove(labels);
+        self.budget_alert_ratio.remove(labels);
+        self.budget_exhausted.remove(labels);
+        self.next_reset.remove(labels);
+    }
+
+    /// Removes a resource's budget series (it has no budget any more).
+    pub fn forget_budget(&self, kind: &str, namespace: &str, name: &str) {
+        let mut series = self.series.lock().expect("metrics lock");
+        if let Some(entry) = series.get_mut(&resource_labels(kind, namespace, name))
+            && let Some(old) = entry.budget.take()
+        {
+            self.remove_budget(&old);
+        }
+    }
+
+    /// Removes every series of a deleted resource.
     pub fn forget(&self, kind: &str, namespace: &str, name: &str) {
-        let labels = ResourceLabels {
-            namespace: namespace.into(),
-            name: name.into(),
-            kind: kind.into(),
-        };
-        self.budget_limit.remove(&labels);
-        self.budget_usage.remove(&labels);
-        self.budget_usage_ratio.remove(&labels);
-        self.budget_exhausted.remove(&labels);
+        let resource = resource_labels(kind, namespace, name);
+        let mut series = self.series.lock().expect("metrics lock");
+        if let Some(entry) = series.remove(&resource) {
+            if let Some(reason) = entry.ready_reason {
+                self.resource_ready
+                    .remove(&ready_labels(&resource, &reason));
+            }
+            if let Some(old) = entry.budget {
+                self.remove_budget(&old);
+            }
+        }
+        self.last_sync.remove(&resource);
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -263,6 +480,23 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encoding to a String cannot fail");
         out
+    }
+}
+
+fn resource_labels(kind: &str, namespace: &str, name: &str) -> ResourceLabels {
+    ResourceLabels {
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn ready_labels(resource: &ResourceLabels, reason: &str) -> ReadyLabels {
+    ReadyLabels {
+        kind: resource.kind.clone(),
+        namespace: resource.namespace.clone(),
+        name: resource.name.clone(),
+        reason: reason.into(),
     }
 }
 
@@ -371,9 +605,14 @@ mod tests {
 
     #[test]
     fn exposition_has_the_documented_names_and_labels() {
+        use crate::controller::conditions::{self, Outcome, reasons};
         let m = Metrics::new();
-        m.reconciled("ulp", Duration::from_millis(30), None);
-        m.reconciled("ulp", Duration::from_millis(30), Some("ServerError"));
+        m.reconciled("UsageLimitPolicy", Duration::from_millis(30), None);
+        m.reconciled(
+            "UsageLimitPolicy",
+            Duration::from_millis(30),
+            Some("PortkeyServerError"),
+        );
         m.api_call(&call(Some(200)));
         m.api_call(&call(Some(429)));
         m.api_call(&call(Some(503)));
@@ -384,29 +623,56 @@ mod tests {
             "team-a",
             "monthly",
             BudgetFigures {
+                budget_type: "cost".into(),
                 limit: 500.0,
                 usage: 400.0,
                 ratio: 0.8,
+                alert_ratio: Some(0.75),
                 exhausted_buckets: 1,
+                next_reset: Some(1_798_761_600),
             },
         );
+        let t: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let mut c = Vec::new();
+        let stalled = Outcome::Stalled {
+            reason: reasons::INVALID_SPEC,
+            message: "spec.creditLimit: …".into(),
+        };
+        conditions::apply(&mut c, &stalled, Some(1), t);
+        m.outcome("UsageLimitPolicy", "team-a", "monthly", &stalled, &c);
         let text = m.encode();
         for line in [
-            r#"portkey_operator_reconciles_total{kind="ulp"} 2"#,
-            r#"portkey_operator_reconcile_errors_total{kind="ulp",reason="ServerError"} 1"#,
-            r#"portkey_operator_reconcile_duration_seconds_count{kind="ulp"} 2"#,
-            r#"portkey_admin_api_requests_total{operation="usage_limits.create",outcome="success",status="200"} 1"#,
-            r#"portkey_admin_api_requests_total{operation="usage_limits.create",outcome="rate_limited",status="429"} 1"#,
-            r#"portkey_admin_api_requests_total{operation="usage_limits.create",outcome="server_error",status="503"} 1"#,
-            r#"portkey_admin_api_requests_total{operation="usage_limits.create",outcome="client_error",status="400"} 1"#,
-            r#"portkey_admin_api_requests_total{operation="usage_limits.create",outcome="transport_error",status="none"} 1"#,
-            r#"portkey_budget_limit{namespace="team-a",name="monthly",kind="UsageLimitPolicy"} 500.0"#,
-            r#"portkey_budget_usage{namespace="team-a",name="monthly",kind="UsageLimitPolicy"} 400.0"#,
-            r#"portkey_budget_usage_ratio{namespace="team-a",name="monthly",kind="UsageLimitPolicy"} 0.8"#,
-            r#"portkey_budget_exhausted_buckets{namespace="team-a",name="monthly",kind="UsageLimitPolicy"} 1"#,
+            r#"portkey_budget_operator_reconciles_total{kind="UsageLimitPolicy"} 2"#,
+            r#"portkey_budget_operator_reconcile_errors_total{kind="UsageLimitPolicy",reason="PortkeyServerError"} 1"#,
+            r#"portkey_budget_operator_reconcile_duration_seconds_count{kind="UsageLimitPolicy"} 2"#,
+            r#"portkey_budget_operator_reconcile_outcomes_total{kind="UsageLimitPolicy",outcome="terminal",reason="InvalidSpec"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="usage_limits.create",outcome="success",status="200"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="usage_limits.create",outcome="rate_limited",status="429"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="usage_limits.create",outcome="server_error",status="503"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="usage_limits.create",outcome="client_error",status="400"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="usage_limits.create",outcome="transport_error",status="none"} 1"#,
+            r#"portkey_budget_operator_admin_api_request_duration_seconds_count{operation="usage_limits.create"} 5"#,
+            r#"portkey_budget_operator_resource_ready{kind="UsageLimitPolicy",namespace="team-a",name="monthly",reason="InvalidSpec"} 0"#,
+            r#"portkey_budget_operator_budget_limit{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"} 500.0"#,
+            r#"portkey_budget_operator_budget_usage{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"} 400.0"#,
+            r#"portkey_budget_operator_budget_usage_ratio{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"} 0.8"#,
+            r#"portkey_budget_operator_budget_alert_ratio{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"} 0.75"#,
+            r#"portkey_budget_operator_budget_exhausted_buckets{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"} 1"#,
+            r#"portkey_budget_operator_budget_next_reset_timestamp_seconds{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"} 1798761600"#,
+            r#"portkey_budget_operator_build_info{version="0.1.0"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+        // A new Ready reason replaces the series; it never accumulates.
+        let in_force = Outcome::InForce {
+            reason: reasons::IN_FORCE,
+            message: "ok".into(),
+        };
+        conditions::apply(&mut c, &in_force, Some(2), t);
+        m.outcome("UsageLimitPolicy", "team-a", "monthly", &in_force, &c);
+        let text = m.encode();
+        assert!(text.contains(r#"resource_ready{kind="UsageLimitPolicy",namespace="team-a",name="monthly",reason="InForce"} 1"#), "{text}");
+        assert!(!text.contains(r#"reason="InvalidSpec"} 0"#), "{text}");
         m.forget("UsageLimitPolicy", "team-a", "monthly");
         let text = m.encode();
         assert!(!text.contains(r#"name="monthly""#), "{text}");

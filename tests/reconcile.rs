@@ -177,7 +177,11 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
     assert_eq!(status.common.observed_generation, Some(1));
     assert_eq!(status.reset_schedule.as_deref(), Some("monthly"));
     assert!(status.next_reset_at.is_some());
-    assert!(status.common.last_sync_time.is_some());
+    assert!(
+        env.ctx
+            .last_sync("UsageLimitPolicy/team-a/monthly")
+            .is_some()
+    );
     assert_eq!(
         remote[0].name.as_deref(),
         Some("Team A monthly [k8s:ulp:team-a/monthly]")
@@ -203,7 +207,10 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
         .iter()
         .filter(|w| w.ends_with("/status"))
         .count();
-    assert_eq!(status_patches, 1, "only lastSyncTime moved");
+    assert_eq!(
+        status_patches, 0,
+        "nothing a reader can see changed: no status write"
+    );
 }
 
 #[tokio::test]
@@ -563,7 +570,11 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
     );
     assert_eq!(
         env.condition("monthly", "Synced"),
-        ("False".into(), "CreationResultUnknown".into())
+        ("Unknown".into(), "CreationResultUnknown".into())
+    );
+    assert_eq!(
+        env.condition("monthly", "Reconciling"),
+        ("True".into(), "CreationResultUnknown".into())
     );
 
     // Past the grace period with nothing visible: create again, once.
@@ -1405,13 +1416,16 @@ mod operations {
             .await
             .unwrap();
         let text = env.ctx.metrics.encode();
-        let labels = r#"{namespace="team-a",name="monthly",kind="UsageLimitPolicy"}"#;
+        let labels =
+            r#"{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"}"#;
         for line in [
-            format!("portkey_budget_limit{labels} 500.0"),
-            format!("portkey_budget_usage{labels} 500.0"),
-            format!("portkey_budget_usage_ratio{labels} 1.0"),
-            format!("portkey_budget_exhausted_buckets{labels} 1"),
-            r#"portkey_operator_reconciles_total{kind="ulp"} 1"#.to_owned(),
+            format!("portkey_budget_operator_budget_limit{labels} 500.0"),
+            format!("portkey_budget_operator_budget_usage{labels} 500.0"),
+            format!("portkey_budget_operator_budget_usage_ratio{labels} 1.0"),
+            format!("portkey_budget_operator_budget_alert_ratio{labels} 0.8"),
+            format!("portkey_budget_operator_budget_exhausted_buckets{labels} 1"),
+            r#"portkey_budget_operator_reconciles_total{kind="UsageLimitPolicy"} 1"#.to_owned(),
+            r#"portkey_budget_operator_resource_ready{kind="UsageLimitPolicy",namespace="team-a",name="monthly",reason="InForce"} 1"#.to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
@@ -1436,8 +1450,8 @@ mod operations {
         assert!(client.get_workspace("no-such-workspace").await.is_err());
         let text = metrics.encode();
         for line in [
-            r#"portkey_admin_api_requests_total{operation="ping",outcome="success",status="200"} 1"#,
-            r#"portkey_admin_api_requests_total{operation="workspaces.get",outcome="client_error",status="404"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="ping",outcome="success",status="200"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="workspaces.get",outcome="client_error",status="404"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
@@ -1590,12 +1604,9 @@ mod ownership {
                 .iter()
                 .any(|e| e.0 == "Warning" && e.1 == "DuplicateArchived")
         );
-        assert!(
-            env.ctx
-                .metrics
-                .encode()
-                .contains("portkey_operator_duplicates_archived_total{kind=\"ulp\"} 1")
-        );
+        assert!(env.ctx.metrics.encode().contains(
+            "portkey_budget_operator_duplicates_archived_total{kind=\"UsageLimitPolicy\"} 1"
+        ));
         // An older one (the clock set back): it wins, and the resource switches to it.
         env.emu
             .control()

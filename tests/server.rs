@@ -51,7 +51,8 @@ async fn health_readiness_and_metrics_endpoints() {
     assert_eq!(status, 200);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     assert!(
-        body.lines().any(|l| l == "portkey_operator_leader 1"),
+        body.lines()
+            .any(|l| l == "portkey_budget_operator_leader 1"),
         "{body}"
     );
     assert!(body.trim_end().ends_with("# EOF"), "{body}");

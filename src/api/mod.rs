@@ -20,6 +20,9 @@ pub const GROUP: &str = "budgets.portkey-operator.io";
 pub const WORKSPACE_ANNOTATION: &str = "budgets.portkey-operator.io/workspace";
 /// Annotation recording a create that may have reached Portkey (see README "No duplicates").
 pub const CREATE_PENDING_ANNOTATION: &str = "budgets.portkey-operator.io/create-pending";
+/// Annotation that stops every write to Portkey for one resource (`"true"`); usage is still
+/// read and reported, and removing it resumes and corrects drift.
+pub const PAUSED_ANNOTATION: &str = "budgets.portkey-operator.io/paused";
 /// Finalizer that archives (or releases) the remote policy before the resource goes away.
 pub const FINALIZER: &str = "budgets.portkey-operator.io/finalizer";
 

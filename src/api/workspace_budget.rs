@@ -163,9 +163,6 @@ pub struct WorkspaceBudgetStatus {
     /// When the workspace's budgets last reset, as Portkey reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reset_at: Option<Time>,
-    /// When the operator last compared the workspace with the spec.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_sync_time: Option<Time>,
     /// Limits on the workspace that this resource does not declare and leaves alone
     /// (`limitOwnership: Declared`), e.g. `usage: 500 tokens`, `rate: 10 tokens rpd`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -1,14 +1,172 @@
-//! `Ready` / `Synced` conditions with observedGeneration, as cert-manager and Crossplane do.
+//! Conditions, with one meaning each, set in one place from what a reconcile concluded
+//! ([`Outcome`]), and every reason the operator writes ([`reasons`]).
+//!
+//! | Condition | True when |
+//! |---|---|
+//! | `Ready` | `observedGeneration` equals `metadata.generation` and Portkey holds what the spec asks |
+//! | `Synced` | the last reconcile did what it had to (Crossplane's meaning); `Unknown` on a transient error, `False` when paused or stalled |
+//! | `Reconciling` | work is in progress or being retried (kstatus: InProgress); absent otherwise |
+//! | `Stalled` | only a human can fix it; the message names the field or the permission (kstatus: Failed); absent otherwise |
+//!
+//! Messages are stable between passes (no counters, no "retry after N s"), so an unchanged
+//! situation writes no status.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 pub const READY: &str = "Ready";
 pub const SYNCED: &str = "Synced";
+pub const RECONCILING: &str = "Reconciling";
+pub const STALLED: &str = "Stalled";
 
 pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";
 pub const UNKNOWN: &str = "Unknown";
+
+/// Every condition reason the operator writes (the README's table is checked against it).
+pub mod reasons {
+    /// Ready: the policy or limits are in force as specified.
+    pub const IN_FORCE: &str = "InForce";
+    /// Ready (Observe mode): the observed policy matches the spec.
+    pub const OBSERVED: &str = "Observed";
+    /// Ready=False (Observe mode): the observed policy differs from the spec.
+    pub const OUT_OF_SYNC: &str = "OutOfSync";
+    /// Synced: the last reconcile succeeded.
+    pub const RECONCILE_SUCCESS: &str = "ReconcileSuccess";
+    /// Synced=False: the paused annotation stops every write.
+    pub const RECONCILIATION_PAUSED: &str = "ReconciliationPaused";
+    /// Dry-run mode: nothing written.
+    pub const DRY_RUN: &str = "DryRun";
+    /// Reconciling: a create Portkey does not show yet.
+    pub const REMOTE_POLICY_NOT_VISIBLE: &str = "RemotePolicyNotVisible";
+    /// Reconciling: a create whose result is unknown, waited for.
+    pub const CREATION_RESULT_UNKNOWN: &str = "CreationResultUnknown";
+    /// Reconciling: sent, Portkey does not report it yet (workspace limits).
+    pub const PENDING: &str = "Pending";
+    /// Stalled: the spec breaks a rule.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Stalled: the namespace is bound to another workspace (or the adopted policy is in one).
+    pub const WORKSPACE_NOT_ALLOWED: &str = "WorkspaceNotAllowed";
+    /// Stalled: `--require-namespace-binding` and no binding.
+    pub const NAMESPACE_NOT_BOUND: &str = "NamespaceNotBound";
+    /// Stalled: Portkey has no such workspace.
+    pub const WORKSPACE_NOT_FOUND: &str = "WorkspaceNotFound";
+    /// Stalled: `adoptPolicyId` names no active policy (Manage).
+    pub const ADOPT_TARGET_NOT_FOUND: &str = "AdoptTargetNotFound";
+    /// Stalled: `adoptPolicyId` names no active policy (Observe).
+    pub const REMOTE_POLICY_NOT_FOUND: &str = "RemotePolicyNotFound";
+    /// Stalled: `adoptPolicyId` names a policy another resource manages.
+    pub const ADOPT_TARGET_OWNED: &str = "AdoptTargetOwned";
+    /// Stalled: `adoptPolicyId` names a policy another installation manages.
+    pub const OWNED_BY_ANOTHER_INSTALLATION: &str = "OwnedByAnotherInstallation";
+    /// Stalled: an immutable field changed and `onImmutableChange` is `Reject`.
+    pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
+    /// Stalled: another, older WorkspaceBudget manages the workspace.
+    pub const CONFLICT: &str = "Conflict";
+    /// Stalled (deletion): Portkey refuses to archive the policy.
+    pub const ARCHIVE_FORBIDDEN: &str = "ArchiveForbidden";
+    /// Stalled (deletion): Portkey refuses to list the workspace's policies.
+    pub const LIST_FORBIDDEN: &str = "ListForbidden";
+    /// Retrying: a Kubernetes API call failed.
+    pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
+    /// From Admin API errors (see `PortkeyError::reason`): retrying or stalled.
+    pub const PORTKEY_VALIDATION_ERROR: &str = "PortkeyValidationError";
+    pub const PORTKEY_UNAUTHORIZED: &str = "PortkeyUnauthorized";
+    pub const PORTKEY_FORBIDDEN: &str = "PortkeyForbidden";
+    pub const PORTKEY_NOT_FOUND: &str = "PortkeyNotFound";
+    pub const PORTKEY_CONFLICT: &str = "PortkeyConflict";
+    pub const PORTKEY_RATE_LIMITED: &str = "PortkeyRateLimited";
+    pub const PORTKEY_SERVER_ERROR: &str = "PortkeyServerError";
+    pub const PORTKEY_HTTP_ERROR: &str = "PortkeyHttpError";
+    pub const PORTKEY_UNREACHABLE: &str = "PortkeyUnreachable";
+    pub const PORTKEY_BAD_RESPONSE: &str = "PortkeyBadResponse";
+    pub const PORTKEY_CONFIG_ERROR: &str = "PortkeyClientConfig";
+
+    /// Every reason above.
+    pub const ALL: &[&str] = &[
+        IN_FORCE,
+        OBSERVED,
+        OUT_OF_SYNC,
+        RECONCILE_SUCCESS,
+        RECONCILIATION_PAUSED,
+        DRY_RUN,
+        REMOTE_POLICY_NOT_VISIBLE,
+        CREATION_RESULT_UNKNOWN,
+        PENDING,
+        INVALID_SPEC,
+        WORKSPACE_NOT_ALLOWED,
+        NAMESPACE_NOT_BOUND,
+        WORKSPACE_NOT_FOUND,
+        ADOPT_TARGET_NOT_FOUND,
+        REMOTE_POLICY_NOT_FOUND,
+        ADOPT_TARGET_OWNED,
+        OWNED_BY_ANOTHER_INSTALLATION,
+        IMMUTABLE_FIELD_CHANGED,
+        CONFLICT,
+        ARCHIVE_FORBIDDEN,
+        LIST_FORBIDDEN,
+        KUBERNETES_API_ERROR,
+        PORTKEY_VALIDATION_ERROR,
+        PORTKEY_UNAUTHORIZED,
+        PORTKEY_FORBIDDEN,
+        PORTKEY_NOT_FOUND,
+        PORTKEY_CONFLICT,
+        PORTKEY_RATE_LIMITED,
+        PORTKEY_SERVER_ERROR,
+        PORTKEY_HTTP_ERROR,
+        PORTKEY_UNREACHABLE,
+        PORTKEY_BAD_RESPONSE,
+        PORTKEY_CONFIG_ERROR,
+    ];
+}
+
+/// What a reconcile concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Portkey holds what the spec asks.
+    InForce {
+        reason: &'static str,
+        message: String,
+    },
+    /// Work that goes on by itself: a create Portkey does not show yet, limits not echoed yet.
+    Progressing {
+        reason: &'static str,
+        message: String,
+    },
+    /// Read, but the operator does not write (Observe mode that differs, paused, dry-run):
+    /// Ready says whether Portkey holds the spec; Synced says why nothing was written.
+    Held {
+        ready: bool,
+        ready_reason: &'static str,
+        ready_message: String,
+        synced: &'static str,
+        synced_reason: &'static str,
+        synced_message: String,
+    },
+    /// A transient failure, retried with backoff.
+    Retrying {
+        reason: &'static str,
+        message: String,
+    },
+    /// Only a human can fix it.
+    Stalled {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Outcome {
+    /// The metric label of the outcome.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::InForce { .. } => "in_force",
+            Outcome::Progressing { .. } => "progressing",
+            Outcome::Held { .. } => "held",
+            Outcome::Retrying { .. } => "retryable",
+            Outcome::Stalled { .. } => "terminal",
+        }
+    }
+}
 
 /// Longest condition message kept (the apiserver allows 32 KiB; a screenful is enough).
 const MAX_MESSAGE: usize = 1024;
@@ -19,6 +177,11 @@ pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition
 
 pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == TRUE)
+}
+
+/// Ready=True for exactly this generation.
+pub fn ready_for(conditions: &[Condition], generation: Option<i64>) -> bool {
+    get(conditions, READY).is_some_and(|c| c.status == TRUE && c.observed_generation == generation)
 }
 
 /// Sets a condition; `lastTransitionTime` moves only when the status changes, so a steady state
@@ -53,6 +216,72 @@ pub fn set(
     conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
 }
 
+fn remove(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.type_ != type_);
+}
+
+/// Sets all four conditions from an outcome.
+pub fn apply(
+    conditions: &mut Vec<Condition>,
+    outcome: &Outcome,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let put = |c: &mut Vec<Condition>, t: &str, s: &str, r: &str, m: &str| {
+        set(c, t, s, r, m, generation, now)
+    };
+    match outcome {
+        Outcome::InForce { reason, message } => {
+            put(conditions, READY, TRUE, reason, message);
+            put(
+                conditions,
+                SYNCED,
+                TRUE,
+                reasons::RECONCILE_SUCCESS,
+                "the last reconcile succeeded",
+            );
+            remove(conditions, RECONCILING);
+            remove(conditions, STALLED);
+        }
+        Outcome::Progressing { reason, message } => {
+            put(conditions, READY, FALSE, reason, message);
+            put(conditions, SYNCED, UNKNOWN, reason, message);
+            put(conditions, RECONCILING, TRUE, reason, message);
+            remove(conditions, STALLED);
+        }
+        Outcome::Held {
+            ready,
+            ready_reason,
+            ready_message,
+            synced,
+            synced_reason,
+            synced_message,
+        } => {
+            let status = if *ready { TRUE } else { FALSE };
+            put(conditions, READY, status, ready_reason, ready_message);
+            put(conditions, SYNCED, synced, synced_reason, synced_message);
+            remove(conditions, RECONCILING);
+            remove(conditions, STALLED);
+        }
+        Outcome::Retrying { reason, message } => {
+            // The policy may well still be in force as specified (a refresh failed): Ready
+            // stays True only for the generation it was True for.
+            if !ready_for(conditions, generation) {
+                put(conditions, READY, FALSE, reason, message);
+            }
+            put(conditions, SYNCED, UNKNOWN, reason, message);
+            put(conditions, RECONCILING, TRUE, reason, message);
+            remove(conditions, STALLED);
+        }
+        Outcome::Stalled { reason, message } => {
+            put(conditions, READY, FALSE, reason, message);
+            put(conditions, SYNCED, FALSE, reason, message);
+            put(conditions, STALLED, TRUE, reason, message);
+            remove(conditions, RECONCILING);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +300,45 @@ mod tests {
         set(&mut c, SYNCED, TRUE, "ReconcileSuccess", "", Some(2), t1);
         assert_eq!(c.len(), 2);
         assert!(is_true(&c, SYNCED) && !is_true(&c, READY));
+    }
+
+    #[test]
+    fn outcomes_set_one_meaning_per_condition() {
+        let t: Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+        let mut c = Vec::new();
+        let in_force = Outcome::InForce {
+            reason: reasons::IN_FORCE,
+            message: "ok".into(),
+        };
+        apply(&mut c, &in_force, Some(1), t);
+        assert!(ready_for(&c, Some(1)));
+        assert!(get(&c, RECONCILING).is_none() && get(&c, STALLED).is_none());
+        // A transient failure on the same generation: still Ready, Reconciling.
+        let retry = Outcome::Retrying {
+            reason: reasons::PORTKEY_SERVER_ERROR,
+            message: "503".into(),
+        };
+        apply(&mut c, &retry, Some(1), t);
+        assert!(ready_for(&c, Some(1)));
+        assert!(is_true(&c, RECONCILING));
+        assert_eq!(get(&c, SYNCED).unwrap().status, UNKNOWN);
+        // The spec changed and the change keeps failing: not Ready.
+        apply(&mut c, &retry, Some(2), t);
+        assert!(!is_true(&c, READY));
+        assert_eq!(
+            get(&c, READY).unwrap().reason,
+            reasons::PORTKEY_SERVER_ERROR
+        );
+        // Only a human can fix it: Stalled, not Reconciling.
+        let stalled = Outcome::Stalled {
+            reason: reasons::PORTKEY_FORBIDDEN,
+            message: "needs policies.update".into(),
+        };
+        apply(&mut c, &stalled, Some(2), t);
+        assert!(is_true(&c, STALLED) && get(&c, RECONCILING).is_none());
+        assert_eq!(get(&c, SYNCED).unwrap().status, FALSE);
+        apply(&mut c, &in_force, Some(2), t);
+        assert!(ready_for(&c, Some(2)) && get(&c, STALLED).is_none());
+        assert!(c.iter().all(|x| x.observed_generation == Some(2)));
     }
 }

@@ -88,11 +88,85 @@ impl Error {
         matches!(self, Error::Portkey { source, .. } if source.is_terminal())
     }
 
+    /// True when only a human can fix it: an invalid request, a key that is refused or lacks
+    /// a scope, an exhausted subscription. Still retried (the key may be fixed), but Stalled.
+    pub fn needs_human(&self) -> bool {
+        match self {
+            Error::Portkey { source, .. } => {
+                source.is_terminal()
+                    || matches!(
+                        source,
+                        PortkeyError::Unauthorized { .. }
+                            | PortkeyError::Forbidden { .. }
+                            | PortkeyError::Http { status: 402, .. }
+                    )
+            }
+            Error::Kube { source, .. } => {
+                matches!(source, kube::Error::Api(s) if s.code == 401 || s.code == 403)
+            }
+        }
+    }
+
+    /// The condition message: stable between passes (no "retry after N s"), and naming the
+    /// scope a refused key lacks.
+    pub fn condition_message(&self) -> String {
+        match self {
+            Error::Portkey {
+                step,
+                source: PortkeyError::RateLimited { message, .. },
+            } => {
+                format!("could not {step}: Portkey Admin API rate limit hit (HTTP 429): {message}")
+            }
+            Error::Portkey {
+                step,
+                source: e @ PortkeyError::Forbidden { .. },
+            } => format!(
+                "could not {step}: {e}; the Admin API key needs the {} scope for this workspace",
+                scope_for(step)
+            ),
+            Error::Portkey {
+                step,
+                source: e @ PortkeyError::Unauthorized { .. },
+            } => format!(
+                "could not {step}: {e}; check the Admin API key (missing, wrong, expired or rotated)"
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    /// What the failure means for the conditions.
+    pub fn outcome(&self) -> conditions::Outcome {
+        let reason = self.reason();
+        let message = self.condition_message();
+        if self.needs_human() {
+            conditions::Outcome::Stalled { reason, message }
+        } else {
+            conditions::Outcome::Retrying { reason, message }
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Portkey { source, .. } => source.retry_after(),
             Error::Kube { .. } => None,
         }
+    }
+}
+
+/// The Admin API scope a step needs (for the message of a 403).
+fn scope_for(step: &str) -> &'static str {
+    if step.contains("create") {
+        "policies.create"
+    } else if step.contains("update") {
+        "policies.update"
+    } else if step.contains("archive") {
+        "policies.delete"
+    } else if step.contains("list") {
+        "policies.list"
+    } else if step.contains("workspace") {
+        "workspaces.read"
+    } else {
+        "policies.read"
     }
 }
 
@@ -247,6 +321,9 @@ pub struct Context {
     crds: HashMap<&'static str, CompiledCrd>,
     write_limiter: DefaultDirectRateLimiter,
     failures: Mutex<HashMap<String, u32>>,
+    /// When each resource was last compared with Portkey successfully (in memory: written into
+    /// every object it would cost a status write per resource per refresh).
+    last_syncs: Mutex<HashMap<String, jiff::Timestamp>>,
 }
 
 impl Context {
@@ -294,6 +371,7 @@ impl Context {
             ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
             failures: Mutex::new(HashMap::new()),
+            last_syncs: Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -301,6 +379,25 @@ impl Context {
     /// The compiled CRD of a kind (by its short name), for client-side validation.
     pub fn crd(&self, short: &str) -> &CompiledCrd {
         &self.crds[short]
+    }
+
+    /// When `key` (see `key_of`) was last compared with Portkey successfully by this process.
+    pub fn last_sync(&self, key: &str) -> Option<jiff::Timestamp> {
+        self.last_syncs.lock().expect("sync lock").get(key).copied()
+    }
+
+    /// Records a successful comparison with Portkey.
+    pub fn synced(&self, key: &str, at: jiff::Timestamp) {
+        self.last_syncs
+            .lock()
+            .expect("sync lock")
+            .insert(key.to_owned(), at);
+        self.metrics.last_sync(key, at);
+    }
+
+    /// Forgets a deleted resource.
+    pub fn forget_sync(&self, key: &str) {
+        self.last_syncs.lock().expect("sync lock").remove(key);
     }
 
     /// Waits for the shared Admin API write rate limiter.
@@ -379,8 +476,13 @@ impl Context {
     }
 }
 
-fn key_of<K: Resource>(obj: &K) -> String {
-    format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any())
+fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
 }
 
 /// The reconcile entry point for a policy kind.
@@ -390,12 +492,16 @@ pub async fn reconcile_policy<R: PolicyResource>(
 ) -> Result<Action, Error> {
     let started = Instant::now();
     let result = policy::reconcile(obj.as_ref(), &ctx).await;
-    ctx.finished(R::SHORT, &key_of(obj.as_ref()), started, &result);
+    ctx.finished(&R::kind(&()), &key_of(obj.as_ref()), started, &result);
     result
 }
 
 /// Per-object exponential backoff (2 s doubling to 5 min, jittered; at least any Retry-After).
-pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     let delay = ctx.backoff(&key_of(obj.as_ref()), err);
     tracing::warn!(object = %key_of(obj.as_ref()), error = %err, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
@@ -510,28 +616,43 @@ pub async fn reconcile_workspace(
 ) -> Result<Action, Error> {
     let started = Instant::now();
     let result = workspace::reconcile(obj.as_ref(), &ctx).await;
-    ctx.finished("wsb", &key_of(obj.as_ref()), started, &result);
+    ctx.finished("WorkspaceBudget", &key_of(obj.as_ref()), started, &result);
     result
 }
 
 /// A healthy resource synced within the refresh interval needs no Admin API call: this is what
 /// keeps the operator's own status writes (which trigger a reconcile) from becoming Portkey reads.
 /// Returns the requeue for the rest of the interval, or `None` when the resource must be checked.
-pub fn fresh(
-    generation: Option<i64>,
-    observed_generation: Option<i64>,
-    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    last_sync: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    pending: bool,
-    now: jiff::Timestamp,
-    interval: Duration,
-) -> Option<Action> {
-    let healthy = conditions::is_true(conditions, conditions::READY)
-        && conditions::is_true(conditions, conditions::SYNCED);
-    let age = Duration::try_from(now.duration_since(last_sync?.0)).ok()?;
-    (generation == observed_generation && healthy && !pending && age < interval).then(|| {
-        Action::requeue(interval - age + Duration::from_millis(rand::random_range(0..1000)))
-    })
+/// What the freshness gate looks at.
+pub struct Freshness<'a> {
+    pub generation: Option<i64>,
+    pub observed_generation: Option<i64>,
+    pub conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    /// When this process last compared the resource with Portkey.
+    pub last_sync: Option<jiff::Timestamp>,
+    /// A create is pending.
+    pub pending: bool,
+    /// The paused annotation is set.
+    pub paused: bool,
+}
+
+/// The freshness gate: a resource compared with Portkey within `interval`, healthy, with an
+/// unchanged spec and pause state, is left alone until the interval is over (its own status
+/// writes, Events or unrelated metadata changes cost no Admin API call).
+pub fn fresh(f: Freshness<'_>, now: jiff::Timestamp, interval: Duration) -> Option<Action> {
+    let synced = conditions::get(f.conditions, conditions::SYNCED);
+    let was_paused = synced.is_some_and(|c| c.reason == conditions::reasons::RECONCILIATION_PAUSED);
+    let healthy = conditions::is_true(f.conditions, conditions::READY)
+        && (synced.is_some_and(|c| c.status == conditions::TRUE) || was_paused);
+    let age = Duration::try_from(now.duration_since(f.last_sync?)).ok()?;
+    (f.generation == f.observed_generation
+        && healthy
+        && !f.pending
+        && f.paused == was_paused
+        && age < interval)
+        .then(|| {
+            Action::requeue(interval - age + Duration::from_millis(rand::random_range(0..1000)))
+        })
 }
 
 /// A `Reporter` naming this process (pod name when set).
@@ -543,7 +664,7 @@ pub fn reporter() -> Reporter {
 }
 
 /// `ResourceExt::name_any` for log fields.
-pub fn object_name<K: Resource>(obj: &K) -> String {
+pub fn object_name<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     key_of(obj)
 }
 

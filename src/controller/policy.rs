@@ -16,13 +16,12 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 
-use super::conditions::{self, FALSE, READY, SYNCED, TRUE, UNKNOWN};
+use super::conditions::{self, FALSE, Outcome, SYNCED, TRUE, reasons};
 use super::kube_ops::{self, Managed};
 use super::{Context, Error};
 use crate::api::validate::summarize;
@@ -86,9 +85,13 @@ struct Run<'a, R: PolicyResource> {
     ctx: &'a Context,
     api: Api<R>,
     obj: R,
+    /// `kind/namespace/name`, for the in-memory last-sync times.
+    key: String,
     identity: Identity,
     status: R::Status,
     now: Timestamp,
+    /// What this pass concluded (for the readiness metrics).
+    outcome: Option<Outcome>,
 }
 
 /// Reconciles one resource (or cleans it up when it is being deleted).
@@ -101,35 +104,76 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
             .config
             .identity(R::SHORT, Some(&namespace), &obj.name_any()),
         status: obj.status().cloned().unwrap_or_default(),
+        key: super::key_of(obj),
         obj: obj.clone(),
         now: Timestamp::now(),
+        outcome: None,
     };
+    let kind = R::kind(&());
+    let name = obj.name_any();
     if obj.meta().deletion_timestamp.is_some() {
-        ctx.metrics
-            .forget(&R::kind(&()), &namespace, &obj.name_any());
+        ctx.metrics.forget(&kind, &namespace, &name);
+        ctx.forget_sync(&run.key);
         return run.cleanup().await;
     }
-    match run.apply().await {
-        Ok(action) => {
-            run.flush_status().await?;
+    let result = run.apply().await;
+    if let Err(e) = &result {
+        run.failed(e);
+    }
+    let flushed = run.flush_status().await;
+    let conditions = &R::policy_status_ref(&run.status).conditions;
+    if let Some(outcome) = &run.outcome {
+        ctx.metrics
+            .outcome(&kind, &namespace, &name, outcome, conditions);
+    }
+    match (result, flushed) {
+        (Ok(action), Ok(())) => {
             match R::budget(obj, &run.status) {
-                Some(figures) => {
-                    ctx.metrics
-                        .budget(&R::kind(&()), &namespace, &obj.name_any(), figures)
-                }
-                None => ctx
-                    .metrics
-                    .forget(&R::kind(&()), &namespace, &obj.name_any()),
+                Some(figures) => ctx.metrics.budget(&kind, &namespace, &name, figures),
+                None => ctx.metrics.forget_budget(&kind, &namespace, &name),
             }
             Ok(action)
         }
-        Err(e) => {
-            run.failed(&e);
-            if let Err(status_err) = run.flush_status().await {
+        (Ok(_), Err(e)) => Err(Error::kube("write the status", e)),
+        (Err(e), flushed) => {
+            if let Err(status_err) = flushed {
                 tracing::warn!(error = %status_err, "could not record the failure in status");
             }
             Err(e)
         }
+    }
+}
+
+/// The `'static` reason constant equal to `reason` (conditions read back from the API hold
+/// owned strings).
+fn reason_const(reason: &str) -> &'static str {
+    reasons::ALL
+        .iter()
+        .find(|r| **r == reason)
+        .copied()
+        .unwrap_or(reasons::IN_FORCE)
+}
+
+/// True when the resource carries `budgets.portkey-operator.io/paused: "true"`.
+pub fn is_paused<K: Resource>(obj: &K) -> bool {
+    obj.annotations()
+        .get(PAUSED_ANNOTATION)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// What a paused resource would change, for its condition message (empty: nothing).
+fn pending_changes<C, U>(decision: &Decision<C, U>) -> String {
+    match decision {
+        Decision::InSync => String::new(),
+        Decision::Blocked { message, .. } => message.clone(),
+        Decision::Apply(PolicyAction::Create { .. }) => {
+            "no Portkey policy exists (it would be created)".into()
+        }
+        Decision::Apply(PolicyAction::Update { changes, .. }) => FieldChange::summary(changes),
+        Decision::Apply(PolicyAction::Replace { changes, .. }) => format!(
+            "{} (the policy would be replaced)",
+            FieldChange::summary(changes)
+        ),
     }
 }
 
@@ -171,38 +215,29 @@ impl<R: PolicyResource> Run<'_, R> {
         self.ctx.portkey.policies::<R::Kind>()
     }
 
-    fn set(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+    /// Sets the conditions and `observedGeneration` from what this pass concluded.
+    fn conclude(&mut self, outcome: Outcome) {
         let generation = self.generation();
         let now = self.now;
-        conditions::set(
-            &mut self.ps().conditions,
-            type_,
-            status,
-            reason,
-            message,
-            generation,
-            now,
-        );
+        conditions::apply(&mut self.ps().conditions, &outcome, generation, now);
+        self.ps().observed_generation = generation;
+        self.outcome = Some(outcome);
     }
 
-    /// Ready=False and Synced=False for a state only a human can fix; no Admin API call made.
-    fn terminal(&mut self, reason: &str, message: &str) {
-        self.set(READY, FALSE, reason, message);
-        self.set(SYNCED, FALSE, reason, message);
-        let generation = self.generation();
-        self.ps().observed_generation = generation;
+    /// A state only a human can fix (Stalled); no Admin API write is made.
+    fn terminal(&mut self, reason: &'static str, message: &str) {
+        self.conclude(Outcome::Stalled {
+            reason,
+            message: message.to_owned(),
+        });
     }
 
     fn failed(&mut self, e: &Error) {
-        let message = e.to_string();
-        let terminal = e.is_terminal();
-        let status = if terminal { FALSE } else { UNKNOWN };
-        self.set(SYNCED, status, e.reason(), &message);
-        // Ready keeps its last known value unless the failure is terminal: the policy may well
-        // still be in force in Portkey.
-        if terminal || conditions::get(&self.psr().conditions, READY).is_none() {
-            self.set(READY, status, e.reason(), &message);
-        }
+        self.conclude(e.outcome());
+    }
+
+    fn paused(&self) -> bool {
+        is_paused(&self.obj)
     }
 
     async fn flush_status(&mut self) -> Result<(), kube::Error> {
@@ -227,11 +262,14 @@ impl<R: PolicyResource> Run<'_, R> {
     fn fresh(&self) -> Option<Action> {
         let ps = self.psr();
         super::fresh(
-            self.generation(),
-            ps.observed_generation,
-            &ps.conditions,
-            ps.last_sync_time.as_ref(),
-            self.pending_since().is_some(),
+            super::Freshness {
+                generation: self.generation(),
+                observed_generation: ps.observed_generation,
+                conditions: &ps.conditions,
+                last_sync: self.ctx.last_sync(&self.key),
+                pending: self.pending_since().is_some(),
+                paused: self.paused(),
+            },
             self.now,
             self.ctx.interval(R::INCLUDE_USAGE),
         )
@@ -275,20 +313,23 @@ impl<R: PolicyResource> Run<'_, R> {
             on_immutable_change: spec.on_immutable_change,
         };
         let decision = plan(&desired, remote.as_ref(), options);
-        let mut dry_run = None;
+        let paused = self.paused();
+        self.announce_pause(paused).await;
+        let mut held = Held::Nothing;
         if self.ctx.config.dry_run
             && let Decision::Apply(action) = &decision
         {
-            dry_run = Some(self.announce_dry_run(action, &workspace_id).await);
+            held = Held::DryRun(self.announce_dry_run(action, &workspace_id).await);
         }
-        let mut blocked = None;
         match decision {
             // Dry-run: nothing is written; the status below reports the policy as it is.
-            _ if dry_run.is_some() => {}
+            _ if matches!(held, Held::DryRun(_)) => {}
+            // Paused: nothing is written either; the status says what would change.
+            _ if paused => held = Held::Paused(pending_changes(&decision)),
             Decision::InSync => {}
             Decision::Blocked {
                 reason, message, ..
-            } => blocked = Some((reason, message)),
+            } => held = Held::Blocked(reason, message),
             Decision::Apply(action) => {
                 match self
                     .execute(action, &workspace_id, had_policy, remote.take())
@@ -300,16 +341,33 @@ impl<R: PolicyResource> Run<'_, R> {
             }
         }
         // 6. Report.
-        self.report(
-            remote.as_ref(),
-            &desired,
-            &workspace_id,
-            observe,
-            dry_run,
-            blocked,
-        )
-        .await;
+        self.report(remote.as_ref(), &desired, &workspace_id, observe, held)
+            .await;
         Ok(refresh)
+    }
+
+    /// An Event when the paused annotation was just set or removed (the Synced reason says
+    /// whether the last pass was paused).
+    async fn announce_pause(&self, paused: bool) {
+        let was = conditions::get(&self.psr().conditions, SYNCED)
+            .is_some_and(|c| c.reason == reasons::RECONCILIATION_PAUSED);
+        if paused && !was {
+            self.event(
+                EventType::Normal,
+                "ReconciliationPaused",
+                format!(
+                    "{PAUSED_ANNOTATION} is \"true\": no writes to Portkey until it is removed"
+                ),
+            )
+            .await;
+        } else if !paused && was {
+            self.event(
+                EventType::Normal,
+                "ReconciliationResumed",
+                format!("{PAUSED_ANNOTATION} removed: Portkey is made to match the spec again"),
+            )
+            .await;
+        }
     }
 
     /// Step 1: the admission rules again (a resource may have bypassed admission).
@@ -404,12 +462,14 @@ impl<R: PolicyResource> Run<'_, R> {
                 Lookup::Missing => match waited {
                     // Created moments ago: Portkey may not show it yet (read-after-write lag).
                     Some(w) if w < grace => {
-                        let msg = format!(
+                        let message = format!(
                             "created Portkey policy {id}, which Portkey does not show yet; waiting up to {}s",
                             grace.as_secs()
                         );
-                        self.set(READY, FALSE, "RemotePolicyNotVisible", &msg);
-                        self.set(SYNCED, UNKNOWN, "RemotePolicyNotVisible", &msg);
+                        self.conclude(Outcome::Progressing {
+                            reason: reasons::REMOTE_POLICY_NOT_VISIBLE,
+                            message,
+                        });
                         return Ok(Step::Stop(Action::requeue(
                             (grace - w).min(Duration::from_secs(5)),
                         )));
@@ -473,14 +533,16 @@ impl<R: PolicyResource> Run<'_, R> {
             && let Some(w) = waited
             && w < grace
         {
-            let msg = format!(
-                "a create was sent {}s ago but no Portkey policy with marker {} is visible yet; waiting up to {}s before creating again (remove annotation {CREATE_PENDING_ANNOTATION} to retry now)",
-                w.as_secs(),
+            let message = format!(
+                "a create was sent at {} but no Portkey policy with marker {} is visible yet; waiting up to {}s before creating again (remove annotation {CREATE_PENDING_ANNOTATION} to retry now)",
+                self.pending_since().unwrap_or(self.now),
                 self.identity.marker(),
                 grace.as_secs()
             );
-            self.set(SYNCED, FALSE, "CreationResultUnknown", &msg);
-            self.set(READY, FALSE, "CreationResultUnknown", &msg);
+            self.conclude(Outcome::Progressing {
+                reason: reasons::CREATION_RESULT_UNKNOWN,
+                message,
+            });
             return Ok(Step::Stop(Action::requeue(grace - w)));
         }
         if let Some(p) = &remote {
@@ -566,8 +628,7 @@ impl<R: PolicyResource> Run<'_, R> {
         desired: &R::Desired,
         workspace_id: &str,
         observe: bool,
-        dry_run: Option<String>,
-        blocked: Option<(&'static str, String)>,
+        held: Held,
     ) {
         let generation = self.generation();
         self.ps().workspace_id = Some(workspace_id.to_owned());
@@ -577,54 +638,74 @@ impl<R: PolicyResource> Run<'_, R> {
         for (type_, reason, note) in events {
             self.event(type_, reason, note).await;
         }
-        if let Some(message) = dry_run {
+        let outcome = if let Held::DryRun(message) = held {
             // The spec is not in force, but reading Portkey worked.
-            self.set(READY, FALSE, "DryRun", &message);
-            self.set(
-                SYNCED,
-                TRUE,
-                "DryRun",
-                "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
-            );
-            return;
-        }
-        match blocked {
-            Some(("OutOfSync", message)) => {
+            Outcome::Held {
+                ready: false,
+                ready_reason: reasons::DRY_RUN,
+                ready_message: message,
+                synced: TRUE,
+                synced_reason: reasons::DRY_RUN,
+                synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
+                    .into(),
+            }
+        } else if let Held::Paused(changes) = held {
+            let (ready, ready_reason, ready_message) = if changes.is_empty() {
+                (
+                    true,
+                    reasons::IN_FORCE,
+                    "the Portkey policy matches the spec".to_owned(),
+                )
+            } else {
+                (
+                    false,
+                    reasons::OUT_OF_SYNC,
+                    format!("Portkey differs from the spec: {changes}"),
+                )
+            };
+            Outcome::Held {
+                ready,
+                ready_reason,
+                ready_message,
+                synced: FALSE,
+                synced_reason: reasons::RECONCILIATION_PAUSED,
+                synced_message: format!(
+                    "annotation {PAUSED_ANNOTATION} is \"true\": usage is read, nothing is written to Portkey"
+                ),
+            }
+        } else {
+            match held {
                 // Observe mode: reading worked; the policy just differs from the spec.
-                self.set(READY, FALSE, "OutOfSync", &message);
-                self.set(
-                    SYNCED,
-                    TRUE,
-                    "Observed",
-                    "read the Portkey policy (managementPolicy Observe: no writes)",
-                );
-                let now = self.now;
-                self.ps().last_sync_time = Some(Time(now));
+                Held::Blocked(reasons::OUT_OF_SYNC, message) => Outcome::Held {
+                    ready: false,
+                    ready_reason: reasons::OUT_OF_SYNC,
+                    ready_message: message,
+                    synced: TRUE,
+                    synced_reason: reasons::OBSERVED,
+                    synced_message: "read the Portkey policy (managementPolicy Observe: no writes)"
+                        .into(),
+                },
+                Held::Blocked(reason, message) => Outcome::Stalled { reason, message },
+                Held::DryRun(_) | Held::Paused(_) | Held::Nothing => {
+                    let policy = remote.map(|p| p.id().to_owned()).unwrap_or_default();
+                    if observe {
+                        Outcome::InForce {
+                            reason: reasons::OBSERVED,
+                            message: format!(
+                                "Portkey policy {policy} matches the spec (observed, not managed)"
+                            ),
+                        }
+                    } else {
+                        Outcome::InForce {
+                            reason: reasons::IN_FORCE,
+                            message: format!("Portkey policy {policy} is in force as specified"),
+                        }
+                    }
+                }
             }
-            Some((reason, message)) => self.terminal(reason, &message),
-            None => {
-                let policy = remote.map(|p| p.id().to_owned()).unwrap_or_default();
-                let ready_msg = if observe {
-                    format!("Portkey policy {policy} matches the spec (observed, not managed)")
-                } else {
-                    format!("Portkey policy {policy} is in force as specified")
-                };
-                self.set(
-                    READY,
-                    TRUE,
-                    if observe { "Observed" } else { "InForce" },
-                    &ready_msg,
-                );
-                self.set(
-                    SYNCED,
-                    TRUE,
-                    "ReconcileSuccess",
-                    "the last reconcile succeeded",
-                );
-                let now = self.now;
-                self.ps().last_sync_time = Some(Time(now));
-            }
-        }
+        };
+        self.conclude(outcome);
+        self.ctx.synced(&self.key, self.now);
     }
 
     /// Dry-run: records what would be written as Events (nothing is sent to Portkey) and
@@ -828,6 +909,9 @@ impl<R: PolicyResource> Run<'_, R> {
         let mut archived_any = false;
         for extra in active {
             let id = extra.id().to_owned();
+            if self.paused() {
+                continue;
+            }
             if self.ctx.config.dry_run {
                 self.event(
                     EventType::Normal,
@@ -847,7 +931,7 @@ impl<R: PolicyResource> Run<'_, R> {
                 Err(e) => return Err(Error::portkey("archive a duplicate policy", e)),
             }
             archived_any = true;
-            self.ctx.metrics.duplicate_archived(R::SHORT);
+            self.ctx.metrics.duplicate_archived(&R::kind(&()));
             self.event(
                 EventType::Warning,
                 "DuplicateArchived",
@@ -983,12 +1067,14 @@ impl<R: PolicyResource> Run<'_, R> {
             }
             tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
         }
-        let msg = format!(
+        let message = format!(
             "created Portkey policy {}, which Portkey does not show yet",
             created.id
         );
-        self.set(READY, FALSE, "RemotePolicyNotVisible", &msg);
-        self.set(SYNCED, UNKNOWN, "RemotePolicyNotVisible", &msg);
+        self.conclude(Outcome::Progressing {
+            reason: reasons::REMOTE_POLICY_NOT_VISIBLE,
+            message,
+        });
         Ok(Step::Stop(Action::requeue(Duration::from_secs(2))))
     }
 
@@ -1022,6 +1108,30 @@ impl<R: PolicyResource> Run<'_, R> {
         if !kube_ops::has_finalizer(&self.obj) {
             return Ok(Action::await_change());
         }
+        if self.paused() {
+            // Paused: no writes, deletion included; it finishes once the annotation is gone.
+            self.announce_pause(true).await;
+            let ready = conditions::is_true(&self.psr().conditions, conditions::READY);
+            let message = format!(
+                "annotation {PAUSED_ANNOTATION} is \"true\": the deletion waits until it is removed (nothing is archived meanwhile)"
+            );
+            self.conclude(Outcome::Held {
+                ready,
+                ready_reason: conditions::get(&self.psr().conditions, conditions::READY)
+                    .map(|c| reason_const(&c.reason))
+                    .unwrap_or(reasons::IN_FORCE),
+                ready_message: conditions::get(&self.psr().conditions, conditions::READY)
+                    .map(|c| c.message.clone())
+                    .unwrap_or_default(),
+                synced: FALSE,
+                synced_reason: reasons::RECONCILIATION_PAUSED,
+                synced_message: message,
+            });
+            self.flush_status()
+                .await
+                .map_err(|e| Error::kube("write the status", e))?;
+            return Ok(Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE)));
+        }
         let spec = self.obj.common();
         let archive = spec.deletion_policy == DeletionPolicy::Archive
             && spec.management_policy == ManagementPolicy::Manage;
@@ -1044,7 +1154,7 @@ impl<R: PolicyResource> Run<'_, R> {
                                 let msg = format!(
                                     "the Admin API key may not list the policies of workspace {ws} ({source}); grant it policies.list, or set spec.deletionPolicy: Retain to release this resource without archiving"
                                 );
-                                return self.cleanup_blocked("ListForbidden", &msg).await;
+                                return self.cleanup_blocked(reasons::LIST_FORBIDDEN, &msg).await;
                             }
                         }
                     }
@@ -1079,7 +1189,7 @@ impl<R: PolicyResource> Run<'_, R> {
                             let msg = format!(
                                 "Portkey refused to archive policy {id} ({e}); grant the Admin API key policies.delete, or set spec.deletionPolicy: Retain to release this resource and leave the policy in force"
                             );
-                            return self.cleanup_blocked("ArchiveForbidden", &msg).await;
+                            return self.cleanup_blocked(reasons::ARCHIVE_FORBIDDEN, &msg).await;
                         }
                     }
                     Err(e) => return Err(Error::portkey("archive the policy", e)),
@@ -1106,7 +1216,11 @@ impl<R: PolicyResource> Run<'_, R> {
 
     /// Deletion cannot finish until a human acts: a terminal condition and an Event, checked
     /// again at the next refresh.
-    async fn cleanup_blocked(&mut self, reason: &str, message: &str) -> Result<Action, Error> {
+    async fn cleanup_blocked(
+        &mut self,
+        reason: &'static str,
+        message: &str,
+    ) -> Result<Action, Error> {
         self.terminal(reason, message);
         self.event(EventType::Warning, "CleanupBlocked", message.to_owned())
             .await;
@@ -1124,6 +1238,17 @@ type Policy<R> = <<R as PolicyResource>::Kind as PolicyKind>::Policy;
 enum Step<T> {
     Go(T),
     Stop(Action),
+}
+
+/// Why nothing was written this pass (besides being in sync).
+enum Held {
+    Nothing,
+    /// Dry-run mode, with what would have been written.
+    DryRun(String),
+    /// The paused annotation, with what would change.
+    Paused(String),
+    /// The planner refused (Observe mode out of sync, an immutable change).
+    Blocked(&'static str, String),
 }
 
 /// What a GET of the recorded policy found.

@@ -62,11 +62,19 @@ impl PolicyResource for UsageLimitPolicy {
         } else {
             peak / limit
         };
+        let alert = match (self.spec.alert_threshold, self.spec.alert_threshold_percent) {
+            (Some(a), _) if !limit.is_zero() => (a.decimal() / limit).to_f64(),
+            (None, Some(p)) => Some(f64::from(p) / 100.0),
+            _ => None,
+        };
         Some(BudgetFigures {
+            budget_type: self.spec.limit_type.to_string(),
             limit: limit.to_f64().unwrap_or(0.0),
             usage: peak.to_f64().unwrap_or(0.0),
             ratio: ratio.to_f64().unwrap_or(0.0),
+            alert_ratio: alert,
             exhausted_buckets: usage.map_or(0, |u| i64::from(u.exhausted_buckets)),
+            next_reset: status.next_reset_at.as_ref().map(|t| t.0.as_second()),
         })
     }
 

@@ -8,10 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 
-use super::conditions::{self, FALSE, READY, SYNCED, TRUE, UNKNOWN};
+use super::conditions::{self, FALSE, Outcome, SYNCED, TRUE, reasons};
 use super::kube_ops;
+use super::policy::is_paused;
 use super::{Context, Error};
 use crate::api::validate::summarize;
 use crate::api::*;
@@ -24,8 +25,10 @@ struct Run<'a> {
     ctx: &'a Context,
     api: Api<WorkspaceBudget>,
     obj: WorkspaceBudget,
+    key: String,
     status: WorkspaceBudgetStatus,
     now: Timestamp,
+    outcome: Option<Outcome>,
 }
 
 /// Reconciles one `WorkspaceBudget` (or cleans up when it is being deleted).
@@ -33,27 +36,33 @@ pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, E
     let mut run = Run {
         ctx,
         api: Api::all(ctx.client.clone()),
+        key: super::key_of(obj),
         status: obj.status.clone().unwrap_or_default(),
         obj: obj.clone(),
         now: Timestamp::now(),
+        outcome: None,
     };
+    let kind = WorkspaceBudget::kind(&());
+    let name = obj.name_any();
     if obj.metadata.deletion_timestamp.is_some() {
+        ctx.metrics.forget(&kind, "", &name);
+        ctx.forget_sync(&run.key);
         return run.cleanup().await;
     }
-    match run.apply().await {
-        Ok(action) => {
-            run.flush_status().await?;
-            Ok(action)
-        }
-        Err(e) => {
-            let message = e.to_string();
-            let terminal = e.is_terminal();
-            let status = if terminal { FALSE } else { UNKNOWN };
-            run.set(SYNCED, status, e.reason(), &message);
-            if terminal || conditions::get(&run.status.conditions, READY).is_none() {
-                run.set(READY, status, e.reason(), &message);
-            }
-            if let Err(status_err) = run.flush_status().await {
+    let result = run.apply().await;
+    if let Err(e) = &result {
+        run.conclude(e.outcome());
+    }
+    let flushed = run.flush_status().await;
+    if let Some(outcome) = &run.outcome {
+        ctx.metrics
+            .outcome(&kind, "", &name, outcome, &run.status.conditions);
+    }
+    match (result, flushed) {
+        (Ok(action), Ok(())) => Ok(action),
+        (Ok(_), Err(e)) => Err(Error::kube("write the status", e)),
+        (Err(e), flushed) => {
+            if let Err(status_err) = flushed {
                 tracing::warn!(error = %status_err, "could not record the failure in status");
             }
             Err(e)
@@ -83,23 +92,44 @@ impl Run<'_> {
         self.obj.metadata.generation
     }
 
-    fn set(&mut self, type_: &str, status: &str, reason: &str, message: &str) {
+    /// Sets the conditions and `observedGeneration` from what this pass concluded.
+    fn conclude(&mut self, outcome: Outcome) {
         let generation = self.generation();
-        conditions::set(
-            &mut self.status.conditions,
-            type_,
-            status,
-            reason,
-            message,
-            generation,
-            self.now,
-        );
+        conditions::apply(&mut self.status.conditions, &outcome, generation, self.now);
+        self.status.observed_generation = generation;
+        self.outcome = Some(outcome);
     }
 
-    fn terminal(&mut self, reason: &str, message: &str) {
-        self.set(READY, FALSE, reason, message);
-        self.set(SYNCED, FALSE, reason, message);
-        self.status.observed_generation = self.generation();
+    /// A state only a human can fix (Stalled); nothing is written to Portkey.
+    fn terminal(&mut self, reason: &'static str, message: &str) {
+        self.conclude(Outcome::Stalled {
+            reason,
+            message: message.to_owned(),
+        });
+    }
+
+    /// An Event when the paused annotation was just set or removed.
+    async fn announce_pause(&self, paused: bool) {
+        let was = conditions::get(&self.status.conditions, SYNCED)
+            .is_some_and(|c| c.reason == reasons::RECONCILIATION_PAUSED);
+        let (reason, note) = match (paused, was) {
+            (true, false) => (
+                "ReconciliationPaused",
+                format!(
+                    "{PAUSED_ANNOTATION} is \"true\": no writes to Portkey until it is removed"
+                ),
+            ),
+            (false, true) => (
+                "ReconciliationResumed",
+                format!(
+                    "{PAUSED_ANNOTATION} removed: the workspace is made to match the spec again"
+                ),
+            ),
+            _ => return,
+        };
+        self.ctx
+            .event(&self.obj, EventType::Normal, reason, note)
+            .await;
     }
 
     async fn flush_status(&mut self) -> Result<(), kube::Error> {
@@ -138,12 +168,16 @@ impl Run<'_> {
     }
 
     async fn apply(&mut self) -> Result<Action, Error> {
+        let paused = is_paused(&self.obj);
         if let Some(action) = super::fresh(
-            self.generation(),
-            self.status.observed_generation,
-            &self.status.conditions,
-            self.status.last_sync_time.as_ref(),
-            false,
+            super::Freshness {
+                generation: self.generation(),
+                observed_generation: self.status.observed_generation,
+                conditions: &self.status.conditions,
+                last_sync: self.ctx.last_sync(&self.key),
+                pending: false,
+                paused,
+            },
             self.now,
             self.ctx.interval(true),
         ) {
@@ -153,7 +187,7 @@ impl Run<'_> {
         let value = serde_json::to_value(&self.obj).expect("resources serialize");
         let errors = self.ctx.crd("wsb").validate(&value, None);
         if !errors.is_empty() {
-            self.terminal("InvalidSpec", &summarize(&errors));
+            self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
             return Ok(Action::await_change());
         }
         if !kube_ops::has_finalizer(&self.obj) {
@@ -163,7 +197,7 @@ impl Run<'_> {
         // Conflicts by name first: the loser makes no Admin API call at all.
         if let Some(other) = self.conflicting_owner(None).await? {
             self.terminal(
-                "Conflict",
+                reasons::CONFLICT,
                 &format!("workspace {workspace:?} is already managed by the older WorkspaceBudget {other}; this one makes no changes"),
             );
             return Ok(refresh);
@@ -172,7 +206,7 @@ impl Run<'_> {
             Ok(ws) => ws,
             Err(e) if e.is_not_found() => {
                 self.terminal(
-                    "WorkspaceNotFound",
+                    reasons::WORKSPACE_NOT_FOUND,
                     &format!("Portkey has no workspace {workspace:?}"),
                 );
                 return Ok(refresh);
@@ -182,7 +216,7 @@ impl Run<'_> {
         // The same workspace under another name (slug vs UUID): still no write.
         if let Some(other) = self.conflicting_owner(Some(&ws.id)).await? {
             self.terminal(
-                "Conflict",
+                reasons::CONFLICT,
                 &format!("workspace {workspace:?} ({}) is already managed by the older WorkspaceBudget {other}; this one makes no changes", ws.id),
             );
             return Ok(refresh);
@@ -191,6 +225,37 @@ impl Run<'_> {
 
         let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
         let planned = plan::plan(&desired, &ws);
+        self.announce_pause(paused).await;
+        if paused {
+            let (ready, ready_reason, ready_message) = match &planned {
+                None => (
+                    true,
+                    reasons::IN_FORCE,
+                    "the workspace limits match the spec".to_owned(),
+                ),
+                Some(update) => (
+                    false,
+                    reasons::OUT_OF_SYNC,
+                    format!(
+                        "Portkey differs from the spec: {}",
+                        FieldChange::summary(&update.changes)
+                    ),
+                ),
+            };
+            self.report_figures(&ws, &desired);
+            self.conclude(Outcome::Held {
+                ready,
+                ready_reason,
+                ready_message,
+                synced: FALSE,
+                synced_reason: reasons::RECONCILIATION_PAUSED,
+                synced_message: format!(
+                    "annotation {PAUSED_ANNOTATION} is \"true\": the limits are read, nothing is written to Portkey"
+                ),
+            });
+            self.ctx.synced(&self.key, self.now);
+            return Ok(refresh);
+        }
         if self.ctx.config.dry_run
             && let Some(update) = &planned
         {
@@ -202,14 +267,16 @@ impl Run<'_> {
             self.ctx
                 .event(&self.obj, EventType::Normal, "WouldUpdate", note.clone())
                 .await;
-            self.report(&ws, &desired);
-            self.set(READY, FALSE, "DryRun", &note);
-            self.set(
-                SYNCED,
-                TRUE,
-                "DryRun",
-                "dry-run mode: read Portkey, wrote nothing (see the Would* Events)",
-            );
+            self.report_figures(&ws, &desired);
+            self.conclude(Outcome::Held {
+                ready: false,
+                ready_reason: reasons::DRY_RUN,
+                ready_message: note,
+                synced: TRUE,
+                synced_reason: reasons::DRY_RUN,
+                synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
+                    .into(),
+            });
             return Ok(refresh);
         }
         if let Some(update) = planned {
@@ -241,7 +308,8 @@ impl Run<'_> {
         Ok(refresh)
     }
 
-    fn report(&mut self, ws: &Workspace, desired: &DesiredWorkspaceLimits) {
+    /// The figures of the status from what the workspace holds.
+    fn report_figures(&mut self, ws: &Workspace, desired: &DesiredWorkspaceLimits) {
         let (budget, reset, rate) = plan::summaries(ws);
         self.status.budget = budget;
         self.status.reset = reset;
@@ -255,40 +323,50 @@ impl Run<'_> {
             .map(Time);
         self.status.last_reset_at = ws.last_reset_at.map(Time);
         self.status.unmanaged_limits = plan::unmanaged(desired, ws);
-        self.status.observed_generation = self.generation();
+    }
+
+    fn report(&mut self, ws: &Workspace, desired: &DesiredWorkspaceLimits) {
+        self.report_figures(ws, desired);
         // Eventual consistency: a read right after a PUT may lag; the next resync settles it.
         if plan::plan(desired, ws).is_some() {
-            self.set(
-                READY,
-                FALSE,
-                "Pending",
-                "Portkey does not report the new limits yet",
-            );
-            self.set(
-                SYNCED,
-                TRUE,
-                "ReconcileSuccess",
-                "sent the limits; waiting for Portkey to report them",
-            );
+            self.conclude(Outcome::Progressing {
+                reason: reasons::PENDING,
+                message: "sent the limits; Portkey does not report them yet".into(),
+            });
         } else {
-            let msg = format!(
-                "the limits of workspace {} are in force as specified",
-                ws.id
-            );
-            self.set(READY, TRUE, "InForce", &msg);
-            self.set(
-                SYNCED,
-                TRUE,
-                "ReconcileSuccess",
-                "the last reconcile succeeded",
-            );
-            self.status.last_sync_time = Some(Time(self.now));
+            self.conclude(Outcome::InForce {
+                reason: reasons::IN_FORCE,
+                message: format!(
+                    "the limits of workspace {} are in force as specified",
+                    ws.id
+                ),
+            });
+            self.ctx.synced(&self.key, self.now);
         }
     }
 
     async fn cleanup(&mut self) -> Result<Action, Error> {
         if !kube_ops::has_finalizer(&self.obj) {
             return Ok(Action::await_change());
+        }
+        if is_paused(&self.obj) {
+            // Paused: no writes, deletion included; it finishes once the annotation is gone.
+            self.announce_pause(true).await;
+            let ready = conditions::is_true(&self.status.conditions, conditions::READY);
+            self.conclude(Outcome::Held {
+                ready,
+                ready_reason: if ready { reasons::IN_FORCE } else { reasons::OUT_OF_SYNC },
+                ready_message: String::new(),
+                synced: FALSE,
+                synced_reason: reasons::RECONCILIATION_PAUSED,
+                synced_message: format!(
+                    "annotation {PAUSED_ANNOTATION} is \"true\": the deletion waits until it is removed"
+                ),
+            });
+            self.flush_status()
+                .await
+                .map_err(|e| Error::kube("write the status", e))?;
+            return Ok(Action::requeue(self.ctx.refresh_interval(true)));
         }
         let owns = self
             .conflicting_owner(self.status.workspace_id.as_deref())
