@@ -141,3 +141,68 @@ fn every_metric_a_rule_queries_is_exported() {
     }
     assert!(seen >= 6, "the rules query {seen} metrics");
 }
+
+fn readme() -> String {
+    std::fs::read_to_string(repo("README.md")).unwrap()
+}
+
+/// The README's condition-reason table matches the code: every reason the operator writes is
+/// documented, and every Admin API error reason is one of them.
+#[test]
+fn the_readme_documents_every_condition_reason() {
+    use portkey_budget_operator::controller::conditions::reasons;
+    let readme = readme();
+    for reason in reasons::ALL {
+        assert!(
+            readme.contains(&format!("`{reason}`")),
+            "README.md does not document the condition reason {reason}"
+        );
+    }
+    let errors = [
+        portkey_budget_operator::portkey::PortkeyError::Decode {
+            message: String::new(),
+        },
+        portkey_budget_operator::portkey::PortkeyError::Config(String::new()),
+    ];
+    for e in errors {
+        assert!(reasons::ALL.contains(&e.reason()), "{}", e.reason());
+    }
+    // No reason the code does not emit (old names).
+    for stale in ["`ServerError`", "`RateLimited`", "lastSyncTime"] {
+        assert!(!readme.contains(stale), "README.md still mentions {stale}");
+    }
+}
+
+/// The README's metric table matches the exposition, both ways.
+#[test]
+fn the_readme_documents_every_metric_and_only_those() {
+    let exposition = populated().encode();
+    let readme = readme();
+    let families: Vec<String> = exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert!(families.len() >= 18, "{families:?}");
+    for family in &families {
+        let counter = exposition.contains(&format!("# TYPE {family} counter"));
+        let documented = if counter {
+            format!("`{family}_total`")
+        } else {
+            format!("`{family}`")
+        };
+        assert!(
+            readme.contains(&documented),
+            "README.md does not document {documented}"
+        );
+    }
+    let pattern = regex::Regex::new(&format!("{PREFIX}_[a-z_]+")).unwrap();
+    for m in pattern.find_iter(&readme) {
+        let name = m.as_str().trim_end_matches("_total");
+        assert!(
+            families.iter().any(|f| f == name),
+            "README.md names {}, which the operator does not export",
+            m.as_str()
+        );
+    }
+}
