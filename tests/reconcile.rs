@@ -485,6 +485,126 @@ async fn observe_reports_out_of_sync_without_writing() {
     assert_eq!(env.condition("watcher", "Synced").0, "True");
     let usage = env.obj("watcher").status.unwrap().usage.unwrap();
     assert_eq!((usage.buckets, usage.peak_percent), (1, 40));
+    // Still out of sync at the next pass: nothing new, so no status write.
+    let writes = env.kube.writes().len();
+    env.reconcile("watcher").await.unwrap();
+    assert_eq!(
+        env.kube.writes().len(),
+        writes,
+        "an unchanged situation writes no status"
+    );
+}
+
+#[tokio::test]
+async fn pause_stops_every_write_but_keeps_reporting_and_resume_corrects_drift() {
+    use kube::ResourceExt;
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let id = env.obj("monthly").status.unwrap().common.policy_id.unwrap();
+    let pause = |value: Option<&str>| {
+        env.kube
+            .replace_raw("usagelimitpolicies", NS, "monthly", |o| match value {
+                Some(v) => o["metadata"]["annotations"][PAUSED_ANNOTATION] = json!(v),
+                None => {
+                    o["metadata"]["annotations"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove(PAUSED_ANNOTATION);
+                }
+            })
+    };
+    pause(Some("true"));
+    assert!(
+        env.obj("monthly")
+            .annotations()
+            .contains_key(PAUSED_ANNOTATION)
+    );
+    // An emergency change in the Portkey UI, and usage: the change stays, usage is reported.
+    let emergency = UpdateUsageLimitsPolicy {
+        credit_limit: Some(d("5000")),
+        ..Default::default()
+    };
+    env.portkey
+        .usage_limits()
+        .update(&id, &emergency)
+        .await
+        .unwrap();
+    env.emu
+        .control()
+        .add_usage(&id, "metadata._user:alice", d("250"))
+        .await
+        .unwrap();
+    env.emu.control().clear_requests().await.unwrap();
+    env.reconcile("monthly").await.unwrap();
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.api_writes().await, 0, "paused: no write to Portkey");
+    let p = env
+        .portkey
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(p.credit_limit, d("5000"), "the emergency change is kept");
+    assert_eq!(
+        env.condition("monthly", "Synced"),
+        ("False".into(), "ReconciliationPaused".into())
+    );
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("False".into(), "OutOfSync".into())
+    );
+    let status = env.obj("monthly").status.unwrap();
+    assert_eq!(
+        status.usage.unwrap().buckets,
+        1,
+        "usage is still read and reported"
+    );
+    let reasons = env.kube.event_reasons();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| *r == "ReconciliationPaused")
+            .count(),
+        1,
+        "one Event on pause"
+    );
+    // Deletion while paused archives nothing and waits.
+    // Resume: drift corrected at once, with an Event.
+    pause(None);
+    env.reconcile("monthly").await.unwrap();
+    let p = env
+        .portkey
+        .usage_limits()
+        .get(&id, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(p.credit_limit, d("500"));
+    assert!(
+        env.kube
+            .event_reasons()
+            .contains(&"ReconciliationResumed".to_owned())
+    );
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("True".into(), "InForce".into())
+    );
+    pause(Some("true"));
+    env.kube.delete::<UsageLimitPolicy>(NS, "monthly");
+    env.reconcile("monthly").await.unwrap();
+    assert!(
+        env.kube.get::<UsageLimitPolicy>(NS, "monthly").is_some(),
+        "deletion waits"
+    );
+    assert_eq!(
+        env.active(WS_A).await.len(),
+        1,
+        "nothing archived while paused"
+    );
+    pause(None);
+    env.reconcile("monthly").await.unwrap();
+    assert!(env.kube.get::<UsageLimitPolicy>(NS, "monthly").is_none());
+    assert!(env.active(WS_A).await.is_empty());
 }
 
 #[tokio::test]
