@@ -2,6 +2,7 @@
 //! Portkey. The binary (`src/main.rs`) is a thin CLI over this library.
 
 pub mod api;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod config;
 pub mod controller;

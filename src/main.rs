@@ -51,6 +51,7 @@ enum Command {
 }
 
 #[derive(Args)]
+#[cfg_attr(not(feature = "bench"), allow(dead_code))]
 struct BenchArgs {
     /// UsageLimitPolicies to generate and converge.
     #[arg(long, default_value_t = 1000)]
@@ -74,6 +75,12 @@ struct BenchArgs {
     in_process_emulator: bool,
 }
 
+#[cfg(not(feature = "bench"))]
+async fn run_bench(_args: BenchArgs) -> Result<(), String> {
+    Err("this binary was built without the benchmark (test scaffolding is left out of release builds): cargo run --release --features bench -- bench ...".into())
+}
+
+#[cfg(feature = "bench")]
 async fn run_bench(args: BenchArgs) -> Result<(), String> {
     if args.policies == 0 || args.rate_limit == 0 || args.concurrency == 0 {
         return Err("--policies, --rate-limit and --concurrency must be at least 1".into());
@@ -117,6 +124,10 @@ struct CrdsArgs {
     /// Write `<crd name>.yaml` files into this folder instead of printing.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<PathBuf>,
+    /// With --output-dir: write the Helm chart's templates (`crds.install` / `crds.keep`)
+    /// instead of plain CRDs.
+    #[arg(long, requires = "output_dir")]
+    helm_templates: bool,
 }
 
 fn run_crds(args: CrdsArgs) -> Result<(), String> {
@@ -127,7 +138,12 @@ fn run_crds(args: CrdsArgs) -> Result<(), String> {
         }
         Some(dir) => {
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            for (name, yaml) in api::crd_files() {
+            let files = if args.helm_templates {
+                api::crd_helm_templates()
+            } else {
+                api::crd_files()
+            };
+            for (name, yaml) in files {
                 let path = dir.join(name);
                 std::fs::write(&path, yaml).map_err(|e| format!("{}: {e}", path.display()))?;
                 eprintln!("wrote {}", path.display());

@@ -1,4 +1,5 @@
-//! The Helm chart: its `crds/` equal the top-level `crds/`, every value is typed and documented
+//! The Helm chart: its CRD templates are generated from the code, its alert rules are the
+//! example PrometheusRule's, every value is typed and documented
 //! in `values.schema.json`, and Helm's own linter (the `helm-sdkpy` package, which embeds Helm's
 //! library) accepts the chart with the defaults plus an API key and rejects bad values.
 
@@ -24,29 +25,48 @@ fn schema() -> Value {
 }
 
 #[test]
-fn chart_crds_are_the_top_level_crds() {
-    let top = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-    let mut names: Vec<String> = std::fs::read_dir(&top)
+fn chart_crd_templates_are_generated_from_the_code() {
+    let dir = chart().join("templates/crds");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    names.sort();
-    let mut chart_names: Vec<String> = std::fs::read_dir(chart().join("crds"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    chart_names.sort();
+    files.sort();
+    let mut expected = portkey_budget_operator::api::crd_helm_templates();
+    expected.sort();
     assert_eq!(
-        names, chart_names,
-        "charts/portkey-budget-operator/crds/ must hold exactly the files of crds/"
+        files,
+        expected.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+        "regenerate with: cargo run -- crds --helm-templates --output-dir charts/portkey-budget-operator/templates/crds"
     );
-    for name in names {
+    for (name, text) in expected {
         assert_eq!(
-            read(&top.join(&name)),
-            read(&chart().join("crds").join(&name)),
-            "charts/portkey-budget-operator/crds/{name} drifted from crds/{name}: copy crds/*.yaml into the chart"
+            read(&dir.join(&name)),
+            text,
+            "templates/crds/{name} drifted from the code: regenerate with `cargo run -- crds --helm-templates --output-dir charts/portkey-budget-operator/templates/crds`"
         );
+        assert!(text.starts_with("{{- if .Values.crds.install }}"));
+        assert!(text.contains("helm.sh/resource-policy: keep"));
     }
+    assert!(
+        !chart().join("crds").exists(),
+        "a chart crds/ folder would never be upgraded by helm upgrade"
+    );
+}
+
+/// The chart's alert rules are the example PrometheusRule's.
+#[test]
+fn chart_prometheus_rules_are_the_example_rules() {
+    let example: Value = serde_saphyr::from_str(&read(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheusrule.yaml"),
+    ))
+    .unwrap();
+    let chart_rules: Value =
+        serde_saphyr::from_str(&read(&chart().join("files/prometheus-rules.yaml"))).unwrap();
+    assert_eq!(example["spec"], chart_rules);
+    let dashboard: Value =
+        serde_json::from_str(&read(&chart().join("files/grafana-dashboard.json"))).unwrap();
+    assert!(dashboard["panels"].as_array().unwrap().len() >= 6);
 }
 
 /// Walks values.yaml; every key must be in the schema with a type and a description, and every
@@ -146,7 +166,10 @@ fn deployment_and_rbac_are_hardened_and_least_privilege() {
         .find(|r| r.contains("secrets"))
         .unwrap();
     assert!(secret_rule.contains("resourceNames"), "{secret_rule}");
-    assert!(secret_rule.contains("verbs: [\"get\"]"), "{secret_rule}");
+    assert!(
+        secret_rule.contains("verbs: [\"get\", \"list\", \"watch\"]"),
+        "{secret_rule}"
+    );
 }
 
 /// Copies the chart with `values` as its values.yaml and runs Helm's linter on it.
@@ -212,6 +235,9 @@ fn helm_lint_accepts_the_defaults_plus_an_api_key_and_every_option() {
     let mut all = values();
     all["portkey"]["existingSecret"] = json!("portkey-admin");
     all["metrics"]["serviceMonitor"]["enabled"] = json!(true);
+    all["metrics"]["prometheusRule"]["enabled"] = json!(true);
+    all["metrics"]["grafanaDashboard"]["enabled"] = json!(true);
+    all["crds"]["keep"] = json!(false);
     all["networkPolicy"]["enabled"] = json!(true);
     all["networkPolicy"]["apiServerCIDRs"] = json!(["10.0.0.1/32"]);
     all["operator"]["dryRun"] = json!(true);

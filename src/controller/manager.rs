@@ -63,6 +63,11 @@ async fn api_key(
         .get(name)
         .await
         .map_err(|e| format!("cannot read the API key Secret {namespace}/{name}: {e}"))?;
+    key_in(&secret, namespace, name, key)
+}
+
+/// The secret from a Secret object (`data`, else `stringData`).
+fn key_in(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<ApiKey, String> {
     let bytes = secret
         .data
         .as_ref()
@@ -79,6 +84,65 @@ async fn api_key(
     let text = String::from_utf8(bytes)
         .map_err(|_| format!("the Secret {namespace}/{name} key {key:?} is not UTF-8 text"))?;
     checked_key(text)
+}
+
+/// Uses a new key when its source changes, without a restart: the Secret is watched (by name:
+/// the chart grants watch on that one Secret only), and any 401 from Portkey makes the source
+/// (Secret or file) be read again. The key is never logged.
+async fn keep_key_fresh(
+    source: ApiKeySource,
+    kube: kube::Client,
+    namespace: String,
+    portkey: PortkeyClient,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let refused = portkey.key_refused();
+    let apply = |key: Result<ApiKey, String>| match key {
+        Ok(key) => match portkey.set_api_key(&key) {
+            Ok(true) => tracing::info!("the Admin API key changed; using the new one"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not use the new Admin API key"),
+        },
+        Err(e) => tracing::warn!(error = %e, "could not read the Admin API key"),
+    };
+    match source {
+        ApiKeySource::Secret { name, key } => {
+            let api: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
+            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+            let mut changes = watcher(api, config)
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            loop {
+                tokio::select! {
+                    change = changes.next() => match change {
+                        Some(Ok(secret)) => apply(key_in(&secret, &namespace, &name, &key)),
+                        Some(Err(e)) => tracing::warn!(error = %e, "watching the API key Secret"),
+                        None => return,
+                    },
+                    () = refused.notified() => {
+                        tracing::warn!("Portkey refused the Admin API key (401); reading the Secret again");
+                        apply(api_key(&ApiKeySource::Secret { name: name.clone(), key: key.clone() }, &kube, &namespace).await);
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        }
+        ApiKeySource::File(path) => loop {
+            refused.notified().await;
+            tracing::warn!("Portkey refused the Admin API key (401); reading the key file again");
+            apply(read_api_key(&ApiKeySource::File(path.clone())));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        },
+        ApiKeySource::Env => loop {
+            refused.notified().await;
+            tracing::warn!(
+                "Portkey refused the Admin API key (401); a key from PORTKEY_API_KEY cannot change without a restart (use a Secret or a file to rotate keys)"
+            );
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        },
+    }
 }
 
 /// Pings the Admin API until it answers, then marks it in `health` (with backoff, at most 30 s
@@ -196,6 +260,12 @@ pub async fn run(settings: OperatorSettings) -> Result<(), String> {
         None => None,
     };
     let probe = tokio::spawn(probe_admin_api(portkey.clone(), health.clone()));
+    let key_refresh = tokio::spawn(keep_key_fresh(
+        settings.api_key.clone(),
+        kube.clone(),
+        namespace.clone(),
+        portkey.clone(),
+    ));
 
     let ctx = Context::with_metrics(
         kube.clone(),
@@ -215,6 +285,7 @@ pub async fn run(settings: OperatorSettings) -> Result<(), String> {
     };
     metrics.set_leader(false);
     probe.abort();
+    key_refresh.abort();
     if let Some(server) = server {
         server.abort();
     }

@@ -3,6 +3,7 @@
 pub mod conditions;
 pub mod kube_ops;
 pub mod manager;
+#[cfg(feature = "bench")]
 pub mod memkube;
 pub mod policy;
 pub mod rate;

@@ -89,6 +89,18 @@ impl EmulatorControl {
             .await
     }
 
+    /// Replaces the accepted API keys (a key rotation).
+    pub async fn set_api_keys(&self, keys: &[&str]) -> Result<(), String> {
+        let _: Value = self
+            .call(
+                reqwest::Method::PUT,
+                "api-keys",
+                Some(json!({"keys": keys})),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn clear_faults(&self) -> Result<Faults, String> {
         self.set_faults(json!({})).await
     }

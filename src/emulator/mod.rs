@@ -1,7 +1,7 @@
 //! A local Portkey Admin API emulator: real HTTP on loopback, in-memory state.
 //!
-//! It serves the Admin API paths the operator uses under `/v1` and behaves as the reference
-//! (`shared/reference/portkey-admin-api.md`) says Portkey does. Test and demo controls live under
+//! It serves the Admin API paths the operator uses under `/v1` and behaves as
+//! `docs/admin-api.md` says Portkey does. Test and demo controls live under
 //! `/_emulator/` (not part of Portkey). See README "Emulator".
 
 pub mod control;
@@ -184,7 +184,8 @@ struct Shared {
     log: Mutex<RequestLog>,
     /// Recent creates and updates, for the consistency faults.
     recent: Mutex<HashMap<String, RecentWrite>>,
-    api_keys: Vec<String>,
+    /// Accepted keys (changeable through the control API, to rotate keys in tests).
+    api_keys: Mutex<Vec<String>>,
     state_file: Option<PathBuf>,
 }
 
@@ -664,8 +665,10 @@ async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
 
 impl Shared {
     async fn gate(&self, key: &str, method: &str) -> ApiResult<()> {
-        let unauthorized = key.is_empty()
-            || (!self.api_keys.is_empty() && !self.api_keys.iter().any(|k| k == key));
+        let unauthorized = {
+            let keys = lock(&self.api_keys);
+            key.is_empty() || (!keys.is_empty() && !keys.iter().any(|k| k == key))
+        };
         if unauthorized {
             return Err(ApiError {
                 status: 401,
@@ -827,6 +830,26 @@ impl Faults {
     }
 }
 
+/// `PUT /_emulator/api-keys {"keys": [...]}`: the keys accepted from now on (a rotation);
+/// answers how many there are (never the keys).
+async fn control_set_api_keys(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    let keys: Vec<String> = body["keys"]
+        .as_array()
+        .ok_or_else(|| ApiError::invalid("keys", "must be a list of strings"))?
+        .iter()
+        .map(|k| {
+            k.as_str()
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| ApiError::invalid("keys", "must be non-empty strings"))
+        })
+        .collect::<ApiResult<_>>()?;
+    let count = keys.len();
+    *lock(&s.api_keys) = keys;
+    ok(json!({"keys": count}))
+}
+
 async fn control_get_faults(AxState(s): Shr) -> Reply {
     ok(&lock(&s.faults).faults)
 }
@@ -905,6 +928,7 @@ fn router(shared: Arc<Shared>) -> Router {
             get(control_requests).delete(control_clear_requests),
         )
         .route("/clock", post(control_clock))
+        .route("/api-keys", put(control_set_api_keys))
         .route("/state", get(control_state));
     Router::new()
         .nest("/v1", api)
@@ -977,7 +1001,7 @@ pub async fn spawn(config: EmulatorConfig) -> std::io::Result<EmulatorHandle> {
         }),
         log: Mutex::new(RequestLog::default()),
         recent: Mutex::new(HashMap::new()),
-        api_keys: config.api_keys.clone(),
+        api_keys: Mutex::new(config.api_keys.clone()),
         state_file: config.state_file.clone(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -1,8 +1,8 @@
-//! Reset-schedule arithmetic (reference §6): every reset happens at 00:00 UTC.
+//! Reset-schedule arithmetic (docs/admin-api.md §2, §4): every reset happens at 00:00 UTC.
 //!
 //! * monthly: the 1st of each calendar month;
 //! * weekly: Monday for policies (DOC-BP); Sunday for workspace inline limits (DOC-WS). The
-//!   sources disagree (reference §6 [C!]); we follow each surface's own page;
+//!   sources disagree (docs/admin-api.md); we follow each surface's own page;
 //! * every N days: counted from the UTC midnight of the day the schedule was (re)set.
 
 use jiff::civil::{Date, Weekday};

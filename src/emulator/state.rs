@@ -653,7 +653,7 @@ impl State {
                     }
                 }
             }
-            // Portkey's behaviour (reference §0.5): any PUT carrying periodic_reset or
+            // Portkey's behaviour (docs/admin-api.md §2): any PUT carrying periodic_reset or
             // periodic_reset_days recomputes the next reset from now.
             let sched = Schedule::from_fields(p.periodic_reset, p.periodic_reset_days);
             p.next_usage_reset_at = schedule::next_reset(sched, now, POLICY_WEEK_START);

@@ -16,7 +16,7 @@ use super::types::*;
 
 /// Portkey's SaaS Admin API.
 pub const DEFAULT_BASE_URL: &str = "https://api.portkey.ai/v1";
-/// The auth header (reference §2).
+/// The auth header (docs/admin-api.md §1).
 pub const API_KEY_HEADER: &str = "x-portkey-api-key";
 
 /// An Admin API key. It is never printed: `Debug` shows `ApiKey(***)` and there is no `Display`.
@@ -113,6 +113,10 @@ pub struct PortkeyClient {
     page_size: u32,
     observer: Option<CallObserver>,
     limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
+    /// The key, sent with every request; replaceable at run time (a rotated Secret).
+    key: Arc<std::sync::RwLock<HeaderValue>>,
+    /// Signalled whenever Portkey answers 401, so the key's source can be read again.
+    key_refused: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for PortkeyClient {
@@ -236,7 +240,6 @@ impl PortkeyClient {
         })?;
         key.set_sensitive(true);
         let mut headers = HeaderMap::new();
-        headers.insert(API_KEY_HEADER, key);
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
@@ -252,6 +255,8 @@ impl PortkeyClient {
             .build()
             .map_err(|e| PortkeyError::Config(format!("HTTP client: {e}")))?;
         Ok(PortkeyClient {
+            key: Arc::new(std::sync::RwLock::new(key)),
+            key_refused: Arc::new(tokio::sync::Notify::new()),
             http,
             base,
             timeout: config.timeout,
@@ -269,6 +274,27 @@ impl PortkeyClient {
                     Arc::new(governor::RateLimiter::direct(quota))
                 }),
         })
+    }
+
+    /// Replaces the API key of this client and every clone of it (a rotated key takes effect
+    /// with the next request). Returns whether it changed; the error never holds the key.
+    pub fn set_api_key(&self, key: &ApiKey) -> Result<bool, PortkeyError> {
+        if key.is_empty() {
+            return Err(PortkeyError::Config("the Admin API key is empty".into()));
+        }
+        let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+            PortkeyError::Config("the Admin API key holds characters a header cannot".into())
+        })?;
+        value.set_sensitive(true);
+        let mut current = self.key.write().expect("key lock");
+        let changed = *current != value;
+        *current = value;
+        Ok(changed)
+    }
+
+    /// Notified whenever Portkey refuses the key (401).
+    pub fn key_refused(&self) -> Arc<tokio::sync::Notify> {
+        self.key_refused.clone()
     }
 
     /// The base URL (no secrets in it).
@@ -364,12 +390,20 @@ impl PortkeyClient {
         url: Url,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Vec<u8>), PortkeyError> {
-        let mut request = self.http.request(method, url).timeout(self.timeout);
+        let key = self.key.read().expect("key lock").clone();
+        let mut request = self
+            .http
+            .request(method, url)
+            .timeout(self.timeout)
+            .header(API_KEY_HEADER, key);
         if let Some(body) = body {
             request = request.body(body);
         }
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status().as_u16();
+        if status == 401 {
+            self.key_refused.notify_one();
+        }
         let retry_after = response
             .headers()
             .get(header::RETRY_AFTER)

@@ -1,4 +1,4 @@
-//! One typed error for every Admin API failure (reference §9).
+//! One typed error for every Admin API failure (docs/admin-api.md §5).
 //!
 //! Error bodies come in several envelopes; all are parsed:
 //! * `{"success": false, "data": {"message": "…", "errorCode": "AB01"}}` (the usual one),
@@ -94,7 +94,7 @@ fn retry_suffix(retry_after: &Option<Duration>) -> String {
 
 impl PortkeyError {
     /// The object is gone: 404, or 403 `AB03`, which Portkey answers for deleted objects
-    /// (reference §16). Only meaningful for an id the operator knows; a 403 on a list or a
+    /// (docs/admin-api.md §5). Only meaningful for an id the operator knows; a 403 on a list or a
     /// create is a permission problem.
     pub fn is_gone(&self) -> bool {
         self.is_not_found()

@@ -1,4 +1,4 @@
-//! Typed request and response bodies of the Portkey Admin API (reference §3–§7).
+//! Typed request and response bodies of the Portkey Admin API (docs/admin-api.md).
 //!
 //! Responses tolerate unknown fields (serde ignores them) and missing optional ones. Requests
 //! omit what is not set, and partial updates use [`Nullable`] so an explicit `null` (clear) is
@@ -49,7 +49,7 @@ macro_rules! wire_enum {
 }
 
 wire_enum!(
-    /// What a usage-limits policy counts. `requests` needs backend ≥ 1.16.0 (reference §3.1).
+    /// What a usage-limits policy counts. `requests` needs backend ≥ 1.16.0 (docs/admin-api.md §2).
     UsageLimitType { Cost = "cost", Tokens = "tokens", Requests = "requests" }
 );
 wire_enum!(
@@ -91,7 +91,7 @@ impl ConditionValue {
     }
 }
 
-/// A policy condition (reference §5). All conditions must match.
+/// A policy condition (docs/admin-api.md §2). All conditions must match.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Condition {
     pub key: String,
@@ -106,7 +106,7 @@ pub struct GroupBy {
     pub key: String,
 }
 
-/// Answer to a create: only the id (reference §3.1).
+/// Answer to a create: only the id (docs/admin-api.md §2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreatedObject {
     pub id: String,
@@ -162,7 +162,7 @@ pub struct ValueKeyUsage {
     pub is_exhausted_alerts_sent: bool,
 }
 
-/// A usage-limits policy as Portkey reports it (reference §3.3).
+/// A usage-limits policy as Portkey reports it (docs/admin-api.md §2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageLimitsPolicy {
     pub id: String,
@@ -260,7 +260,7 @@ pub struct CreateUsageLimitsPolicy {
 
 /// Body of `PUT /policies/usage-limits/{id}`: a partial update. Absent fields stay as they are;
 /// `Nullable::Null` clears. Never put `periodic_reset*` in here unless they changed: every PUT
-/// that carries them reschedules the next reset (reference §0.5).
+/// that carries them reschedules the next reset (docs/admin-api.md §2).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdateUsageLimitsPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -298,7 +298,7 @@ impl UpdateUsageLimitsPolicy {
     }
 }
 
-/// A rate-limits policy as Portkey reports it (reference §4.2).
+/// A rate-limits policy as Portkey reports it (docs/admin-api.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimitsPolicy {
     pub id: String,
@@ -366,7 +366,7 @@ impl UpdateRateLimitsPolicy {
     }
 }
 
-/// One per-bucket entity of a usage-limits policy (reference §3.6).
+/// One per-bucket entity of a usage-limits policy (docs/admin-api.md §2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entity {
     pub id: String,
@@ -377,7 +377,7 @@ pub struct Entity {
     pub status: Option<BucketStatus>,
 }
 
-/// An inline usage limit on a workspace (reference §7). Workspaces take `cost` and `tokens` only.
+/// An inline usage limit on a workspace (docs/admin-api.md §4). Workspaces take `cost` and `tokens` only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkspaceUsageLimit {
     #[serde(rename = "type")]

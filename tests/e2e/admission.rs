@@ -42,10 +42,16 @@ async fn every_crd_is_established_on_the_real_api_server() {
     };
     bounded("every_crd_is_established", async {
         let cp = ControlPlane::start(assets);
-        // The chart's copy first (what `helm install` applies), then the committed `crds/`.
-        for dir in ["charts/portkey-budget-operator/crds", "crds"] {
-            cp.install_crds_from(&repo(dir));
-        }
+        // The chart's templates, rendered by Helm itself (crds.install), then `crds/` on top.
+        crate::helm::install_for_crds(&cp.kubeconfig);
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
+        cp.install_crds_from(&repo("crds"));
         let names = cp.kubectl(&["get", "crd", "-o", "jsonpath={.items[*].metadata.name}"]);
         let mut names: Vec<&str> = names.split_whitespace().collect();
         names.sort();

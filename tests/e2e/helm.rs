@@ -14,29 +14,93 @@ const RELEASE: &str = "pbo";
 const RELEASE_NS: &str = "portkey-system";
 const SECRET: &str = "portkey-admin";
 
-/// `helm install` through Helm's Go library (helm-sdkpy), without waiting for Pods (this
-/// control plane runs no kubelet).
-fn helm_install(kubeconfig: &Path, values: &serde_json::Value) {
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/portkey-budget-operator");
+fn chart_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/portkey-budget-operator")
+}
+
+/// A Helm action through Helm's Go library (helm-sdkpy), never waiting for Pods (this control
+/// plane runs no kubelet): `install` / `upgrade` (with `values`) or `uninstall`.
+fn helm(kubeconfig: &Path, action: &str, chart: &Path, values: &serde_json::Value) {
     let script = "import asyncio, json, sys\n\
-from helm_sdkpy import Configuration, Install\n\
+from helm_sdkpy import Configuration, Install, Upgrade, Uninstall\n\
 cfg = Configuration(namespace=sys.argv[2], kubeconfig=sys.argv[1], insecure_skip_tls_verify=True)\n\
-r = asyncio.run(Install(cfg).run(sys.argv[3], sys.argv[4], values=json.loads(sys.argv[5]), create_namespace=True, wait=False, timeout=120))\n\
-print(json.dumps(r, default=str)[:2000])\n";
+action, release, chart, values = sys.argv[3], sys.argv[4], sys.argv[5], json.loads(sys.argv[6])\n\
+r = Install(cfg).run(release, chart, values=values, create_namespace=True, wait=False, timeout=120, take_ownership=True) if action == 'install' else (Upgrade(cfg).run(release, chart, values=values, wait=False, timeout=120) if action == 'upgrade' else Uninstall(cfg).run(release, wait=False, timeout=120))\n\
+print(json.dumps(asyncio.run(r), default=str)[:2000])\n";
     let out = Command::new("python3")
         .args(["-c", script])
         .arg(kubeconfig)
-        .args([RELEASE_NS, RELEASE])
-        .arg(&chart)
+        .args([RELEASE_NS, action, RELEASE])
+        .arg(chart)
         .arg(values.to_string())
         .output()
         .expect("python3 runs");
     assert!(
         out.status.success(),
-        "helm install failed (helm-sdkpy: pip install --ignore-requires-python helm-sdkpy==0.1.32): {}{}",
+        "helm {action} failed (helm-sdkpy: pip install --ignore-requires-python helm-sdkpy==0.1.32): {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn helm_install(kubeconfig: &Path, values: &serde_json::Value) {
+    helm(kubeconfig, "install", &chart_dir(), values);
+}
+
+/// Installs the chart with its defaults (and a key): what a user's first `helm install` does.
+pub fn install_for_crds(kubeconfig: &Path) {
+    helm_install(kubeconfig, &serde_json::json!({"portkey": {"apiKey": "k"}}));
+}
+
+/// The metric families a dashboard panel or an alert rule of the chart queries.
+fn queried_metrics() -> Vec<String> {
+    let pattern = regex::Regex::new("portkey_budget_operator_[a-z_]+").unwrap();
+    let mut names: Vec<String> = [
+        "files/grafana-dashboard.json",
+        "files/prometheus-rules.yaml",
+    ]
+    .iter()
+    .flat_map(|f| {
+        let text = std::fs::read_to_string(chart_dir().join(f)).unwrap();
+        pattern
+            .find_iter(&text)
+            .map(|m| m.as_str().to_owned())
+            .collect::<Vec<_>>()
+    })
+    .map(|m| {
+        m.trim_end_matches("_total")
+            .trim_end_matches("_bucket")
+            .to_owned()
+    })
+    .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The metrics of a running operator, from its `/metrics` (its address from its log).
+async fn scrape(op: &Operator) -> String {
+    let address = eventually(
+        "the metrics address in the log",
+        std::time::Duration::from_secs(30),
+        || async {
+            let log = op.log_text();
+            let line = log.lines().find(|l| l.contains("serving /metrics"))?;
+            // Text (`address=…`) or JSON (`"address":"…"`) logs.
+            let (at, end) = match line.find("address=") {
+                Some(i) => (i + "address=".len(), ' '),
+                None => (line.find("\"address\":\"")? + "\"address\":\"".len(), '"'),
+            };
+            Some(line[at..].split(end).next()?.to_owned())
+        },
+    )
+    .await;
+    reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,6 +220,18 @@ async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
         // Events were recorded (RBAC for events.k8s.io).
         let events = cp.kubectl(&["get", "events.events.k8s.io", "-n", NS, "-o", "name"]);
         assert!(!events.trim().is_empty(), "no Events recorded");
+        // Every metric the chart's dashboard and alert rules query is exported by this
+        // running operator.
+        let exposition = scrape(&_op).await;
+        let queried = queried_metrics();
+        assert!(queried.len() >= 8, "{queried:?}");
+        for name in &queried {
+            assert!(
+                exposition.lines().any(|l| l.starts_with(&format!("# TYPE {name} "))),
+                "the chart queries {name}, which the running operator does not export:\n{exposition}"
+            );
+        }
+
         // And the deletion path (finalizers) works with the same permissions.
         cp.kubectl(&[
             "delete",
@@ -167,6 +243,24 @@ async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
             "--timeout=60s",
         ]);
         assert!(env.owned_usage("budget").await.is_empty());
+
+        // Key rotation without restart: Portkey accepts only the new key, the Secret changes,
+        // and the operator carries on.
+        let new_key = "rotated-admin-key";
+        env.emu.control().set_api_keys(&[new_key]).await.unwrap();
+        let rotated = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {SECRET}\n  namespace: {RELEASE_NS}\nstringData:\n  api-key: {new_key}\n"
+        );
+        cp.apply(&rotated);
+        env.portkey
+            .set_api_key(&portkey_budget_operator::portkey::ApiKey::new(new_key))
+            .unwrap();
+        cp.apply(&ulp("rotated", 600));
+        env.wait_ready("ulp/rotated", Some(NS));
+        assert_eq!(env.owned_usage("rotated").await.len(), 1);
+        let log = _op.log_text();
+        assert!(log.contains("the Admin API key changed"), "{log}");
+        assert!(!log.contains(new_key) && !log.contains(KEY), "a key in the log");
 
         // Least privilege, asked of the API server's authorizer.
         let user = format!("system:serviceaccount:{RELEASE_NS}:{sa}");
@@ -243,6 +337,9 @@ async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
                 "{user} must not {verb} {resource} in {ns:?}"
             );
         }
+        // It may watch its own Secret by name, and nothing else.
+        assert!(cp.can_i(&user, "watch", &format!("secrets/{SECRET}"), Some(RELEASE_NS)));
+        assert!(!cp.can_i(&user, "watch", "secrets", Some(RELEASE_NS)));
         // And for real: a read of the other Secret with the ServiceAccount's token is refused.
         let out = Command::new(cp.assets.join("kubectl"))
             .arg(format!("--kubeconfig={}", sa_kubeconfig.display()))
@@ -253,4 +350,121 @@ async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
     })
     .await;
+}
+
+/// CRDs managed by the chart: install the previous chart (its WorkspaceBudget CRD without the
+/// `limitOwnership` field added since), create resources, `helm upgrade` to the current chart:
+/// the CRDs are upgraded (the new field is kept, not pruned) and every resource survives;
+/// `helm uninstall` keeps the CRDs and the resources (`crds.keep`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
+    let Some(assets) = crate::support::control_plane::require_assets(
+        "helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them",
+    ) else {
+        return;
+    };
+    bounded("helm_upgrade", async {
+        let cp = crate::support::control_plane::ControlPlane::start(assets);
+        // The previous chart: the same chart at version 0.0.9, before limitOwnership existed.
+        let previous = cp.dir.path().join("previous-chart");
+        copy_dir(&chart_dir(), &previous);
+        let chart_yaml = std::fs::read_to_string(previous.join("Chart.yaml")).unwrap();
+        std::fs::write(
+            previous.join("Chart.yaml"),
+            chart_yaml.replace("\nversion: 0.1.0", "\nversion: 0.0.9"),
+        )
+        .unwrap();
+        let crd = previous.join("templates/crds/workspacebudgets.budgets.portkey-operator.io.yaml");
+        let text = std::fs::read_to_string(&crd).unwrap();
+        let start = text
+            .find("            limitOwnership:")
+            .expect("the field in the template");
+        let end = start + text[start..].find("            rateLimits:").unwrap();
+        std::fs::write(&crd, format!("{}{}", &text[..start], &text[end..])).unwrap();
+
+        let values = serde_json::json!({"portkey": {"apiKey": "k"}});
+        helm(&cp.kubeconfig, "install", &previous, &values);
+        cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
+        cp.kubectl(&["create", "namespace", NS]);
+        cp.apply(&ulp("kept", 600));
+        let with_field = wsb("marketing", 500, "  limitOwnership: All\n");
+        let refused = cp.apply_refused(&with_field);
+        assert!(
+            refused.contains("limitOwnership"),
+            "the previous CRD does not know the field: {refused}"
+        );
+        cp.apply(&wsb("marketing", 500, ""));
+        let field = || {
+            cp.kubectl(&[
+                "get",
+                "wsb",
+                "marketing",
+                "-o",
+                "jsonpath={.spec.limitOwnership}",
+            ])
+        };
+
+        helm(&cp.kubeconfig, "upgrade", &chart_dir(), &values);
+        eventually(
+            "the upgraded CRD",
+            std::time::Duration::from_secs(60),
+            || async {
+                let schema = cp.kubectl(&[
+                    "get",
+                    "crd",
+                    "workspacebudgets.budgets.portkey-operator.io",
+                    "-o",
+                    "json",
+                ]);
+                schema.contains("limitOwnership").then_some(())
+            },
+        )
+        .await;
+        cp.apply(&with_field);
+        assert_eq!(field(), "All", "the upgraded CRD accepts the new field");
+        assert!(
+            cp.kubectl(&["get", "ulp", "kept", "-n", NS, "-o", "name"])
+                .contains("kept")
+        );
+
+        helm(&cp.kubeconfig, "uninstall", &chart_dir(), &values);
+        let crds = cp.kubectl(&["get", "crd", "-o", "name"]);
+        assert_eq!(crds.lines().count(), 3, "CRDs kept: {crds}");
+        assert!(
+            cp.kubectl(&["get", "ulp", "kept", "-n", NS, "-o", "name"])
+                .contains("kept")
+        );
+        assert!(
+            cp.kubectl(&["get", "wsb", "marketing", "-o", "name"])
+                .contains("marketing")
+        );
+        let keep = cp.kubectl(&[
+            "get",
+            "crd",
+            "usagelimitpolicies.budgets.portkey-operator.io",
+            "-o",
+            r"jsonpath={.metadata.annotations.helm\.sh/resource-policy}",
+        ]);
+        assert_eq!(keep, "keep");
+    })
+    .await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
