@@ -101,29 +101,16 @@ fn context(client: kube::Client) -> std::sync::Arc<Context> {
 }
 
 #[tokio::test]
-async fn workspace_not_allowed_adds_finalizer_reads_binding_and_writes_status_only() {
+async fn workspace_not_allowed_reads_binding_and_writes_status_only() {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let ctx = context(kube::Client::new(service, "default"));
     let obj: UsageLimitPolicy = serde_json::from_value(object(&[], false, "Archive")).unwrap();
     let task = tokio::spawn(async move { usage::reconcile(&obj, &ctx).await });
 
-    // 1. Finalizer, guarded by the resourceVersion the controller saw.
-    let (m, p, ct, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m.as_str(), p.as_str()),
-        (
-            "PATCH",
-            "/apis/budgets.portkey-operator.io/v1alpha1/namespaces/team-a/usagelimitpolicies/monthly"
-        )
-    );
-    assert!(ct.starts_with("application/merge-patch+json"), "{ct}");
-    assert_eq!(body["metadata"]["resourceVersion"], "7");
-    assert_eq!(body["metadata"]["finalizers"], json!([FINALIZER]));
-    let mut stored = object(&[FINALIZER], false, "Archive");
-    stored["metadata"]["resourceVersion"] = json!("8");
-    respond(send, &stored);
+    // Refused before anything exists in Portkey: no finalizer is needed (nothing to archive).
+    let stored = object(&[], false, "Archive");
 
-    // 2. The namespace binding.
+    // 1. The namespace binding.
     let (m, p, _, _, send) = next(&mut handle).await;
     assert_eq!(
         (m.as_str(), p.as_str()),
@@ -135,7 +122,8 @@ async fn workspace_not_allowed_adds_finalizer_reads_binding_and_writes_status_on
         "metadata": {"name": "team-a", "annotations": {WORKSPACE_ANNOTATION: "team-b"}}}),
     );
 
-    // 3. Status through server-side apply: Ready=False WorkspaceNotAllowed.
+    // 2. Status through server-side apply, guarded by the resourceVersion the controller saw:
+    // Ready=False WorkspaceNotAllowed, Stalled.
     let (m, p, ct, body, send) = next(&mut handle).await;
     assert_eq!(
         (m.as_str(), p.as_str()),
@@ -145,12 +133,15 @@ async fn workspace_not_allowed_adds_finalizer_reads_binding_and_writes_status_on
         )
     );
     assert!(ct.starts_with("application/apply-patch"), "{ct}");
+    assert_eq!(body["metadata"]["resourceVersion"], "7");
     let conditions = body["status"]["conditions"].as_array().unwrap();
     let ready = conditions.iter().find(|c| c["type"] == "Ready").unwrap();
     assert_eq!(
         (ready["status"].as_str(), ready["reason"].as_str()),
         (Some("False"), Some("WorkspaceNotAllowed"))
     );
+    let stalled = conditions.iter().find(|c| c["type"] == "Stalled").unwrap();
+    assert_eq!(stalled["status"], "True");
     assert_eq!(ready["observedGeneration"], 1);
     assert!(
         ready["message"]

@@ -613,7 +613,7 @@ async fn crash_after_create_adopts_instead_of_duplicating() {
     env.kube.apply(&ulp("monthly", spec()));
     // The operator dies after POST and before recording the id: every status write fails, so
     // the remote policy exists with our marker, status is empty and the annotation stays.
-    env.kube.fail_writes("/status", 500, 2);
+    env.kube.fail_writes("/status", 500, 1);
     let err = env.reconcile("monthly").await;
     assert!(err.is_err(), "the status write failed");
     assert_eq!(env.active(WS_A).await.len(), 1);
@@ -1636,9 +1636,10 @@ mod ownership {
         env.reconcile("peek").await.unwrap();
         assert_eq!(reason(&env, "peek"), "WorkspaceNotAllowed");
         assert!(env.obj("peek").status.unwrap().usage.is_none());
-        // Deleting the resource archives nothing.
+        // Refused before anything was written: no finalizer, so deleting the resource is
+        // immediate and archives nothing.
+        assert!(env.obj("grab").metadata.finalizers.unwrap_or_default().is_empty());
         env.kube.delete::<UsageLimitPolicy>(NS, "grab");
-        env.reconcile("grab").await.unwrap();
         assert!(env.kube.get::<UsageLimitPolicy>(NS, "grab").is_none());
         let b = env.active(WS_B).await;
         assert_eq!(b.len(), 1);

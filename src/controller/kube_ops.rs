@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::api::{FINALIZER, WORKSPACE_ANNOTATION};
+use crate::api::{CREATE_PENDING_ANNOTATION, FINALIZER, WORKSPACE_ANNOTATION};
 
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "portkey-budget-operator";
@@ -72,6 +72,25 @@ pub async fn remove_finalizer<K: Managed>(api: &Api<K>, obj: &K) -> Result<(), k
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// The crash-safety record of a create, in one patch: the finalizer (so a deletion archives
+/// what the create makes) and the create-pending annotation, guarded by the resourceVersion.
+pub async fn mark_create_pending<K: Managed>(
+    api: &Api<K>,
+    obj: &K,
+    stamp: &str,
+) -> Result<K, kube::Error> {
+    let mut finalizers = obj.finalizers().to_vec();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    patch_metadata(
+        api,
+        obj,
+        json!({ "finalizers": finalizers, "annotations": { CREATE_PENDING_ANNOTATION: stamp } }),
+    )
+    .await
 }
 
 /// Sets (`Some`) or removes (`None`) one annotation, guarded by the resourceVersion.

@@ -92,6 +92,10 @@ struct Run<'a, R: PolicyResource> {
     now: Timestamp,
     /// What this pass concluded (for the readiness metrics).
     outcome: Option<Outcome>,
+    /// A policy was created this pass: its id must reach the status.
+    created: bool,
+    /// Clear the create-pending record once the status is written.
+    clear_pending: bool,
 }
 
 /// Reconciles one resource (or cleans it up when it is being deleted).
@@ -108,6 +112,8 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         obj: obj.clone(),
         now: Timestamp::now(),
         outcome: None,
+        created: false,
+        clear_pending: false,
     };
     let kind = R::kind(&());
     let name = obj.name_any();
@@ -120,7 +126,7 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
     if let Err(e) = &result {
         run.failed(e);
     }
-    let flushed = run.flush_status().await;
+    let flushed = run.finish().await;
     let conditions = &R::policy_status_ref(&run.status).conditions;
     if let Some(outcome) = &run.outcome {
         ctx.metrics
@@ -287,11 +293,6 @@ impl<R: PolicyResource> Run<'_, R> {
         if let Step::Stop(action) = self.validate() {
             return Ok(action);
         }
-        if !observe && !kube_ops::has_finalizer(&self.obj) {
-            self.obj = kube_ops::add_finalizer(&self.api, &self.obj)
-                .await
-                .map_err(|e| Error::kube("add the finalizer", e))?;
-        }
         // 2. Resolve the workspace: tenancy, then its UUID.
         let workspace_id = match self.resolve(&spec, refresh.clone()).await? {
             Step::Go(id) => id,
@@ -307,6 +308,13 @@ impl<R: PolicyResource> Run<'_, R> {
             Step::Go(remote) => remote,
             Step::Stop(action) => return Ok(action),
         };
+        // A policy this resource manages is archived (or released) on deletion: the finalizer
+        // goes on before anything is written to it (a create adds it with its pending record).
+        if !observe && remote.is_some() && !kube_ops::has_finalizer(&self.obj) {
+            self.obj = kube_ops::add_finalizer(&self.api, &self.obj)
+                .await
+                .map_err(|e| Error::kube("add the finalizer", e))?;
+        }
         // 4. Plan and 5. execute.
         let options = PlanOptions {
             management: spec.management_policy,
@@ -988,21 +996,31 @@ impl<R: PolicyResource> Run<'_, R> {
         Ok(())
     }
 
+    /// The writes that end a pass: the status (with the id of a policy just created, which a
+    /// conflict cannot lose), then the create-pending record cleared. At most these two.
+    async fn finish(&mut self) -> Result<(), kube::Error> {
+        if self.created {
+            self.record_status().await?;
+        } else {
+            self.flush_status().await?;
+        }
+        if self.clear_pending {
+            self.obj =
+                kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
+                    .await?;
+        }
+        Ok(())
+    }
+
     /// Writes status; on a 409 (someone else wrote the object meanwhile) re-reads it and writes
     /// again, so the `policyId` of a policy just created is never lost.
-    async fn record_status(&mut self) -> Result<(), Error> {
+    async fn record_status(&mut self) -> Result<(), kube::Error> {
         match self.flush_status().await {
             Err(e) if kube_ops::is_conflict(&e) => {
-                self.obj = self
-                    .api
-                    .get(&self.obj.name_any())
-                    .await
-                    .map_err(|e| Error::kube("re-read the resource", e))?;
-                self.flush_status()
-                    .await
-                    .map_err(|e| Error::kube("write the status", e))
+                self.obj = self.api.get(&self.obj.name_any()).await?;
+                self.flush_status().await
             }
-            other => other.map_err(|e| Error::kube("write the status", e)),
+            other => other,
         }
     }
 
@@ -1016,16 +1034,12 @@ impl<R: PolicyResource> Run<'_, R> {
         reason: &str,
         note: &str,
     ) -> Result<Step<Option<Policy<R>>>, Error> {
-        // Guarded by resourceVersion: a stale cached copy of the resource cannot create twice.
+        // The finalizer and the create-pending record in one patch, guarded by resourceVersion:
+        // a stale cached copy of the resource cannot create twice.
         let stamp = self.now.to_string();
-        self.obj = kube_ops::set_annotation(
-            &self.api,
-            &self.obj,
-            CREATE_PENDING_ANNOTATION,
-            Some(&stamp),
-        )
-        .await
-        .map_err(|e| Error::kube("write the create-pending record", e))?;
+        self.obj = kube_ops::mark_create_pending(&self.api, &self.obj, &stamp)
+            .await
+            .map_err(|e| Error::kube("write the create-pending record", e))?;
         self.ctx.write_permit().await;
         let created = match self.policies().create(body).await {
             Ok(c) => c,
@@ -1044,9 +1058,11 @@ impl<R: PolicyResource> Run<'_, R> {
             }
         };
         self.ctx.owned.invalidate(R::SHORT, workspace_id);
+        // The id goes into the status write that ends this pass (re-read and written again on
+        // a conflict); until then, and if that write fails, the pending record finds the policy.
         self.ps().policy_id = Some(created.id.clone());
         self.ps().workspace_id = Some(workspace_id.to_owned());
-        self.record_status().await?;
+        self.created = true;
         let type_ = if reason == "Recreated" {
             EventType::Warning
         } else {
@@ -1059,10 +1075,8 @@ impl<R: PolicyResource> Run<'_, R> {
         // instead of taking the policy for gone.
         for attempt in 0..3 {
             if let Some(p) = self.get_policy(&created.id).await? {
-                self.obj =
-                    kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
-                        .await
-                        .map_err(|e| Error::kube("clear the create-pending record", e))?;
+                // Portkey shows it: the record is cleared once the status holds the id.
+                self.clear_pending = true;
                 return Ok(Step::Go(Some(p)));
             }
             tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
