@@ -1638,7 +1638,13 @@ mod ownership {
         assert!(env.obj("peek").status.unwrap().usage.is_none());
         // Refused before anything was written: no finalizer, so deleting the resource is
         // immediate and archives nothing.
-        assert!(env.obj("grab").metadata.finalizers.unwrap_or_default().is_empty());
+        assert!(
+            env.obj("grab")
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+                .is_empty()
+        );
         env.kube.delete::<UsageLimitPolicy>(NS, "grab");
         assert!(env.kube.get::<UsageLimitPolicy>(NS, "grab").is_none());
         let b = env.active(WS_B).await;

@@ -131,17 +131,23 @@ pub fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
-/// The workspace a namespace is bound to by annotation, if any.
+/// The workspace a namespace is bound to by annotation, if any (with a GET; the controller
+/// reads its namespace watch instead, see `Context::namespace_binding`).
 pub async fn namespace_binding(
     client: &Client,
     namespace: &str,
 ) -> Result<Option<String>, kube::Error> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns = api.get_opt(namespace).await?;
-    Ok(ns
-        .and_then(|n| n.annotations().get(WORKSPACE_ANNOTATION).cloned())
+    Ok(ns.and_then(|n| binding_of(n.annotations())))
+}
+
+/// The binding in a namespace's annotations.
+pub fn binding_of(annotations: &std::collections::BTreeMap<String, String>) -> Option<String> {
+    annotations
+        .get(WORKSPACE_ANNOTATION)
         .map(|w| w.trim().to_owned())
-        .filter(|w| !w.is_empty()))
+        .filter(|w| !w.is_empty())
 }
 
 /// `Api` for a namespaced resource.

@@ -18,9 +18,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as RuntimeConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use rand::Rng;
 
@@ -317,6 +319,11 @@ pub struct Context {
     series_recorder: Recorder,
     pub workspaces: WorkspaceCache,
     pub owned: OwnedIndex,
+    /// Namespace metadata from one watch (the workspace bindings); empty outside `run`, where
+    /// bindings are read with a GET.
+    namespaces: std::sync::OnceLock<reflector::Store<PartialObjectMeta<Namespace>>>,
+    /// The WorkspaceBudget controller's own cache (conflicts are read from it, not listed).
+    workspace_budgets: std::sync::OnceLock<reflector::Store<WorkspaceBudget>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     crds: HashMap<&'static str, CompiledCrd>,
@@ -363,6 +370,8 @@ impl Context {
             portkey,
             workspaces: WorkspaceCache::default(),
             owned: OwnedIndex::default(),
+            namespaces: std::sync::OnceLock::new(),
+            workspace_budgets: std::sync::OnceLock::new(),
             metrics,
             health,
             crds: HashMap::from([
@@ -380,6 +389,26 @@ impl Context {
     /// The compiled CRD of a kind (by its short name), for client-side validation.
     pub fn crd(&self, short: &str) -> &CompiledCrd {
         &self.crds[short]
+    }
+
+    /// The workspace a namespace is bound to (annotation), from the namespace watch when it
+    /// has the namespace, else with a GET.
+    pub async fn namespace_binding(&self, namespace: &str) -> Result<Option<String>, kube::Error> {
+        if let Some(store) = self.namespaces.get()
+            && let Some(ns) = store.get(&reflector::ObjectRef::new(namespace))
+        {
+            return Ok(kube_ops::binding_of(ns.annotations()));
+        }
+        kube_ops::namespace_binding(&self.client, namespace).await
+    }
+
+    /// Every WorkspaceBudget, from the controller's cache when it runs, else listed.
+    pub async fn workspace_budgets(&self) -> Result<Vec<WorkspaceBudget>, kube::Error> {
+        if let Some(store) = self.workspace_budgets.get() {
+            return Ok(store.state().iter().map(|o| (**o).clone()).collect());
+        }
+        let api: Api<WorkspaceBudget> = Api::all(self.client.clone());
+        Ok(api.list(&Default::default()).await?.items)
     }
 
     /// When `key` (see `key_of`) was last compared with Portkey successfully by this process.
@@ -532,6 +561,8 @@ fn controller_for<K, F, Fut>(
     shutdown: Shutdown,
     kind: &'static str,
     reconcile: F,
+    bindings: Option<&tokio::sync::broadcast::Sender<String>>,
+    on_store: impl FnOnce(reflector::Store<K>),
 ) -> (Task, Ready)
 where
     K: Resource<DynamicType = ()>
@@ -544,10 +575,35 @@ where
     F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
-    let controller = Controller::new(api, watcher::Config::default().any_semantic())
+    let mut controller = Controller::new(api, watcher::Config::default().any_semantic())
         .with_config(RuntimeConfig::default().concurrency(ctx.config.concurrency.max(1)))
         .graceful_shutdown_on(shutdown);
     let store = controller.store();
+    on_store(store.clone());
+    if let Some(bindings) = bindings {
+        // A changed binding annotation reconciles the resources of that namespace.
+        let rx = bindings.subscribe();
+        let cache = store.clone();
+        let changed = futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ns) => return Some((ns, rx)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        let refs = changed.flat_map(move |ns: String| {
+            let refs: Vec<reflector::ObjectRef<K>> = cache
+                .state()
+                .iter()
+                .filter(|o| o.namespace().as_deref() == Some(ns.as_str()))
+                .map(|o| reflector::ObjectRef::from_obj(o.as_ref()))
+                .collect();
+            futures::stream::iter(refs)
+        });
+        controller = controller.reconcile_on(refs);
+    }
     let ready: Ready = Box::pin(async move {
         let _ = store.wait_until_ready().await;
     });
@@ -576,6 +632,37 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         tasks.push(task);
         ready.push(r);
     };
+    // One watch of Namespace metadata: the workspace bindings, and a reconcile of a namespace's
+    // resources when its binding changes.
+    let (ns_store, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let _ = ctx.namespaces.set(ns_store.clone());
+    let (bindings, _) = tokio::sync::broadcast::channel::<String>(1024);
+    let announce = bindings.clone();
+    let mut seen: HashMap<String, Option<String>> = HashMap::new();
+    let namespaces = watcher::watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff()
+    .reflect(ns_writer)
+    .applied_objects()
+    .take_until(shutdown.clone())
+    .for_each(move |ns| {
+        if let Ok(ns) = ns {
+            let name = ns.name_any();
+            let binding = kube_ops::binding_of(ns.annotations());
+            if let Some(before) = seen.insert(name.clone(), binding.clone())
+                && before != binding
+            {
+                tracing::info!(namespace = %name, "the workspace binding changed; reconciling the namespace's resources");
+                let _ = announce.send(name);
+            }
+        }
+        futures::future::ready(())
+    });
+    let namespaces_ready: Ready = Box::pin(async move {
+        let _ = ns_store.wait_until_ready().await;
+    });
     for api in apis::<UsageLimitPolicy>(&ctx) {
         add(controller_for(
             api,
@@ -583,6 +670,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             shutdown.clone(),
             "ulp",
             reconcile_policy::<UsageLimitPolicy>,
+            Some(&bindings),
+            |_| {},
         ));
     }
     for api in apis::<RateLimitPolicy>(&ctx) {
@@ -592,15 +681,24 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             shutdown.clone(),
             "rlp",
             reconcile_policy::<RateLimitPolicy>,
+            Some(&bindings),
+            |_| {},
         ));
     }
+    let wsb_ctx = ctx.clone();
     add(controller_for(
         Api::<WorkspaceBudget>::all(ctx.client.clone()),
         &ctx,
         shutdown.clone(),
         "wsb",
         reconcile_workspace,
+        None,
+        move |store| {
+            let _ = wsb_ctx.workspace_budgets.set(store);
+        },
     ));
+    tasks.push(Box::pin(namespaces));
+    ready.push(namespaces_ready);
     let health = ctx.health.clone();
     tasks.push(Box::pin(async move {
         futures::future::join_all(ready).await;

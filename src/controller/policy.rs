@@ -393,7 +393,9 @@ impl<R: PolicyResource> Run<'_, R> {
     /// UUID. Terminal conditions for a refused or unknown workspace.
     async fn resolve(&mut self, spec: &CommonSpec, refresh: Action) -> Result<Step<String>, Error> {
         let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = kube_ops::namespace_binding(&self.ctx.client, &namespace)
+        let binding = self
+            .ctx
+            .namespace_binding(&namespace)
             .await
             .map_err(|e| Error::kube("read the namespace binding", e))?;
         let workspace = match (&spec.workspace, &binding) {
@@ -1100,10 +1102,7 @@ impl<R: PolicyResource> Run<'_, R> {
         }
         let spec = self.obj.common();
         let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = kube_ops::namespace_binding(&self.ctx.client, &namespace)
-            .await
-            .ok()
-            .flatten();
+        let binding = self.ctx.namespace_binding(&namespace).await.ok().flatten();
         let reference = spec
             .workspace
             .or(binding)

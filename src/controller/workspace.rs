@@ -5,7 +5,6 @@
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -144,9 +143,12 @@ impl Run<'_> {
     /// or by the UUID it resolved).
     async fn conflicting_owner(&self, workspace_id: Option<&str>) -> Result<Option<String>, Error> {
         let ours = self.obj.spec.workspace.to_ascii_lowercase();
-        let all = self.api.list(&ListParams::default()).await?;
+        let all = self
+            .ctx
+            .workspace_budgets()
+            .await
+            .map_err(|e| Error::kube("read the other WorkspaceBudgets", e))?;
         let same: Vec<WorkspaceBudget> = all
-            .items
             .into_iter()
             .filter(|w| {
                 let theirs = w.spec.workspace.to_ascii_lowercase();

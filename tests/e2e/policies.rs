@@ -279,6 +279,21 @@ async fn usage_limit_policy_lifecycle() {
                 .contains("intruder")),
             "nothing created in the named workspace either"
         );
+        // Rebinding the namespace to the workspace the policies name: they are reconciled (the
+        // namespace watch) and come into force.
+        cp.kubectl(&[
+            "annotate",
+            "namespace",
+            "bound-elsewhere",
+            "--overwrite",
+            &format!("budgets.portkey-operator.io/workspace={WS_SLUG}"),
+        ]);
+        env.wait_ready("ulp/intruder", Some("bound-elsewhere"));
+        env.wait_ready("rlp/intruder", Some("bound-elsewhere"));
+        assert!(
+            env.log_of("operator.log")
+                .contains("the workspace binding changed")
+        );
     })
     .await;
 }
