@@ -156,6 +156,31 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A paused resource: Ready says whether Portkey holds the spec (`differences` empty) or
+    /// lists what differs; Synced=False ReconciliationPaused. `what` names what is read.
+    pub fn paused(differences: &str, what: &str) -> Outcome {
+        let (ready, ready_reason, ready_message) = if differences.is_empty() {
+            (true, reasons::IN_FORCE, format!("{what} match the spec"))
+        } else {
+            (
+                false,
+                reasons::OUT_OF_SYNC,
+                format!("Portkey differs from the spec: {differences}"),
+            )
+        };
+        Outcome::Held {
+            ready,
+            ready_reason,
+            ready_message,
+            synced: FALSE,
+            synced_reason: reasons::RECONCILIATION_PAUSED,
+            synced_message: format!(
+                "annotation {} is \"true\": {what} are read, nothing is written to Portkey",
+                crate::api::PAUSED_ANNOTATION
+            ),
+        }
+    }
+
     /// The metric label of the outcome.
     pub fn label(&self) -> &'static str {
         match self {

@@ -660,29 +660,7 @@ impl<R: PolicyResource> Run<'_, R> {
                     .into(),
             }
         } else if let Held::Paused(changes) = held {
-            let (ready, ready_reason, ready_message) = if changes.is_empty() {
-                (
-                    true,
-                    reasons::IN_FORCE,
-                    "the Portkey policy matches the spec".to_owned(),
-                )
-            } else {
-                (
-                    false,
-                    reasons::OUT_OF_SYNC,
-                    format!("Portkey differs from the spec: {changes}"),
-                )
-            };
-            Outcome::Held {
-                ready,
-                ready_reason,
-                ready_message,
-                synced: FALSE,
-                synced_reason: reasons::RECONCILIATION_PAUSED,
-                synced_message: format!(
-                    "annotation {PAUSED_ANNOTATION} is \"true\": usage is read, nothing is written to Portkey"
-                ),
-            }
+            Outcome::paused(&changes, "the Portkey policy and its usage")
         } else {
             match held {
                 // Observe mode: reading worked; the policy just differs from the spec.

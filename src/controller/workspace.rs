@@ -229,32 +229,12 @@ impl Run<'_> {
         let planned = plan::plan(&desired, &ws);
         self.announce_pause(paused).await;
         if paused {
-            let (ready, ready_reason, ready_message) = match &planned {
-                None => (
-                    true,
-                    reasons::IN_FORCE,
-                    "the workspace limits match the spec".to_owned(),
-                ),
-                Some(update) => (
-                    false,
-                    reasons::OUT_OF_SYNC,
-                    format!(
-                        "Portkey differs from the spec: {}",
-                        FieldChange::summary(&update.changes)
-                    ),
-                ),
-            };
+            let differences = planned
+                .as_ref()
+                .map(|u| FieldChange::summary(&u.changes))
+                .unwrap_or_default();
             self.report_figures(&ws, &desired);
-            self.conclude(Outcome::Held {
-                ready,
-                ready_reason,
-                ready_message,
-                synced: FALSE,
-                synced_reason: reasons::RECONCILIATION_PAUSED,
-                synced_message: format!(
-                    "annotation {PAUSED_ANNOTATION} is \"true\": the limits are read, nothing is written to Portkey"
-                ),
-            });
+            self.conclude(Outcome::paused(&differences, "the workspace limits"));
             self.ctx.synced(&self.key, self.now);
             return Ok(refresh);
         }
