@@ -149,7 +149,17 @@ impl Env {
 async fn create_makes_one_remote_policy_and_reports_ready() {
     let env = env().await;
     env.kube.apply(&ulp("monthly", spec()));
+    let before = env.kube.writes().len();
     env.reconcile("monthly").await.unwrap();
+    // A create costs three writes to the resource: finalizer + create-pending record, the
+    // status with the id, the record cleared (Events are separate objects).
+    let writes: Vec<String> = env.kube.writes()[before..]
+        .iter()
+        .filter(|w| w.contains("/usagelimitpolicies/monthly"))
+        .cloned()
+        .collect();
+    assert_eq!(writes.len(), 3, "{writes:?}");
+    assert!(writes[1].ends_with("/status"), "{writes:?}");
 
     let obj = env.obj("monthly");
     assert!(
