@@ -4,6 +4,8 @@
 pub mod api;
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod bench_real;
 pub mod config;
 pub mod controller;
 pub mod emulator;

@@ -73,6 +73,20 @@ struct BenchArgs {
     /// that the peak RSS is the operator's).
     #[arg(long)]
     in_process_emulator: bool,
+    /// The real mode: the `run` binary as a child process against a real Kubernetes API server
+    /// (from KUBEBUILDER_ASSETS, or --kubeconfig) and the emulator.
+    #[arg(long)]
+    real: bool,
+    /// With --real: an existing cluster instead of a control plane from KUBEBUILDER_ASSETS
+    /// (Kubernetes API figures then need KUBEBUILDER_ASSETS' own control plane).
+    #[arg(long, value_name = "PATH", requires = "real")]
+    kubeconfig: Option<PathBuf>,
+    /// With --real: the operator's Admin API writes per second (the floor is N / this).
+    #[arg(long, default_value_t = 100)]
+    write_rate: u32,
+    /// With --real: the operator's usage refresh interval (the steady state spans two).
+    #[arg(long, default_value = "20s")]
+    refresh_interval: portkey_budget_operator::config::FlagDuration,
 }
 
 #[cfg(not(feature = "bench"))]
@@ -84,6 +98,32 @@ async fn run_bench(_args: BenchArgs) -> Result<(), String> {
 async fn run_bench(args: BenchArgs) -> Result<(), String> {
     if args.policies == 0 || args.rate_limit == 0 || args.concurrency == 0 {
         return Err("--policies, --rate-limit and --concurrency must be at least 1".into());
+    }
+    if args.real {
+        use portkey_budget_operator::bench_real;
+        eprintln!(
+            "real mode: the operator binary against a real API server, {} UsageLimitPolicies, {} ms a call, {} req/s, {} writes/s, concurrency {}...",
+            args.policies, args.latency_ms, args.rate_limit, args.write_rate, args.concurrency
+        );
+        let report = bench_real::run(&bench_real::RealOptions {
+            policies: args.policies,
+            latency_ms: args.latency_ms,
+            rate_limit: args.rate_limit,
+            write_rate: args.write_rate,
+            concurrency: args.concurrency,
+            refresh: args.refresh_interval.0,
+            kubeconfig: args.kubeconfig.clone(),
+            exe: std::env::current_exe()
+                .map_err(|e| format!("cannot find this executable: {e}"))?,
+        })
+        .await?;
+        print!("{}", bench_real::render(&report));
+        if let Some(path) = &args.json {
+            let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+            std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
     }
     eprintln!(
         "converging {} UsageLimitPolicies against the built-in emulator ({} ms a call, {} req/s, concurrency {})...",

@@ -1731,6 +1731,8 @@ mod ownership {
             .create(&body(&format!("copy {marker}"), WS_A))
             .await
             .unwrap();
+        // The next refresh listing (the shared one is at most 30 s old) shows it.
+        env.ctx.owned.invalidate("ulp", WS_A);
         env.reconcile("monthly").await.unwrap();
         let active = env.active(WS_A).await;
         assert_eq!(active.len(), 1);

@@ -273,7 +273,13 @@ impl<R: PolicyResource> Run<'_, R> {
                 observed_generation: ps.observed_generation,
                 conditions: &ps.conditions,
                 last_sync: self.ctx.last_sync(&self.key),
-                pending: self.pending_since().is_some(),
+                // A create-pending record this process already saw through (it synced the
+                // resource at or after the create) is one whose clearing is still on its way
+                // through the watch: not a reason to read Portkey again.
+                pending: match (self.pending_since(), self.ctx.last_sync(&self.key)) {
+                    (Some(since), Some(synced)) => since > synced,
+                    (pending, _) => pending.is_some(),
+                },
                 paused: self.paused(),
             },
             self.now,
@@ -461,9 +467,15 @@ impl<R: PolicyResource> Run<'_, R> {
             Duration::try_from(self.now.duration_since(since)).unwrap_or(Duration::MAX)
         });
         let mut remote = None;
+        // The recorded policy is not active: search with a new listing, not the shared one.
+        let mut lost = false;
         if let Some(id) = self.psr().policy_id.clone() {
+            lost = true;
             match self.lookup(&id).await? {
-                Lookup::Active(p) => remote = Some(p),
+                Lookup::Active(p) => {
+                    lost = false;
+                    remote = Some(p);
+                }
                 Lookup::Archived => {
                     tracing::info!(policy = %id, "the Portkey policy was archived outside the operator");
                     self.ps().policy_id = None;
@@ -535,7 +547,7 @@ impl<R: PolicyResource> Run<'_, R> {
             return Ok(Step::Go(remote));
         }
         // Adopt before create, and at every refresh: duplicates carrying the marker.
-        let fresh_listing = self.pending_since().is_some();
+        let fresh_listing = self.pending_since().is_some() || lost;
         remote = self
             .reconcile_owned(workspace_id, desired, remote, fresh_listing)
             .await?;
@@ -1037,7 +1049,9 @@ impl<R: PolicyResource> Run<'_, R> {
                 return Err(Error::portkey("create the policy", e));
             }
         };
-        self.ctx.owned.invalidate(R::SHORT, workspace_id);
+        // The shared listing is not dropped here: the new policy carries only this resource's
+        // marker, which this resource no longer looks up (its id is recorded); dropping it made
+        // every create re-list the whole workspace (O(N²) calls).
         // The id goes into the status write that ends this pass (re-read and written again on
         // a conflict); until then, and if that write fails, the pending record finds the policy.
         self.ps().policy_id = Some(created.id.clone());

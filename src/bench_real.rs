@@ -1,0 +1,578 @@
+//! `bench --real`: the operator binary (`run`) as a child process against a real Kubernetes API
+//! server (started from `KUBEBUILDER_ASSETS`, or an existing one with `--kubeconfig`) and the
+//! emulator (a child process with latency and a rate limit). N UsageLimitPolicies are created
+//! before the operator starts; the report has the wall time until all are Ready (read from the
+//! operator's own `/metrics`, so the bench adds no API-server load), the floor (N creates at the
+//! write rate) and ratio, Admin API calls by operation, Kubernetes API requests by verb and
+//! resource (from the API server's `/metrics`), steady-state figures over two refresh intervals,
+//! and the operator process's peak RSS and CPU.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::{UsageLimitPolicy, UsageLimitPolicySpec};
+use crate::emulator::EmulatorControl;
+
+const WORKSPACE: &str = "7b3c0f1e-0000-4000-8000-00000000be0c";
+const NAMESPACE: &str = "bench";
+const KEY: &str = "bench-admin-key";
+
+/// Parameters of the real mode.
+#[derive(Debug, Clone)]
+pub struct RealOptions {
+    pub policies: usize,
+    pub latency_ms: u64,
+    /// Admin API requests per second the emulator admits; the operator gets the same limit.
+    pub rate_limit: u32,
+    /// Admin API writes per second of the operator (`--admin-api-write-rate`).
+    pub write_rate: u32,
+    pub concurrency: usize,
+    pub refresh: Duration,
+    /// An existing cluster; else a control plane from `KUBEBUILDER_ASSETS`.
+    pub kubeconfig: Option<PathBuf>,
+    /// This executable (the operator and the emulator run as its children).
+    pub exe: PathBuf,
+}
+
+/// The figures (`--json` writes them).
+#[derive(Debug, Clone, Serialize)]
+pub struct RealReport {
+    pub policies: usize,
+    pub seconds_to_all_ready: f64,
+    pub floor_seconds: f64,
+    pub ratio: f64,
+    pub admin_api_calls: BTreeMap<String, u64>,
+    /// `verb resource` → requests during convergence.
+    pub kubernetes_requests: BTreeMap<String, u64>,
+    pub kubernetes_requests_per_create: f64,
+    pub steady_seconds: f64,
+    pub steady_kubernetes_requests: BTreeMap<String, u64>,
+    pub steady_kubernetes_requests_per_resource_per_interval: f64,
+    pub steady_admin_api_reads: u64,
+    pub steady_admin_api_writes: u64,
+    pub operator_peak_rss_mib: f64,
+    pub operator_cpu_seconds_converging: f64,
+    pub operator_idle_cpu_percent: f64,
+}
+
+struct Child(tokio::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.start_kill();
+    }
+}
+
+fn spawn(exe: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Result<Child, String> {
+    let out = std::fs::File::create(log).map_err(|e| e.to_string())?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+        .map(Child)
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// etcd + kube-apiserver from `KUBEBUILDER_ASSETS`, with an admin token.
+async fn control_plane(dir: &Path) -> Result<(Vec<Child>, PathBuf, String), String> {
+    let assets = PathBuf::from(std::env::var_os("KUBEBUILDER_ASSETS").ok_or(
+        "--real needs KUBEBUILDER_ASSETS (a folder with etcd and kube-apiserver) or --kubeconfig",
+    )?);
+    let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+    let etcd_url = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let etcd = spawn(
+        &assets.join("etcd"),
+        &[
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+            format!("--initial-cluster=default={peer}"),
+            "--log-level=warn".into(),
+            "--unsafe-no-fsync".into(),
+        ],
+        &dir.join("etcd.log"),
+        &[],
+    )?;
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("sa.key"), key.serialize_pem()).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("sa.pub"), key.public_key_pem()).map_err(|e| e.to_string())?;
+    let token = format!("bench-{}", uuid::Uuid::new_v4());
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{token},admin,admin,\"system:masters\"\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    let apiserver = spawn(
+        &assets.join("kube-apiserver"),
+        &[
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!(
+                "--service-account-key-file={}",
+                dir.join("sa.pub").display()
+            ),
+            format!(
+                "--service-account-signing-key-file={}",
+                dir.join("sa.key").display()
+            ),
+            "--service-account-issuer=https://kubernetes.default.svc".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
+        ],
+        &dir.join("kube-apiserver.log"),
+        &[],
+    )?;
+    let server = format!("https://127.0.0.1:{api_port}");
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: b\n  context:\n    cluster: b\n    user: admin\ncurrent-context: b\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    let http = insecure_http()?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ok = http
+            .get(format!("{server}/readyz"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("kube-apiserver did not become ready within 90 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((vec![apiserver, etcd], kubeconfig, token))
+}
+
+fn insecure_http() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+async fn kube_client(kubeconfig: &Path) -> Result<kube::Client, String> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// `apiserver_request_total` summed by `verb resource`.
+async fn apiserver_requests(
+    http: &reqwest::Client,
+    server: &str,
+    token: &str,
+) -> Result<BTreeMap<String, u64>, String> {
+    let text = http
+        .get(format!("{server}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .text()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let value: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        let subresource = label("subresource");
+        let resource = if subresource.is_empty() {
+            label("resource")
+        } else {
+            format!("{}/{subresource}", label("resource"))
+        };
+        *out.entry(format!("{} {resource}", label("verb")))
+            .or_insert(0) += value as u64;
+    }
+    Ok(out)
+}
+
+/// The resources the operator reads or writes (the API server's own housekeeping, such as its
+/// endpoints and identity leases, and the bench's scrapes are left out).
+const OPERATOR_RESOURCES: [&str; 6] = [
+    "usagelimitpolicies",
+    "ratelimitpolicies",
+    "workspacebudgets",
+    "namespaces",
+    "events",
+    "secrets",
+];
+
+fn diff(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.saturating_sub(*before.get(k).unwrap_or(&0));
+            let resource = k.split(' ').nth(1).unwrap_or("");
+            let ours = OPERATOR_RESOURCES
+                .iter()
+                .any(|r| resource.split('/').next() == Some(*r));
+            (d > 0 && ours).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+/// Peak RSS (MiB) and CPU seconds of a process, from /proc.
+fn process_figures(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = [11usize, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    (hwm_kib / 1024.0, ticks / 100.0)
+}
+
+/// Resources Ready according to the operator's own metrics.
+async fn ready_count(http: &reqwest::Client, metrics: &str) -> usize {
+    let Ok(resp) = http.get(format!("http://{metrics}/metrics")).send().await else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("portkey_budget_operator_resource_ready{") && l.ends_with(" 1"))
+        .count()
+}
+
+fn policy(i: usize) -> UsageLimitPolicy {
+    let spec: UsageLimitPolicySpec = serde_json::from_value(json!({
+        "workspace": "bench",
+        "type": "cost",
+        "creditLimit": 100 + (i % 900),
+        "periodicReset": "monthly",
+        "conditions": [{"key": "metadata._team", "value": format!("team-{i}")}],
+        "groupBy": [{"key": "metadata._user"}]
+    }))
+    .expect("a valid spec");
+    let mut obj = UsageLimitPolicy::new(&format!("budget-{i:05}"), spec);
+    obj.metadata.namespace = Some(NAMESPACE.into());
+    obj
+}
+
+pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("pbo-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let (_plane, kubeconfig, server, token) = match &opts.kubeconfig {
+        Some(k) => (Vec::new(), k.clone(), String::new(), String::new()),
+        None => {
+            let (children, kubeconfig, token) = control_plane(dir.path()).await?;
+            let server = std::fs::read_to_string(&kubeconfig)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
+                .unwrap_or_default();
+            (children, kubeconfig, server, token)
+        }
+    };
+    let client = kube_client(&kubeconfig).await?;
+    let http = insecure_http()?;
+
+    // CRDs and N resources, before the operator starts.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crate::api::crds() {
+        let _ = crds.create(&PostParams::default(), &crd).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let established = crds
+            .get("usagelimitpolicies.budgets.portkey-operator.io")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.conditions)
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+        if established {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err("the CRDs were not established within 60 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))
+        .map_err(|e| e.to_string())?;
+    let _ = namespaces.create(&PostParams::default(), &ns).await;
+    let ulps: Api<UsageLimitPolicy> = Api::namespaced(client.clone(), NAMESPACE);
+    futures::stream::iter(0..opts.policies)
+        .map(|i| {
+            let ulps = ulps.clone();
+            async move { ulps.create(&PostParams::default(), &policy(i)).await }
+        })
+        .buffer_unordered(32)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "could not create a bench resource");
+            }
+        })
+        .await;
+
+    // The emulator and the operator.
+    let emu_port = free_port();
+    let root = format!("http://127.0.0.1:{emu_port}");
+    let faults = json!({"latency_ms": opts.latency_ms, "rate_limit_rps": opts.rate_limit, "retry_after_s": 1});
+    let _emulator = spawn(
+        &opts.exe,
+        &[
+            "--log-level".into(),
+            "warn".into(),
+            "emulator".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{emu_port}"),
+            "--workspace".into(),
+            format!("{WORKSPACE}:bench:Bench"),
+            "--api-key".into(),
+            KEY.into(),
+            "--faults".into(),
+            faults.to_string(),
+        ],
+        &dir.path().join("emulator.log"),
+        &[],
+    )?;
+    let control = EmulatorControl::new(root.clone());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while control.state().await.is_err() {
+        if Instant::now() > deadline {
+            return Err("the emulator did not answer within 20 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let k8s_before = if token.is_empty() {
+        BTreeMap::new()
+    } else {
+        apiserver_requests(&http, &server, &token).await?
+    };
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let started = Instant::now();
+    let operator = spawn(
+        &opts.exe,
+        &[
+            "run".into(),
+            "--admin-api-url".into(),
+            format!("{root}/v1"),
+            "--leader-elect=false".into(),
+            "--metrics-bind-address".into(),
+            metrics.clone(),
+            "--admin-api-write-rate".into(),
+            opts.write_rate.to_string(),
+            "--admin-api-rate-limit".into(),
+            opts.rate_limit.to_string(),
+            "--concurrency".into(),
+            opts.concurrency.to_string(),
+            "--usage-refresh-interval".into(),
+            format!("{}s", opts.refresh.as_secs()),
+            "--installation-id".into(),
+            "bench".into(),
+            "--log-level".into(),
+            "warn".into(),
+        ],
+        &dir.path().join("operator.log"),
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().unwrap_or_default()),
+            ("PORTKEY_API_KEY", KEY),
+        ],
+    )?;
+    let pid = operator.0.id().unwrap_or(0);
+    let timeout = Duration::from_secs(120 + opts.policies as u64 / 5);
+    loop {
+        if ready_count(&http, &metrics).await >= opts.policies {
+            break;
+        }
+        if started.elapsed() > timeout {
+            return Err(format!(
+                "not all {} resources Ready after {timeout:?} (see {})",
+                opts.policies,
+                dir.path().join("operator.log").display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let converged = started.elapsed();
+    let (_, cpu_converging) = process_figures(pid);
+    let log = control.requests().await?;
+    let mut admin_api_calls: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &log.data {
+        let family = e.path.split('/').nth(3).unwrap_or("?");
+        *admin_api_calls
+            .entry(format!("{} {family}", e.method))
+            .or_default() += 1;
+    }
+    let k8s_converged = if token.is_empty() {
+        BTreeMap::new()
+    } else {
+        apiserver_requests(&http, &server, &token).await?
+    };
+    let kubernetes_requests = diff(&k8s_converged, &k8s_before);
+    let per_create = kubernetes_requests
+        .iter()
+        .filter(|(k, _)| !k.starts_with("WATCH") && !k.starts_with("LIST"))
+        .map(|(_, v)| *v)
+        .sum::<u64>() as f64
+        / opts.policies as f64;
+
+    // Steady state: two refresh intervals with nothing to do.
+    control.clear_requests().await?;
+    let steady_start = Instant::now();
+    tokio::time::sleep(opts.refresh * 2).await;
+    let steady = steady_start.elapsed();
+    let (rss, cpu_total) = process_figures(pid);
+    let steady_log = control.requests().await?;
+    let steady_writes = steady_log.writes() as u64;
+    let k8s_steady_end = if token.is_empty() {
+        BTreeMap::new()
+    } else {
+        apiserver_requests(&http, &server, &token).await?
+    };
+    let steady_kubernetes_requests = diff(&k8s_steady_end, &k8s_converged);
+    let steady_total: u64 = steady_kubernetes_requests.values().sum();
+    let floor = opts.policies as f64 / opts.write_rate.max(1) as f64;
+    Ok(RealReport {
+        policies: opts.policies,
+        seconds_to_all_ready: converged.as_secs_f64(),
+        floor_seconds: floor,
+        ratio: converged.as_secs_f64() / floor,
+        admin_api_calls,
+        kubernetes_requests,
+        kubernetes_requests_per_create: per_create,
+        steady_seconds: steady.as_secs_f64(),
+        steady_kubernetes_requests,
+        steady_kubernetes_requests_per_resource_per_interval: steady_total as f64
+            / opts.policies as f64
+            / 2.0,
+        steady_admin_api_reads: steady_log.total - steady_writes,
+        steady_admin_api_writes: steady_writes,
+        operator_peak_rss_mib: rss,
+        operator_cpu_seconds_converging: cpu_converging,
+        operator_idle_cpu_percent: (cpu_total - cpu_converging) / steady.as_secs_f64() * 100.0,
+    })
+}
+
+/// The report as a table.
+pub fn render(r: &RealReport) -> String {
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("{k:<58} {v}\n"));
+    row("resources", r.policies.to_string());
+    row(
+        "time until all Ready (s)",
+        format!("{:.1}", r.seconds_to_all_ready),
+    );
+    row(
+        "floor: creates at the write rate (s)",
+        format!("{:.1}", r.floor_seconds),
+    );
+    row("ratio", format!("{:.2}", r.ratio));
+    row(
+        "Kubernetes API requests per create (excl. list/watch)",
+        format!("{:.2}", r.kubernetes_requests_per_create),
+    );
+    for (k, v) in &r.kubernetes_requests {
+        row(&format!("  converging: {k}"), v.to_string());
+    }
+    for (k, v) in &r.admin_api_calls {
+        row(&format!("  Admin API: {k}"), v.to_string());
+    }
+    row(
+        "steady state window (s)",
+        format!("{:.1}", r.steady_seconds),
+    );
+    row(
+        "steady Kubernetes requests per resource per interval",
+        format!(
+            "{:.4}",
+            r.steady_kubernetes_requests_per_resource_per_interval
+        ),
+    );
+    for (k, v) in &r.steady_kubernetes_requests {
+        row(&format!("  steady: {k}"), v.to_string());
+    }
+    row(
+        "steady Admin API reads / writes",
+        format!(
+            "{} / {}",
+            r.steady_admin_api_reads, r.steady_admin_api_writes
+        ),
+    );
+    row(
+        "operator peak RSS (MiB)",
+        format!("{:.1}", r.operator_peak_rss_mib),
+    );
+    row(
+        "operator CPU while converging (s)",
+        format!("{:.1}", r.operator_cpu_seconds_converging),
+    );
+    row(
+        "operator idle CPU (% of a core)",
+        format!("{:.2}", r.operator_idle_cpu_percent),
+    );
+    out
+}
