@@ -84,6 +84,14 @@ fn spawn(exe: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Resul
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // The children die with the bench, however it ends.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
     cmd.spawn()
         .map(Child)
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))
