@@ -160,6 +160,40 @@ fn reason_const(reason: &str) -> &'static str {
         .unwrap_or(reasons::IN_FORCE)
 }
 
+/// The workspace a resource may use: its own `spec.workspace` if the namespace binding allows
+/// it, else the binding, else `--default-workspace`. A refusal is its Stalled reason and message
+/// (and `Some(action)` when only a spec change can help).
+fn choose_workspace(
+    spec: &CommonSpec,
+    binding: Option<String>,
+    namespace: &str,
+    config: &crate::config::ControllerConfig,
+) -> Result<String, (&'static str, String, Option<Action>)> {
+    match (&spec.workspace, binding) {
+        (Some(w), Some(b)) if !w.eq_ignore_ascii_case(&b) => Err((
+            reasons::WORKSPACE_NOT_ALLOWED,
+            format!(
+                "spec.workspace {w:?} is not allowed: namespace {namespace} is bound to workspace {b:?} (annotation {WORKSPACE_ANNOTATION})"
+            ),
+            None,
+        )),
+        (_, None) if config.require_namespace_binding => Err((
+            reasons::NAMESPACE_NOT_BOUND,
+            format!(
+                "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding)"
+            ),
+            None,
+        )),
+        (Some(w), _) => Ok(w.clone()),
+        (None, Some(b)) => Ok(b),
+        (None, None) => config.default_workspace.clone().ok_or((
+            reasons::INVALID_SPEC,
+            "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)".into(),
+            Some(Action::await_change()),
+        )),
+    }
+}
+
 /// True when the resource carries `budgets.portkey-operator.io/paused: "true"`.
 pub fn is_paused<K: Resource>(obj: &K) -> bool {
     obj.annotations()
@@ -391,7 +425,7 @@ impl<R: PolicyResource> Run<'_, R> {
         if errors.is_empty() {
             return Step::Go(());
         }
-        self.terminal("InvalidSpec", &summarize(&errors));
+        self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
         Step::Stop(Action::await_change())
     }
 
@@ -404,33 +438,12 @@ impl<R: PolicyResource> Run<'_, R> {
             .namespace_binding(&namespace)
             .await
             .map_err(|e| Error::kube("read the namespace binding", e))?;
-        let workspace = match (&spec.workspace, &binding) {
-            (Some(w), Some(b)) if !w.eq_ignore_ascii_case(b) => {
-                let msg = format!(
-                    "spec.workspace {w:?} is not allowed: namespace {namespace} is bound to workspace {b:?} (annotation {WORKSPACE_ANNOTATION})"
-                );
-                self.terminal("WorkspaceNotAllowed", &msg);
-                return Ok(Step::Stop(refresh));
+        let workspace = match choose_workspace(spec, binding, &namespace, &self.ctx.config) {
+            Ok(w) => w,
+            Err((reason, message, action)) => {
+                self.terminal(reason, &message);
+                return Ok(Step::Stop(action.unwrap_or(refresh)));
             }
-            (_, None) if self.ctx.config.require_namespace_binding => {
-                let msg = format!(
-                    "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding)"
-                );
-                self.terminal("NamespaceNotBound", &msg);
-                return Ok(Step::Stop(refresh));
-            }
-            (Some(w), _) => w.clone(),
-            (None, Some(b)) => b.clone(),
-            (None, None) => match &self.ctx.config.default_workspace {
-                Some(d) => d.clone(),
-                None => {
-                    self.terminal(
-                        "InvalidSpec",
-                        "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)",
-                    );
-                    return Ok(Step::Stop(Action::await_change()));
-                }
-            },
         };
         match self
             .ctx
@@ -441,7 +454,7 @@ impl<R: PolicyResource> Run<'_, R> {
             Ok(id) => Ok(Step::Go(id)),
             Err(e) if e.is_gone() => {
                 self.terminal(
-                    "WorkspaceNotFound",
+                    reasons::WORKSPACE_NOT_FOUND,
                     &format!("Portkey has no workspace {workspace:?}"),
                 );
                 Ok(Step::Stop(refresh))
@@ -507,9 +520,9 @@ impl<R: PolicyResource> Run<'_, R> {
             let Some(p) = self.get_policy(&id).await? else {
                 let msg = format!("spec.adoptPolicyId: Portkey has no active policy {id}");
                 let reason = if observe {
-                    "RemotePolicyNotFound"
+                    reasons::REMOTE_POLICY_NOT_FOUND
                 } else {
-                    "AdoptTargetNotFound"
+                    reasons::ADOPT_TARGET_NOT_FOUND
                 };
                 self.terminal(reason, &msg);
                 return Ok(Step::Stop(refresh));
@@ -1095,10 +1108,7 @@ impl<R: PolicyResource> Run<'_, R> {
         let spec = self.obj.common();
         let namespace = self.obj.namespace().unwrap_or_default();
         let binding = self.ctx.namespace_binding(&namespace).await.ok().flatten();
-        let reference = spec
-            .workspace
-            .or(binding)
-            .or(self.ctx.config.default_workspace.clone())?;
+        let reference = choose_workspace(&spec, binding, &namespace, &self.ctx.config).ok()?;
         self.ctx
             .workspaces
             .resolve(&self.ctx.portkey, &reference)
