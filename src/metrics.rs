@@ -100,10 +100,11 @@ pub struct BudgetFigures {
     pub budget_type: String,
     /// The limit (USD for cost, tokens or requests).
     pub limit: f64,
-    /// Usage of the most used bucket.
-    pub usage: f64,
+    /// Usage of the most used bucket; `None` where Portkey reports none (API keys), and then
+    /// there is no usage or ratio series.
+    pub usage: Option<f64>,
     /// `usage / limit` (0 when the limit is 0).
-    pub ratio: f64,
+    pub ratio: Option<f64>,
     /// The alert threshold as a fraction of the limit, when there is one.
     pub alert_ratio: Option<f64>,
     pub exhausted_buckets: i64,
@@ -405,10 +406,16 @@ impl Metrics {
             self.remove_budget(&old);
         }
         self.budget_limit.get_or_create(&labels).set(figures.limit);
-        self.budget_usage.get_or_create(&labels).set(figures.usage);
-        self.budget_usage_ratio
-            .get_or_create(&labels)
-            .set(figures.ratio);
+        match (figures.usage, figures.ratio) {
+            (Some(usage), Some(ratio)) => {
+                self.budget_usage.get_or_create(&labels).set(usage);
+                self.budget_usage_ratio.get_or_create(&labels).set(ratio);
+            }
+            _ => {
+                self.budget_usage.remove(&labels);
+                self.budget_usage_ratio.remove(&labels);
+            }
+        }
         match figures.alert_ratio {
             Some(r) => {
                 self.budget_alert_ratio.get_or_create(&labels).set(r);
@@ -625,8 +632,8 @@ mod tests {
             BudgetFigures {
                 budget_type: "cost".into(),
                 limit: 500.0,
-                usage: 400.0,
-                ratio: 0.8,
+                usage: Some(400.0),
+                ratio: Some(0.8),
                 alert_ratio: Some(0.75),
                 exhausted_buckets: 1,
                 next_reset: Some(1_798_761_600),

@@ -102,8 +102,8 @@ fn populated() -> Metrics {
         BudgetFigures {
             budget_type: "cost".into(),
             limit: 500.0,
-            usage: 400.0,
-            ratio: 0.8,
+            usage: Some(400.0),
+            ratio: Some(0.8),
             alert_ratio: Some(0.75),
             exhausted_buckets: 1,
             next_reset: Some(1),

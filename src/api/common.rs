@@ -246,6 +246,20 @@ pub struct RemotePolicyStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// A one-shot request (rotation, usage reset) seen through.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OneShot {
+    /// The annotation value it answered.
+    #[schemars(length(max = 253))]
+    pub token: String,
+    /// When it was requested from Portkey.
+    pub requested_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    /// When Portkey confirmed it (absent: requested, not yet confirmed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
 /// CEL rules shared by the policy kinds (`UsageLimitPolicy`, `RateLimitPolicy`).
 pub mod rules {
     pub const OBSERVE_NEEDS_ADOPT: &str = "!has(self.managementPolicy) || self.managementPolicy != 'Observe' || has(self.adoptPolicyId)";

@@ -1,5 +1,6 @@
 //! Custom resource types: specs, statuses, conditions, CEL rules and printer columns.
 
+pub mod api_key_budget;
 pub mod common;
 pub mod rate_limit_policy;
 pub mod usage_limit_policy;
@@ -9,6 +10,7 @@ pub mod workspace_budget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use api_key_budget::*;
 pub use common::*;
 pub use rate_limit_policy::*;
 pub use usage_limit_policy::*;
@@ -23,6 +25,17 @@ pub const CREATE_PENDING_ANNOTATION: &str = "budgets.portkey-operator.io/create-
 /// Annotation that stops every write to Portkey for one resource (`"true"`); usage is still
 /// read and reported, and removing it resumes and corrects drift.
 pub const PAUSED_ANNOTATION: &str = "budgets.portkey-operator.io/paused";
+/// Annotation whose value is a token: each new value resets the usage once (an API key's
+/// budget, or every bucket of a `UsageLimitPolicy`); the token seen through is in
+/// `status.usageReset`.
+pub const RESET_USAGE_ANNOTATION: &str = "budgets.portkey-operator.io/reset-usage";
+/// Annotation whose value is a token: each new value rotates an issued API key once (the old
+/// key keeps working for `issue.rotationTransitionSeconds`) and updates its Secret in place.
+pub const ROTATE_ANNOTATION: &str = "budgets.portkey-operator.io/rotate";
+/// Annotation on an issued key's Secret: the id of the Portkey key whose raw key it holds.
+pub const SECRET_KEY_ID_ANNOTATION: &str = "budgets.portkey-operator.io/key-id";
+/// Label on every Secret the operator writes.
+pub const SECRET_OWNER_LABEL: &str = "budgets.portkey-operator.io/api-key-budget";
 /// Finalizer that archives (or releases) the remote policy before the resource goes away.
 pub const FINALIZER: &str = "budgets.portkey-operator.io/finalizer";
 
@@ -32,6 +45,7 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
         UsageLimitPolicy::crd(),
         RateLimitPolicy::crd(),
         WorkspaceBudget::crd(),
+        ApiKeyBudget::crd(),
     ]
 }
 

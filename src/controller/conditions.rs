@@ -67,6 +67,14 @@ pub mod reasons {
     pub const ARCHIVE_FORBIDDEN: &str = "ArchiveForbidden";
     /// Stalled (deletion): Portkey refuses to list the workspace's policies.
     pub const LIST_FORBIDDEN: &str = "ListForbidden";
+    /// Stalled: `spec.existing` names no key of the workspace.
+    pub const KEY_NOT_FOUND: &str = "KeyNotFound";
+    /// Stalled: `spec.existing.name` names several keys.
+    pub const AMBIGUOUS_KEY_NAME: &str = "AmbiguousKeyName";
+    /// Stalled: `issue.secretName` names a Secret this resource does not own.
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// Reconciling: the issued key's Secret is being (re)written.
+    pub const SECRET_PENDING: &str = "SecretPending";
     /// Retrying: a Kubernetes API call failed.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
     /// From Admin API errors (see `PortkeyError::reason`): retrying or stalled.
@@ -105,6 +113,10 @@ pub mod reasons {
         CONFLICT,
         ARCHIVE_FORBIDDEN,
         LIST_FORBIDDEN,
+        KEY_NOT_FOUND,
+        AMBIGUOUS_KEY_NAME,
+        SECRET_CONFLICT,
+        SECRET_PENDING,
         KUBERNETES_API_ERROR,
         PORTKEY_VALIDATION_ERROR,
         PORTKEY_UNAUTHORIZED,

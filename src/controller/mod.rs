@@ -1,5 +1,6 @@
 //! kube-runtime wiring: the shared context, errors, per-object backoff and the controller loop.
 
+pub mod api_key;
 pub mod conditions;
 pub mod kube_ops;
 pub mod manager;
@@ -27,7 +28,7 @@ use kube::{Api, Client, CustomResourceExt, Resource, ResourceExt};
 use rand::Rng;
 
 use crate::api::validate::CompiledCrd;
-use crate::api::{RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
+use crate::api::{ApiKeyBudget, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
 use crate::config::ControllerConfig;
 use crate::metrics::{Health, Metrics};
 use crate::portkey::{PortkeyClient, PortkeyError};
@@ -324,6 +325,8 @@ pub struct Context {
     namespaces: std::sync::OnceLock<reflector::Store<PartialObjectMeta<Namespace>>>,
     /// The WorkspaceBudget controller's own cache (conflicts are read from it, not listed).
     workspace_budgets: std::sync::OnceLock<reflector::Store<WorkspaceBudget>>,
+    /// The ApiKeyBudget controller's cache (the conflict rule for existing keys reads it).
+    api_key_budgets: std::sync::OnceLock<reflector::Store<ApiKeyBudget>>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     crds: HashMap<&'static str, CompiledCrd>,
@@ -372,12 +375,14 @@ impl Context {
             owned: OwnedIndex::default(),
             namespaces: std::sync::OnceLock::new(),
             workspace_budgets: std::sync::OnceLock::new(),
+            api_key_budgets: std::sync::OnceLock::new(),
             metrics,
             health,
             crds: HashMap::from([
                 ("ulp", CompiledCrd::new(&UsageLimitPolicy::crd())),
                 ("rlp", CompiledCrd::new(&RateLimitPolicy::crd())),
                 ("wsb", CompiledCrd::new(&WorkspaceBudget::crd())),
+                ("akb", CompiledCrd::new(&ApiKeyBudget::crd())),
             ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
             failures: Mutex::new(HashMap::new()),
@@ -408,6 +413,15 @@ impl Context {
             return Ok(store.state().iter().map(|o| (**o).clone()).collect());
         }
         let api: Api<WorkspaceBudget> = Api::all(self.client.clone());
+        Ok(api.list(&Default::default()).await?.items)
+    }
+
+    /// Every ApiKeyBudget, from the controller's cache when it runs, else listed.
+    pub async fn api_key_budgets(&self) -> Result<Vec<ApiKeyBudget>, kube::Error> {
+        if let Some(store) = self.api_key_budgets.get() {
+            return Ok(store.state().iter().map(|o| (**o).clone()).collect());
+        }
+        let api: Api<ApiKeyBudget> = Api::all(self.client.clone());
         Ok(api.list(&Default::default()).await?.items)
     }
 
@@ -538,7 +552,10 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 }
 
 /// The APIs to watch for one kind: every namespace, or the configured ones.
-fn apis<R: PolicyResource>(ctx: &Context) -> Vec<Api<R>> {
+fn apis<R>(ctx: &Context) -> Vec<Api<R>>
+where
+    R: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
     if ctx.config.namespaces.is_empty() {
         vec![Api::all(ctx.client.clone())]
     } else {
@@ -697,6 +714,25 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             let _ = wsb_ctx.workspace_budgets.set(store);
         },
     ));
+    for (i, api) in apis::<ApiKeyBudget>(&ctx).into_iter().enumerate() {
+        // The conflict rule reads the store of the first watch (all namespaces, or the first
+        // configured one; with several namespaces it falls back to a list).
+        let akb_ctx = ctx.clone();
+        let several = ctx.config.namespaces.len() > 1;
+        add(controller_for(
+            api,
+            &ctx,
+            shutdown.clone(),
+            "akb",
+            reconcile_api_key,
+            Some(&bindings),
+            move |store| {
+                if i == 0 && !several {
+                    let _ = akb_ctx.api_key_budgets.set(store);
+                }
+            },
+        ));
+    }
     tasks.push(Box::pin(namespaces));
     ready.push(namespaces_ready);
     let health = ctx.health.clone();
@@ -706,6 +742,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         health.set_caches_synced(true);
     }));
     futures::future::join_all(tasks).await;
+}
+
+/// The reconcile entry point for `ApiKeyBudget`.
+pub async fn reconcile_api_key(obj: Arc<ApiKeyBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = api_key::reconcile(obj.as_ref(), &ctx).await;
+    ctx.finished("ApiKeyBudget", &key_of(obj.as_ref()), started, &result);
+    result
 }
 
 /// The reconcile entry point for `WorkspaceBudget`.

@@ -163,13 +163,13 @@ fn reason_const(reason: &str) -> &'static str {
 /// The workspace a resource may use: its own `spec.workspace` if the namespace binding allows
 /// it, else the binding, else `--default-workspace`. A refusal is its Stalled reason and message
 /// (and `Some(action)` when only a spec change can help).
-fn choose_workspace(
-    spec: &CommonSpec,
+pub(crate) fn choose_workspace(
+    spec_workspace: Option<&String>,
     binding: Option<String>,
     namespace: &str,
     config: &crate::config::ControllerConfig,
 ) -> Result<String, (&'static str, String, Option<Action>)> {
-    match (&spec.workspace, binding) {
+    match (spec_workspace, binding) {
         (Some(w), Some(b)) if !w.eq_ignore_ascii_case(&b) => Err((
             reasons::WORKSPACE_NOT_ALLOWED,
             format!(
@@ -438,7 +438,12 @@ impl<R: PolicyResource> Run<'_, R> {
             .namespace_binding(&namespace)
             .await
             .map_err(|e| Error::kube("read the namespace binding", e))?;
-        let workspace = match choose_workspace(spec, binding, &namespace, &self.ctx.config) {
+        let workspace = match choose_workspace(
+            spec.workspace.as_ref(),
+            binding,
+            &namespace,
+            &self.ctx.config,
+        ) {
             Ok(w) => w,
             Err((reason, message, action)) => {
                 self.terminal(reason, &message);
@@ -1108,7 +1113,13 @@ impl<R: PolicyResource> Run<'_, R> {
         let spec = self.obj.common();
         let namespace = self.obj.namespace().unwrap_or_default();
         let binding = self.ctx.namespace_binding(&namespace).await.ok().flatten();
-        let reference = choose_workspace(&spec, binding, &namespace, &self.ctx.config).ok()?;
+        let reference = choose_workspace(
+            spec.workspace.as_ref(),
+            binding,
+            &namespace,
+            &self.ctx.config,
+        )
+        .ok()?;
         self.ctx
             .workspaces
             .resolve(&self.ctx.portkey, &reference)

@@ -70,8 +70,8 @@ impl PolicyResource for UsageLimitPolicy {
         Some(BudgetFigures {
             budget_type: self.spec.limit_type.to_string(),
             limit: limit.to_f64().unwrap_or(0.0),
-            usage: peak.to_f64().unwrap_or(0.0),
-            ratio: ratio.to_f64().unwrap_or(0.0),
+            usage: Some(peak.to_f64().unwrap_or(0.0)),
+            ratio: Some(ratio.to_f64().unwrap_or(0.0)),
             alert_ratio: alert,
             exhausted_buckets: usage.map_or(0, |u| i64::from(u.exhausted_buckets)),
             next_reset: status.next_reset_at.as_ref().map(|t| t.0.as_second()),

@@ -101,6 +101,30 @@ impl EmulatorControl {
         Ok(())
     }
 
+    /// Adds usage to an API key's budget (the key turns `exhausted` at its limit).
+    pub async fn add_key_usage(
+        &self,
+        key_id: &str,
+        amount: Decimal,
+    ) -> Result<crate::portkey::ApiKeyObject, String> {
+        let body = json!({"key_id": key_id, "amount": Number(amount)});
+        self.call(reqwest::Method::POST, "key-usage", Some(body))
+            .await
+    }
+
+    /// True when `raw` is an API key that works now (current, or rotated and still in its
+    /// transition period).
+    pub async fn key_works(&self, raw: &str) -> Result<bool, String> {
+        let v: Value = self
+            .call(
+                reqwest::Method::POST,
+                "key-check",
+                Some(json!({"key": raw})),
+            )
+            .await?;
+        Ok(v["works"].as_bool().unwrap_or(false))
+    }
+
     pub async fn clear_faults(&self) -> Result<Faults, String> {
         self.set_faults(json!({})).await
     }

@@ -5,6 +5,7 @@
 //! `/_emulator/` (not part of Portkey). See README "Emulator".
 
 pub mod control;
+pub mod keys;
 pub mod schedule;
 pub mod state;
 
@@ -607,6 +608,53 @@ async fn workspace_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) 
     empty()
 }
 
+// ----- API keys -----
+
+async fn key_create(
+    AxState(s): Shr,
+    Path((key_type, sub_type)): Path<(String, String)>,
+    body: Bytes,
+) -> Reply {
+    let body = body_json(&body)?;
+    let created = s.write(|st| st.create_api_key(&key_type, &sub_type, &body))?;
+    if let Some(id) = created["id"].as_str() {
+        s.note_created(id);
+    }
+    ok(created)
+}
+
+async fn key_list(AxState(s): Shr, Query(q): Q) -> Reply {
+    let workspace = q.get("workspace_id").cloned();
+    let items = s.read(|st| st.list_api_keys(workspace.as_deref()))?;
+    page(s.list_items(items), &q, state::MAX_PAGE_SIZE, s.page_cap())
+}
+
+async fn key_get(AxState(s): Shr, Path(id): Path<String>) -> Reply {
+    s.read_policy(&id, s.read(|st| st.get_api_key(&id)))
+}
+
+async fn key_update(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    let before = s.read_policy(&id, s.read(|st| st.get_api_key(&id)))?;
+    s.writable(&id, |st| st.update_api_key(&id, &body))?;
+    s.note_updated(&id, before.0);
+    empty()
+}
+
+async fn key_delete(AxState(s): Shr, Path(id): Path<String>) -> Reply {
+    s.writable(&id, |st| st.delete_api_key(&id))?;
+    empty()
+}
+
+async fn key_rotate(AxState(s): Shr, Path(id): Path<String>, body: Bytes) -> Reply {
+    let body = if body.is_empty() {
+        Value::Object(Default::default())
+    } else {
+        body_json(&body)?
+    };
+    ok(s.writable(&id, |st| st.rotate_api_key(&id, &body))?)
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("route")
 }
@@ -725,6 +773,17 @@ impl Shared {
 async fn control_usage(AxState(s): Shr, body: Bytes) -> Reply {
     let body = body_json(&body)?;
     ok(s.write(|st| st.add_usage(&body))?)
+}
+
+async fn control_key_usage(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    ok(s.write(|st| st.add_key_usage(&body))?)
+}
+
+async fn control_key_check(AxState(s): Shr, body: Bytes) -> Reply {
+    let body = body_json(&body)?;
+    let key = body["key"].as_str().unwrap_or_default().to_owned();
+    ok(s.read(|st| Ok(serde_json::json!({ "works": st.key_works(&key) })))?)
 }
 
 fn parse_faults(body: &Value) -> ApiResult<Faults> {
@@ -910,6 +969,13 @@ fn router(shared: Arc<Shared>) -> Router {
             "/policies/rate-limits/{id}",
             get(rate_get).put(rate_update).delete(rate_delete),
         )
+        .route("/api-keys", get(key_list))
+        .route(
+            "/api-keys/{id}",
+            get(key_get).put(key_update).delete(key_delete),
+        )
+        .route("/api-keys/{id}/rotate", post(key_rotate))
+        .route("/api-keys/{type}/{sub_type}", post(key_create))
         .route("/admin/workspaces", get(workspace_list))
         .route(
             "/admin/workspaces/{id}",
@@ -929,6 +995,8 @@ fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/clock", post(control_clock))
         .route("/api-keys", put(control_set_api_keys))
+        .route("/key-usage", post(control_key_usage))
+        .route("/key-check", post(control_key_check))
         .route("/state", get(control_state));
     Router::new()
         .nest("/v1", api)

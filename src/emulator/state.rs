@@ -19,6 +19,8 @@ use crate::portkey::*;
 /// Weekly resets: Monday for policies (DOC-BP), Sunday for workspaces (DOC-WS).
 pub const POLICY_WEEK_START: Weekday = Weekday::Monday;
 pub const WORKSPACE_WEEK_START: Weekday = Weekday::Sunday;
+/// Weekly resets of API keys: Sunday (DOC-AK).
+pub const KEY_WEEK_START: Weekday = Weekday::Sunday;
 
 /// Longest `name` Portkey accepts.
 pub const MAX_NAME_CHARS: usize = 255;
@@ -91,6 +93,9 @@ pub struct State {
     pub workspaces: Vec<Workspace>,
     pub usage_limits: Vec<UsagePolicyRecord>,
     pub rate_limits: Vec<RatePolicyRecord>,
+    /// API keys (`/api-keys`), with their raw keys and usage.
+    #[serde(default)]
+    pub api_keys: Vec<super::keys::ApiKeyRecord>,
     /// Set by `POST /_emulator/clock`; `None` = the real clock.
     pub clock: Option<Timestamp>,
 }
@@ -105,7 +110,7 @@ pub fn object(body: &Value) -> ApiResult<&Map<String, Value>> {
 }
 
 /// A present field: absent, explicit null, or a value.
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Nullable<&'a Value> {
+pub(super) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Nullable<&'a Value> {
     match obj.get(name) {
         None => Nullable::Absent,
         Some(Value::Null) => Nullable::Null,
@@ -113,7 +118,7 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Nullable<&'a Value> {
     }
 }
 
-fn string(v: &Value, field: &str, max: usize) -> ApiResult<String> {
+pub(super) fn string(v: &Value, field: &str, max: usize) -> ApiResult<String> {
     let s = v
         .as_str()
         .ok_or_else(|| ApiError::invalid(field, "must be a string"))?;
@@ -126,7 +131,7 @@ fn string(v: &Value, field: &str, max: usize) -> ApiResult<String> {
     Ok(s.to_owned())
 }
 
-fn name_value(v: &Value) -> ApiResult<String> {
+pub(super) fn name_value(v: &Value) -> ApiResult<String> {
     let s = string(v, "name", MAX_NAME_CHARS)?;
     if s.trim().is_empty() {
         return Err(ApiError::invalid("name", "must not be empty"));
@@ -134,7 +139,7 @@ fn name_value(v: &Value) -> ApiResult<String> {
     Ok(s)
 }
 
-fn number(v: &Value, field: &str) -> ApiResult<Decimal> {
+pub(super) fn number(v: &Value, field: &str) -> ApiResult<Decimal> {
     let n = v
         .as_number()
         .ok_or_else(|| ApiError::invalid(field, "must be a number"))?;
@@ -148,7 +153,7 @@ fn number(v: &Value, field: &str) -> ApiResult<Decimal> {
     d.ok_or_else(|| ApiError::invalid(field, "must be a finite number"))
 }
 
-fn integer_in(v: &Value, field: &str, lo: i64, hi: i64) -> ApiResult<i64> {
+pub(super) fn integer_in(v: &Value, field: &str, lo: i64, hi: i64) -> ApiResult<i64> {
     let d = number(v, field)?;
     if d.fract() != Decimal::ZERO || d < Decimal::from(lo) || d > Decimal::from(hi) {
         return Err(ApiError::invalid(
@@ -159,7 +164,7 @@ fn integer_in(v: &Value, field: &str, lo: i64, hi: i64) -> ApiResult<i64> {
     Ok(i64::try_from(d).expect("checked range"))
 }
 
-fn enum_value<T>(
+pub(super) fn enum_value<T>(
     v: &Value,
     field: &str,
     parse: fn(&str) -> Option<T>,
@@ -170,13 +175,13 @@ fn enum_value<T>(
         .ok_or_else(|| ApiError::invalid(field, format!("must be one of: {expected}")))
 }
 
-fn timestamp(v: &Value, field: &str) -> ApiResult<Timestamp> {
+pub(super) fn timestamp(v: &Value, field: &str) -> ApiResult<Timestamp> {
     v.as_str()
         .and_then(|s| Timestamp::from_str(s).ok())
         .ok_or_else(|| ApiError::invalid(field, "must be an ISO-8601 date-time"))
 }
 
-fn required<'a>(obj: &'a Map<String, Value>, name: &str) -> ApiResult<&'a Value> {
+pub(super) fn required<'a>(obj: &'a Map<String, Value>, name: &str) -> ApiResult<&'a Value> {
     match field(obj, name) {
         Nullable::Value(v) => Ok(v),
         _ => Err(ApiError::invalid(name, "is required")),
@@ -293,7 +298,11 @@ fn check_credit_limit(t: UsageLimitType, limit: Decimal, field: &str) -> ApiResu
     Ok(())
 }
 
-fn check_threshold(threshold: Option<Decimal>, limit: Decimal, field: &str) -> ApiResult<()> {
+pub(super) fn check_threshold(
+    threshold: Option<Decimal>,
+    limit: Decimal,
+    field: &str,
+) -> ApiResult<()> {
     if let Some(t) = threshold {
         if t <= Decimal::ZERO {
             return Err(ApiError::invalid(field, "must be greater than 0"));
@@ -308,7 +317,7 @@ fn check_threshold(threshold: Option<Decimal>, limit: Decimal, field: &str) -> A
     Ok(())
 }
 
-fn reset_fields(
+pub(super) fn reset_fields(
     obj: &Map<String, Value>,
     prefix: &str,
 ) -> ApiResult<(Nullable<PeriodicReset>, Nullable<i64>)> {
@@ -341,7 +350,7 @@ fn reset_fields(
     Ok((reset, days))
 }
 
-fn opt<T>(n: Nullable<T>) -> Option<T> {
+pub(super) fn opt<T>(n: Nullable<T>) -> Option<T> {
     match n {
         Nullable::Value(v) => Some(v),
         _ => None,
@@ -395,6 +404,7 @@ impl State {
             p.last_reset_at = Some(due);
             p.next_usage_reset_at = schedule::advance(sched, due, now, POLICY_WEEK_START);
         }
+        self.roll_key_resets(now);
         for ws in &mut self.workspaces {
             let mut reset = false;
             for limit in ws.usage_limits.iter_mut().flatten() {
@@ -1010,39 +1020,55 @@ fn workspace_usage_limits(v: &Value, now: Timestamp) -> ApiResult<Vec<WorkspaceU
                 "only one usage limit per type is allowed",
             ));
         }
-        let credit_limit = match obj.get("credit_limit") {
-            Some(v) if !v.is_null() => number(v, &f("credit_limit"))?,
-            _ => return Err(ApiError::invalid(&f("credit_limit"), "is required")),
-        };
-        if credit_limit < Decimal::ONE {
-            return Err(ApiError::invalid(&f("credit_limit"), "must be at least 1"));
-        }
-        let alert_threshold = match obj.get("alert_threshold") {
-            Some(v) if !v.is_null() => Some(number(v, &f("alert_threshold"))?),
-            _ => None,
-        };
-        check_threshold(alert_threshold, credit_limit, &f("alert_threshold"))?;
-        let (reset, days) = reset_fields(obj, &prefix)?;
-        let (periodic_reset, periodic_reset_days) = (opt(reset), opt(days));
-        let sched = Schedule::from_fields(periodic_reset, periodic_reset_days);
-        let next = match (sched, obj.get("next_usage_reset_at")) {
-            (Schedule::Never, _) => None,
-            (_, Some(v)) if !v.is_null() => Some(schedule::floor_to_midnight(timestamp(
-                v,
-                &f("next_usage_reset_at"),
-            )?)),
-            _ => schedule::next_reset(sched, now, WORKSPACE_WEEK_START),
-        };
-        out.push(WorkspaceUsageLimit {
-            limit_type,
-            credit_limit,
-            alert_threshold,
-            periodic_reset,
-            periodic_reset_days,
-            next_usage_reset_at: next,
-        });
+        let mut limit = usage_limit_element(obj, &prefix, now, WORKSPACE_WEEK_START)?;
+        limit.limit_type = limit_type;
+        out.push(limit);
     }
     Ok(out)
+}
+
+/// One `UsageLimits` element (workspaces, API keys) after its `type`: the amounts, the reset
+/// fields and its next reset, which is the one given in `next_usage_reset_at` (kept, so a
+/// client can preserve a schedule), otherwise a fresh one from `now` (so re-sending
+/// `periodic_reset` reschedules, as on policies). The `type` is the caller's to read.
+pub(super) fn usage_limit_element(
+    obj: &Map<String, Value>,
+    prefix: &str,
+    now: Timestamp,
+    week_start: Weekday,
+) -> ApiResult<WorkspaceUsageLimit> {
+    let f = |n: &str| format!("{prefix}{n}");
+    let credit_limit = match obj.get("credit_limit") {
+        Some(v) if !v.is_null() => number(v, &f("credit_limit"))?,
+        _ => return Err(ApiError::invalid(&f("credit_limit"), "is required")),
+    };
+    if credit_limit < Decimal::ONE {
+        return Err(ApiError::invalid(&f("credit_limit"), "must be at least 1"));
+    }
+    let alert_threshold = match obj.get("alert_threshold") {
+        Some(v) if !v.is_null() => Some(number(v, &f("alert_threshold"))?),
+        _ => None,
+    };
+    check_threshold(alert_threshold, credit_limit, &f("alert_threshold"))?;
+    let (reset, days) = reset_fields(obj, prefix)?;
+    let (periodic_reset, periodic_reset_days) = (opt(reset), opt(days));
+    let sched = Schedule::from_fields(periodic_reset, periodic_reset_days);
+    let next = match (sched, obj.get("next_usage_reset_at")) {
+        (Schedule::Never, _) => None,
+        (_, Some(v)) if !v.is_null() => Some(schedule::floor_to_midnight(timestamp(
+            v,
+            &f("next_usage_reset_at"),
+        )?)),
+        _ => schedule::next_reset(sched, now, week_start),
+    };
+    Ok(WorkspaceUsageLimit {
+        limit_type: UsageLimitType::Cost,
+        credit_limit,
+        alert_threshold,
+        periodic_reset,
+        periodic_reset_days,
+        next_usage_reset_at: next,
+    })
 }
 
 fn workspace_rate_limits(v: &Value) -> ApiResult<Vec<WorkspaceRateLimit>> {

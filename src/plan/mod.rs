@@ -3,6 +3,7 @@
 //! The controller and the `plan`/`sync` CLI both call this module, so there is one diff logic
 //! in the project.
 
+pub mod api_key;
 pub mod marker;
 pub mod ownership;
 pub mod policy;

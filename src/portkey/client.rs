@@ -19,8 +19,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api.portkey.ai/v1";
 /// The auth header (docs/admin-api.md §1).
 pub const API_KEY_HEADER: &str = "x-portkey-api-key";
 
-/// An Admin API key. It is never printed: `Debug` shows `ApiKey(***)` and there is no `Display`.
-#[derive(Clone, PartialEq, Eq)]
+/// A Portkey API key (the operator's Admin API key, or a key it issued). It is never printed:
+/// `Debug` shows `ApiKey(***)` and there is no `Display`.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct ApiKey(String);
 
 impl ApiKey {
@@ -528,6 +530,90 @@ impl PortkeyClient {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// `/api-keys` operations (docs/admin-api.md §8).
+impl PortkeyClient {
+    /// `GET /api-keys?workspace_id=…`, all pages.
+    pub async fn list_api_keys(
+        &self,
+        workspace_id: Option<&str>,
+    ) -> Result<Vec<ApiKeyObject>, PortkeyError> {
+        let query = workspace_id
+            .map(|w| vec![("workspace_id", w.to_owned())])
+            .unwrap_or_default();
+        self.list_all("api_keys.list", &["api-keys"], query).await
+    }
+
+    /// `GET /api-keys/{id}` (the key itself masked).
+    pub async fn get_api_key(&self, id: &str) -> Result<ApiKeyObject, PortkeyError> {
+        self.get_json("api_keys.get", self.url(&["api-keys", id], &[]))
+            .await
+    }
+
+    /// `POST /api-keys/{type}/{sub-type}`: the id and the raw key (the only time, with rotate,
+    /// that Portkey shows it). Not retried once it may have reached the server.
+    pub async fn create_api_key(
+        &self,
+        key_type: ApiKeyType,
+        sub_type: ApiKeySubType,
+        body: &CreateApiKey,
+    ) -> Result<IssuedApiKey, PortkeyError> {
+        self.write(
+            "api_keys.create",
+            Method::POST,
+            self.url(&["api-keys", key_type.as_str(), sub_type.as_str()], &[]),
+            body,
+            Idempotency::CreateOnce,
+        )
+        .await
+    }
+
+    /// `PUT /api-keys/{id}`: only the fields set in `body`.
+    pub async fn update_api_key(&self, id: &str, body: &UpdateApiKey) -> Result<(), PortkeyError> {
+        let _: Ignored = self
+            .write(
+                "api_keys.update",
+                Method::PUT,
+                self.url(&["api-keys", id], &[]),
+                body,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `DELETE /api-keys/{id}`: the key stops working at once.
+    pub async fn delete_api_key(&self, id: &str) -> Result<(), PortkeyError> {
+        let _: Ignored = self
+            .send(
+                "api_keys.delete",
+                Method::DELETE,
+                self.url(&["api-keys", id], &[]),
+                None,
+                Idempotency::Idempotent,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `POST /api-keys/{id}/rotate`: a new raw key; the old one keeps working for
+    /// `transition_ms` (Portkey's minimum is 30 minutes). Each call makes a new key, so it is
+    /// not retried once it may have reached the server.
+    pub async fn rotate_api_key(
+        &self,
+        id: &str,
+        transition_ms: u64,
+    ) -> Result<IssuedApiKey, PortkeyError> {
+        self.write(
+            "api_keys.rotate",
+            Method::POST,
+            self.url(&["api-keys", id, "rotate"], &[]),
+            &serde_json::json!({ "key_transition_period_ms": transition_ms }),
+            Idempotency::CreateOnce,
+        )
+        .await
     }
 }
 

@@ -447,6 +447,127 @@ pub struct UpdateWorkspace {
     pub rate_limits: Nullable<Vec<WorkspaceRateLimit>>,
 }
 
+wire_enum!(
+    /// Rate-limit window of an API key: per second, minute, hour, day or week (docs/admin-api.md
+    /// §8: API keys are the only surface that takes `rps` and `rpw` together).
+    KeyRateLimitUnit { Rps = "rps", Rpm = "rpm", Rph = "rph", Rpd = "rpd", Rpw = "rpw" }
+);
+wire_enum!(
+    /// Who an API key belongs to: the organisation or one workspace.
+    ApiKeyType { Organisation = "organisation", Workspace = "workspace" }
+);
+wire_enum!(
+    /// A user key (acts as one user) or a service key (an application).
+    ApiKeySubType { User = "user", Service = "service" }
+);
+wire_enum!(
+    /// `exhausted` once the key's budget is used up (requests answered 412) until a reset.
+    ApiKeyStatus { Active = "active", Exhausted = "exhausted" }
+);
+
+/// An inline rate limit on an API key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRateLimit {
+    #[serde(rename = "type")]
+    pub limit_type: RateLimitType,
+    pub unit: KeyRateLimitUnit,
+    #[serde(with = "decimal")]
+    pub value: Decimal,
+}
+
+/// An API key as `GET /api-keys/{id}` reports it. `key` is masked (`pk-*****3AX`): the raw key
+/// is only in the answers to create and rotate ([`IssuedApiKey`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyObject {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// Masked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// E.g. `workspace-service`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organisation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default)]
+    pub status: Option<ApiKeyStatus>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `null` when the key has no budget.
+    #[serde(default)]
+    pub usage_limits: Option<WorkspaceUsageLimit>,
+    #[serde(default)]
+    pub rate_limits: Option<Vec<KeyRateLimit>>,
+    #[serde(default)]
+    pub alert_emails: Option<Vec<String>>,
+    #[serde(default)]
+    pub last_reset_at: Option<Timestamp>,
+    #[serde(default)]
+    pub next_usage_reset_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(default)]
+    pub created_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated_at: Option<Timestamp>,
+}
+
+/// Body of `POST /api-keys/{type}/{sub-type}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateApiKey {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_limits: Option<WorkspaceUsageLimit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<KeyRateLimit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_emails: Vec<String>,
+}
+
+/// Body of `PUT /api-keys/{id}`: omitted = unchanged, `Null` clears. `reset_usage: true` is a
+/// one-shot trigger (usage back to 0, an exhausted key active again).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateApiKey {
+    #[serde(default, skip_serializing_if = "Nullable::is_absent")]
+    pub usage_limits: Nullable<WorkspaceUsageLimit>,
+    #[serde(default, skip_serializing_if = "Nullable::is_absent")]
+    pub rate_limits: Nullable<Vec<KeyRateLimit>>,
+    #[serde(default, skip_serializing_if = "Nullable::is_absent")]
+    pub alert_emails: Nullable<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_usage: Option<bool>,
+}
+
+impl UpdateApiKey {
+    pub fn is_empty(&self) -> bool {
+        self == &UpdateApiKey::default()
+    }
+}
+
+/// The answer to a create or a rotate: the id and the raw key, which `Debug` never prints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct IssuedApiKey {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub key: super::client::ApiKey,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@
 mod support;
 
 mod admission;
+mod api_keys;
 mod helm;
 mod lifecycle;
 mod policies;
