@@ -15,7 +15,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::api::validate::{FieldError, validate_object};
-use crate::api::{self, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
+use crate::api::{self, ApiKeyBudget, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
+use crate::plan::api_key::{self as keyplan, DesiredKey};
 use crate::plan::marker::Identity;
 use crate::plan::ownership::{self, Candidate, Claimant};
 use crate::plan::policy::{Decision, PlanOptions, PolicyAction, PolicyDiff};
@@ -63,6 +64,7 @@ pub enum Resource {
     Usage(Box<UsageLimitPolicy>),
     Rate(Box<RateLimitPolicy>),
     Workspace(Box<WorkspaceBudget>),
+    ApiKey(Box<ApiKeyBudget>),
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +79,7 @@ impl Loaded {
             Resource::Usage(_) => "UsageLimitPolicy",
             Resource::Rate(_) => "RateLimitPolicy",
             Resource::Workspace(_) => "WorkspaceBudget",
+            Resource::ApiKey(_) => "ApiKeyBudget",
         }
     }
 
@@ -85,6 +88,7 @@ impl Loaded {
             Resource::Usage(o) => o.metadata.namespace.as_deref(),
             Resource::Rate(o) => o.metadata.namespace.as_deref(),
             Resource::Workspace(_) => None,
+            Resource::ApiKey(o) => o.metadata.namespace.as_deref(),
         }
     }
 
@@ -93,6 +97,7 @@ impl Loaded {
             Resource::Usage(o) => o.metadata.name.as_deref(),
             Resource::Rate(o) => o.metadata.name.as_deref(),
             Resource::Workspace(o) => o.metadata.name.as_deref(),
+            Resource::ApiKey(o) => o.metadata.name.as_deref(),
         }
         .unwrap_or_default()
     }
@@ -110,6 +115,7 @@ impl Loaded {
             Resource::Usage(_) => "ulp",
             Resource::Rate(_) => "rlp",
             Resource::Workspace(_) => "wsb",
+            Resource::ApiKey(_) => crate::controller::api_key::SHORT,
         };
         Identity::new(short, self.namespace(), self.name()).installed(
             &settings.installation_id,
@@ -122,6 +128,7 @@ impl Loaded {
             Resource::Usage(o) => o.spec.workspace.as_deref(),
             Resource::Rate(o) => o.spec.workspace.as_deref(),
             Resource::Workspace(o) => Some(&o.spec.workspace),
+            Resource::ApiKey(o) => o.spec.workspace.as_deref(),
         }
     }
 }
@@ -302,6 +309,9 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
                     "RateLimitPolicy" => {
                         serde_json::from_value(value).map(|o| Resource::Rate(Box::new(o)))
                     }
+                    "ApiKeyBudget" => {
+                        serde_json::from_value(value).map(|o| Resource::ApiKey(Box::new(o)))
+                    }
                     _ => serde_json::from_value(value).map(|o| Resource::Workspace(Box::new(o))),
                 };
                 match resource {
@@ -345,6 +355,21 @@ pub fn workspaces(resources: &[Loaded], default_workspace: Option<&str>) -> BTre
         .collect()
 }
 
+/// The existing API keys the manifests name by name, with their workspace reference (for
+/// seeding the built-in emulator, which holds no keys of its own).
+pub fn named_keys(resources: &[Loaded], default_workspace: Option<&str>) -> Vec<(String, String)> {
+    resources
+        .iter()
+        .filter_map(|r| match &r.resource {
+            Resource::ApiKey(o) => {
+                let name = o.spec.existing.as_ref()?.name.clone()?;
+                Some((r.workspace().or(default_workspace)?.to_owned(), name))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 /// The kind of change for one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -355,6 +380,8 @@ pub enum ChangeKind {
     Archive,
     Unchanged,
     Blocked,
+    /// Not for this tool (an `ApiKeyBudget` that issues a key needs a cluster for its Secret).
+    Skipped,
 }
 
 /// What applying an item does, with the exact bodies.
@@ -368,6 +395,7 @@ enum Exec {
     RateUpdate(String, UpdateRateLimitsPolicy),
     RateReplace(String, CreateRateLimitsPolicy),
     Workspace(String, UpdateWorkspace),
+    ApiKey(String, UpdateApiKey),
     ArchiveUsage(String),
     ArchiveRate(String),
 }
@@ -863,6 +891,9 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
                     },
                 }
             }
+            Resource::ApiKey(o) => plan_api_key(client, loaded, o, reference, &ws, &identity)
+                .await
+                .map(|item| vec![item]),
         };
         match result {
             Ok(new) => items.extend(new),
@@ -941,6 +972,113 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
     Plan { items, errors }
 }
 
+/// The key an `ApiKeyBudget` names, in workspace `ws`: by id, or by a name that matches exactly
+/// one key; refused when it belongs to another workspace or was issued for another resource or
+/// installation (the controller's rule, `plan::ownership::check_adoption`). Issued keys (no
+/// `spec.existing`) are refused with `IssuedKey`.
+async fn existing_key(
+    client: &PortkeyClient,
+    o: &ApiKeyBudget,
+    ws: &str,
+) -> Result<Result<ApiKeyObject, ownership::Refusal>, PortkeyError> {
+    let Some(existing) = &o.spec.existing else {
+        return Ok(Err(ownership::Refusal {
+            reason: "IssuedKey",
+            message: "spec.issue: issuing a key needs a cluster to hold its Secret; apply this resource to a cluster that runs the operator (plan and sync skip it)".into(),
+        }));
+    };
+    let key = match (&existing.id, &existing.name) {
+        (Some(id), _) => match client.get_api_key(id).await {
+            Ok(k) => k,
+            Err(e) if e.is_gone() => {
+                return Ok(Err(ownership::Refusal {
+                    reason: "KeyNotFound",
+                    message: format!("spec.existing.id: Portkey has no API key {id}"),
+                }));
+            }
+            Err(e) => return Err(e),
+        },
+        (None, Some(name)) => {
+            let keys = client.list_api_keys(Some(ws)).await?;
+            match keyplan::find_by_name(&keys, name) {
+                Ok(k) => k.clone(),
+                Err(refusal) => return Ok(Err(refusal)),
+            }
+        }
+        (None, None) => {
+            return Ok(Err(ownership::Refusal {
+                reason: "InvalidSpec",
+                message: "spec.existing: set exactly one of id and name".into(),
+            }));
+        }
+    };
+    // Sync's identity never matches an issued key's marker, so a marked key of this
+    // installation is refused as well: the resource that issued it manages it.
+    let identity = Identity::new(crate::controller::api_key::SHORT, None, "");
+    match ownership::check_adoption(
+        "spec.existing",
+        &key.id,
+        key.workspace_id.as_deref().unwrap_or("(organisation key)"),
+        key.name.as_deref(),
+        ws,
+        &identity,
+    ) {
+        Ok(None) => Ok(Ok(key)),
+        Ok(Some(marked)) => Ok(Err(marked.refusal("spec.existing", &key.id))),
+        Err(refusal) => Ok(Err(refusal)),
+    }
+    .map(|r| {
+        r.map_err(|mut refusal| {
+            refusal.message = refusal.message.replace("Portkey policy", "Portkey API key");
+            refusal
+        })
+    })
+}
+
+/// The plan line of an `ApiKeyBudget`: an update of the declared fields of an existing key, or
+/// skipped (issuing keys needs a cluster).
+async fn plan_api_key(
+    client: &PortkeyClient,
+    loaded: &Loaded,
+    o: &ApiKeyBudget,
+    reference: &str,
+    ws: &str,
+    _identity: &Identity,
+) -> Result<PlanItem, PortkeyError> {
+    let mut item = PlanItem {
+        kind: loaded.kind().into(),
+        name: loaded.qualified(),
+        source: Some(loaded.source.clone()),
+        workspace: Some(reference.to_owned()),
+        action: ChangeKind::Unchanged,
+        target: None,
+        changes: vec![],
+        warnings: vec![],
+        exec: Exec::None,
+    };
+    match existing_key(client, o, ws).await? {
+        Ok(key) => {
+            item.target = Some(key.id.clone());
+            let desired = DesiredKey::from_spec(&o.spec);
+            if let Some(update) = keyplan::plan(&desired, &key) {
+                item.action = ChangeKind::Update;
+                item.changes = update.changes;
+                item.exec = Exec::ApiKey(key.id, update.body);
+            }
+        }
+        Err(refusal) if refusal.reason == "IssuedKey" => {
+            item.action = ChangeKind::Skipped;
+            item.warnings.push(refusal.message);
+        }
+        Err(refusal) => {
+            item.action = ChangeKind::Blocked;
+            item.warnings
+                .push(format!("{}: {}", refusal.reason, refusal.message));
+        }
+    }
+    Ok(item)
+}
+
 /// What `sync` did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
@@ -976,6 +1114,7 @@ pub async fn apply(client: &PortkeyClient, plan: &Plan) -> SyncReport {
                     archive(client.rate_limits().delete(old).await)?;
                 }
                 Exec::Workspace(id, body) => client.update_workspace(id, body).await?,
+                Exec::ApiKey(id, body) => client.update_api_key(id, body).await?,
                 Exec::ArchiveUsage(id) => archive(client.usage_limits().delete(id).await)?,
                 Exec::ArchiveRate(id) => archive(client.rate_limits().delete(id).await)?,
             }
@@ -1008,6 +1147,7 @@ fn symbol(kind: ChangeKind) -> &'static str {
         ChangeKind::Archive => "- archive",
         ChangeKind::Unchanged => "= unchanged",
         ChangeKind::Blocked => "! blocked",
+        ChangeKind::Skipped => "· skipped",
     }
 }
 
@@ -1023,7 +1163,9 @@ pub fn render_text(plan: &Plan, target: &str) -> String {
             (_, Some(t)) if item.kind == "WorkspaceBudget" => {
                 format!("workspace {}", item.workspace.as_deref().unwrap_or(t))
             }
+            (_, Some(t)) if item.kind == "ApiKeyBudget" => format!("API key {t}"),
             (_, Some(t)) => format!("policy {t}"),
+            (ChangeKind::Skipped, None) => "(issues a key: needs a cluster)".into(),
             _ => String::new(),
         };
         let source = item
@@ -1057,6 +1199,13 @@ pub fn render_text(plan: &Plan, target: &str) -> String {
         plan.count(ChangeKind::Unchanged),
         plan.count(ChangeKind::Blocked),
     );
+    let skipped = plan.count(ChangeKind::Skipped);
+    if skipped > 0 {
+        let _ = writeln!(
+            out,
+            "{skipped} skipped (ApiKeyBudgets that issue keys: they need a cluster to hold the Secret)."
+        );
+    }
     out
 }
 
@@ -1238,6 +1387,46 @@ pub async fn status_table(
                     e.reason().into(),
                 ],
             },
+            Resource::ApiKey(o) => {
+                let found = match existing_key(client, o, &ws).await {
+                    Ok(Ok(k)) => Ok(k),
+                    Ok(Err(refusal)) if refusal.reason == "IssuedKey" => {
+                        Err("skipped (issued in a cluster)".to_owned())
+                    }
+                    Ok(Err(refusal)) => Err(refusal.reason.to_owned()),
+                    Err(e) => Err(e.reason().to_owned()),
+                };
+                match found {
+                    Ok(k) => {
+                        let (budget, reset, rate) = keyplan::summaries(&k);
+                        let limit = [budget, rate]
+                            .into_iter()
+                            .flatten()
+                            .collect::<Vec<_>>()
+                            .join("; ");
+                        [
+                            loaded.kind().into(),
+                            loaded.qualified(),
+                            reference.clone(),
+                            if limit.is_empty() { "-".into() } else { limit },
+                            "-".into(),
+                            reset.unwrap_or_else(|| "-".into()),
+                            k.status
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into()),
+                        ]
+                    }
+                    Err(state) => [
+                        loaded.kind().into(),
+                        loaded.qualified(),
+                        reference.clone(),
+                        "-".into(),
+                        "-".into(),
+                        "-".into(),
+                        state,
+                    ],
+                }
+            }
         };
         rows.push(row);
     }

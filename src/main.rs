@@ -292,7 +292,7 @@ async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
     }
     if manifests.resources.is_empty() {
         eprintln!(
-            "no UsageLimitPolicy, RateLimitPolicy or WorkspaceBudget found in {:?} ({} other documents ignored)",
+            "no UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget or ApiKeyBudget found in {:?} ({} other documents ignored)",
             args.paths, manifests.ignored
         );
     }
@@ -321,6 +321,33 @@ async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
         );
         let client = PortkeyClient::new(ClientConfig::new(base.clone(), ApiKey::new("emulator")))
             .map_err(|e| e.to_string())?;
+        // The emulator starts without API keys: make the ones the manifests name, so the
+        // ApiKeyBudgets that manage an existing key have one.
+        for (workspace, name) in
+            gitops::named_keys(&manifests.resources, args.default_workspace.as_deref())
+        {
+            let workspace_id = client
+                .resolve_workspace_id(&workspace)
+                .await
+                .map_err(|e| e.to_string())?;
+            let body = portkey_budget_operator::portkey::CreateApiKey {
+                name: name.clone(),
+                workspace_id: Some(workspace_id),
+                scopes: vec!["completions.write".into()],
+                ..Default::default()
+            };
+            client
+                .create_api_key(
+                    portkey_budget_operator::portkey::ApiKeyType::Workspace,
+                    portkey_budget_operator::portkey::ApiKeySubType::Service,
+                    &body,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "The emulator holds a demo API key {name:?} in workspace {workspace} for the manifests that name it."
+            );
+        }
         _emulator = Some(handle);
         (client, format!("the built-in emulator ({base})"))
     } else {

@@ -415,11 +415,14 @@ fn built_in_emulator_runs_the_samples() {
             && err(&out).contains("NOT Portkey")
     );
     let table = text(&out);
-    assert!(table.contains("Applied 3 change(s)."), "{table}");
+    assert!(table.contains("Applied 4 change(s)."), "{table}");
     for row in [
         "team-a/team-a-monthly",
         "team-a/team-a-openai-rpm",
         "marketing",
+        "team-a/checkout",
+        "200 cost; 60 requests rpm",
+        "skipped (issued in a cluster)",
     ] {
         assert!(table.contains(row), "{table}");
     }
@@ -573,4 +576,125 @@ async fn the_emulator_binary_starts_with_faults() {
     let _ = child.wait();
     assert_eq!(faults["page_size_cap"], 2, "{faults}");
     assert_eq!(faults["gone_as_forbidden"], true, "{faults}");
+}
+
+/// `plan`/`sync` for ApiKeyBudgets: an existing key gets its declared fields (the reset schedule
+/// kept), a key of another workspace is blocked, and one that issues a key is skipped with
+/// nothing written.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_manages_existing_keys_and_skips_issued_ones() {
+    let emu = emulator().await;
+    let c = client(&emu);
+    let ctl = emu.control();
+    let team_a = c.resolve_workspace_id("team-a").await.unwrap();
+    let marketing = c.resolve_workspace_id("marketing").await.unwrap();
+    let make = |ws: &str, name: &str| CreateApiKey {
+        name: name.into(),
+        workspace_id: Some(ws.into()),
+        scopes: vec!["completions.write".into()],
+        usage_limits: Some(WorkspaceUsageLimit {
+            limit_type: UsageLimitType::Cost,
+            credit_limit: Decimal::from(50),
+            alert_threshold: None,
+            periodic_reset: Some(PeriodicReset::Weekly),
+            periodic_reset_days: None,
+            next_usage_reset_at: None,
+        }),
+        ..Default::default()
+    };
+    let mine = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &make(&team_a, "checkout"),
+        )
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let theirs = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &make(&marketing, "ads"),
+        )
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let before = c.get_api_key(&mine).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let akb = |name: &str, key: &str, limit: u32| {
+        format!(
+            "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: ApiKeyBudget\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n  workspace: team-a\n  existing:\n    {key}\n  budget:\n    type: cost\n    creditLimit: {limit}\n    periodicReset: weekly\n  alertEmails: [finance@example.com]\n"
+        )
+    };
+    write(
+        dir.path(),
+        "a.yaml",
+        &akb("checkout", "name: checkout", 120),
+    );
+    write(
+        dir.path(),
+        "b.yaml",
+        "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: ApiKeyBudget\nmetadata:\n  name: issued\n  namespace: team-a\nspec:\n  workspace: team-a\n  issue:\n    scopes: [completions.write]\n    secretName: issued-key\n",
+    );
+    let path = dir.path().to_str().unwrap();
+    let out = cli(&emu, &["plan", "-f", path]);
+    assert_eq!(out.status.code(), Some(2), "{}{}", text(&out), err(&out));
+    let shown = text(&out);
+    assert!(
+        shown.contains(&format!("~ update API key {mine}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("budget: 50 cost (alert (none)) weekly → 120 cost"),
+        "{shown}"
+    );
+    assert!(shown.contains("· skipped"), "{shown}");
+    let out = cli(&emu, &["sync", "-f", path]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    let after = c.get_api_key(&mine).await.unwrap();
+    assert_eq!(
+        after.usage_limits.as_ref().unwrap().credit_limit,
+        Decimal::from(120)
+    );
+    assert_eq!(
+        after.usage_limits.as_ref().unwrap().next_usage_reset_at,
+        before.usage_limits.as_ref().unwrap().next_usage_reset_at,
+        "the weekly schedule was kept"
+    );
+    assert_eq!(
+        after.alert_emails.as_deref(),
+        Some(&["finance@example.com".to_owned()][..])
+    );
+    let log = ctl.requests().await.unwrap();
+    assert_eq!(
+        log.count("POST", "/v1/api-keys"),
+        2,
+        "only the test's two creates"
+    );
+    // Converged: nothing more to do.
+    let out = cli(&emu, &["plan", "-f", path]);
+    assert_eq!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    // A key of another workspace: blocked, nothing written.
+    write(
+        dir.path(),
+        "a.yaml",
+        &akb("checkout", &format!("id: {theirs}"), 999),
+    );
+    ctl.clear_requests().await.unwrap();
+    let out = cli(&emu, &["sync", "-f", path]);
+    assert_ne!(out.status.code(), Some(0), "{}{}", text(&out), err(&out));
+    assert!(text(&out).contains("WorkspaceNotAllowed"), "{}", text(&out));
+    assert_eq!(ctl.requests().await.unwrap().writes(), 0);
+    assert_eq!(
+        c.get_api_key(&theirs)
+            .await
+            .unwrap()
+            .usage_limits
+            .unwrap()
+            .credit_limit,
+        Decimal::from(50)
+    );
 }

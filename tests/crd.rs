@@ -781,6 +781,12 @@ fn samples_are_valid() {
     kinds.sort();
     assert_eq!(
         kinds,
-        ["RateLimitPolicy", "UsageLimitPolicy", "WorkspaceBudget"]
+        [
+            "ApiKeyBudget",
+            "ApiKeyBudget",
+            "RateLimitPolicy",
+            "UsageLimitPolicy",
+            "WorkspaceBudget"
+        ]
     );
 }

@@ -73,8 +73,6 @@ pub mod reasons {
     pub const AMBIGUOUS_KEY_NAME: &str = "AmbiguousKeyName";
     /// Stalled: `issue.secretName` names a Secret this resource does not own.
     pub const SECRET_CONFLICT: &str = "SecretConflict";
-    /// Reconciling: the issued key's Secret is being (re)written.
-    pub const SECRET_PENDING: &str = "SecretPending";
     /// Retrying: a Kubernetes API call failed.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
     /// From Admin API errors (see `PortkeyError::reason`): retrying or stalled.
@@ -116,7 +114,6 @@ pub mod reasons {
         KEY_NOT_FOUND,
         AMBIGUOUS_KEY_NAME,
         SECRET_CONFLICT,
-        SECRET_PENDING,
         KUBERNETES_API_ERROR,
         PORTKEY_VALIDATION_ERROR,
         PORTKEY_UNAUTHORIZED,

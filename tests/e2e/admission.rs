@@ -58,6 +58,7 @@ async fn every_crd_is_established_on_the_real_api_server() {
         assert_eq!(
             names,
             [
+                "apikeybudgets.budgets.portkey-operator.io",
                 "ratelimitpolicies.budgets.portkey-operator.io",
                 "usagelimitpolicies.budgets.portkey-operator.io",
                 "workspacebudgets.budgets.portkey-operator.io",

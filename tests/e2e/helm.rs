@@ -435,7 +435,7 @@ async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
 
         helm(&cp.kubeconfig, "uninstall", &chart_dir(), &values);
         let crds = cp.kubectl(&["get", "crd", "-o", "name"]);
-        assert_eq!(crds.lines().count(), 3, "CRDs kept: {crds}");
+        assert_eq!(crds.lines().count(), 4, "CRDs kept: {crds}");
         assert!(
             cp.kubectl(&["get", "ulp", "kept", "-n", NS, "-o", "name"])
                 .contains("kept")
