@@ -161,4 +161,7 @@ pub struct UsageLimitPolicyStatus {
     /// Alert Events already recorded this period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertRecord>,
+    /// The last usage reset of every bucket (annotation `budgets.portkey-operator.io/reset-usage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage_reset: Option<OneShot>,
 }

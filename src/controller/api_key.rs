@@ -25,7 +25,7 @@ use rust_decimal::prelude::ToPrimitive;
 use super::conditions::{self, FALSE, Outcome, SYNCED, TRUE, reasons};
 use super::kube_ops;
 use super::policy::{choose_workspace, definitely_not_created, is_paused};
-use super::{Context, Error};
+use super::{Context, Error, annotation_token as token, one_shot_due};
 use crate::api::validate::summarize;
 use crate::api::*;
 use crate::metrics::BudgetFigures;
@@ -105,23 +105,6 @@ pub fn identity(obj: &ApiKeyBudget, ctx: &Context) -> Identity {
         &ctx.config.installation_id,
         &ctx.config.adopt_from_installations,
     )
-}
-
-/// The value of a one-shot annotation, if set and not blank.
-fn token(obj: &ApiKeyBudget, annotation: &str) -> Option<String> {
-    obj.annotations()
-        .get(annotation)
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-/// True when a one-shot annotation holds a token not yet seen through.
-fn one_shot_due(token: Option<&str>, done: Option<&OneShot>) -> bool {
-    match (token, done) {
-        (None, _) => false,
-        (Some(t), Some(d)) => d.token != t || d.completed_at.is_none(),
-        (Some(_), None) => true,
-    }
 }
 
 fn secret_holds(secret: &Secret, key_id: &str, data_key: &str) -> bool {

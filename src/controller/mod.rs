@@ -806,6 +806,24 @@ pub fn reporter() -> Reporter {
     }
 }
 
+/// The value of a one-shot annotation (rotate, reset-usage), if set and not blank.
+pub fn annotation_token<K: Resource>(obj: &K, annotation: &str) -> Option<String> {
+    obj.annotations()
+        .get(annotation)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// True when a one-shot annotation holds a token not yet seen through (`done` records the last
+/// one: its token, and whether Portkey confirmed it).
+pub fn one_shot_due(token: Option<&str>, done: Option<&crate::api::OneShot>) -> bool {
+    match (token, done) {
+        (None, _) => false,
+        (Some(t), Some(d)) => d.token != t || d.completed_at.is_none(),
+        (Some(_), None) => true,
+    }
+}
+
 /// `ResourceExt::name_any` for log fields.
 pub fn object_name<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     key_of(obj)

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
@@ -77,6 +78,13 @@ pub trait PolicyResource: Managed + Resource<Scope = NamespaceResourceScope> {
     ) -> Vec<EventSpec>;
     /// The figures of the per-resource budget metrics, for kinds that have a budget.
     fn budget(&self, _status: &Self::Status) -> Option<BudgetFigures> {
+        None
+    }
+    /// Where kinds that take the reset-usage annotation record it (`None`: the kind does not).
+    fn usage_reset(_status: &mut Self::Status) -> Option<&mut Option<OneShot>> {
+        None
+    }
+    fn usage_reset_ref(_status: &Self::Status) -> Option<&OneShot> {
         None
     }
 }
@@ -313,7 +321,10 @@ impl<R: PolicyResource> Run<'_, R> {
                 pending: match (self.pending_since(), self.ctx.last_sync(&self.key)) {
                     (Some(since), Some(synced)) => since > synced,
                     (pending, _) => pending.is_some(),
-                },
+                } || super::one_shot_due(
+                    super::annotation_token(&self.obj, RESET_USAGE_ANNOTATION).as_deref(),
+                    R::usage_reset_ref(&self.status),
+                ),
                 paused: self.paused(),
             },
             self.now,
@@ -388,10 +399,76 @@ impl<R: PolicyResource> Run<'_, R> {
                 }
             }
         }
+        // One-shot usage reset (annotation), on a policy in force that this resource manages.
+        if !observe
+            && !paused
+            && !self.ctx.config.dry_run
+            && let Some(p) = &remote
+            && self.reset_usage(p.id().to_owned()).await?
+        {
+            remote = self.get_policy(p.id()).await?;
+        }
         // 6. Report.
         self.report(remote.as_ref(), &desired, &workspace_id, observe, held)
             .await;
         Ok(refresh)
+    }
+
+    /// The reset-usage annotation: every bucket of the policy back to zero, once per token.
+    /// The request is recorded in status first; a pass interrupted between the resets and
+    /// their record repeats them (Portkey keeps no per-bucket reset time to check against).
+    async fn reset_usage(&mut self, policy_id: String) -> Result<bool, Error> {
+        let Some(token) = super::annotation_token(&self.obj, RESET_USAGE_ANNOTATION) else {
+            return Ok(false);
+        };
+        let Some(slot) = R::usage_reset(&mut self.status) else {
+            return Ok(false);
+        };
+        if !super::one_shot_due(Some(&token), slot.as_ref()) {
+            return Ok(false);
+        }
+        *slot = Some(OneShot {
+            token: token.clone(),
+            requested_at: Time(self.now),
+            completed_at: None,
+        });
+        self.record_status()
+            .await
+            .map_err(|e| Error::kube("record the usage-reset request", e))?;
+        let entities = self
+            .ctx
+            .portkey
+            .usage_limits()
+            .entities(&policy_id, &Default::default())
+            .await
+            .map_err(|e| Error::portkey("list the policy's buckets", e))?;
+        for entity in &entities {
+            self.ctx.write_permit().await;
+            match self
+                .ctx
+                .portkey
+                .usage_limits()
+                .reset_entity(&policy_id, &entity.id)
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.is_gone() => {}
+                Err(e) => return Err(Error::portkey("reset a bucket's usage", e)),
+            }
+        }
+        if let Some(Some(done)) = R::usage_reset(&mut self.status) {
+            done.completed_at = Some(Time(self.now));
+        }
+        self.event(
+            EventType::Normal,
+            "UsageReset",
+            format!(
+                "reset the usage of {} bucket(s) of Portkey policy {policy_id} ({RESET_USAGE_ANNOTATION}: {token})",
+                entities.len()
+            ),
+        )
+        .await;
+        Ok(true)
     }
 
     /// An Event when the paused annotation was just set or removed (the Synced reason says

@@ -51,6 +51,14 @@ impl PolicyResource for UsageLimitPolicy {
         &status.common
     }
 
+    fn usage_reset(status: &mut UsageLimitPolicyStatus) -> Option<&mut Option<OneShot>> {
+        Some(&mut status.usage_reset)
+    }
+
+    fn usage_reset_ref(status: &UsageLimitPolicyStatus) -> Option<&OneShot> {
+        status.usage_reset.as_ref()
+    }
+
     fn budget(&self, status: &UsageLimitPolicyStatus) -> Option<BudgetFigures> {
         let limit = self.spec.credit_limit.decimal();
         let usage = status.usage.as_ref();

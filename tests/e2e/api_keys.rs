@@ -446,3 +446,77 @@ async fn kill_9_between_key_create_and_secret_write_leaves_one_key() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_usage_annotation_zeroes_every_bucket_of_a_policy_once() {
+    let Some(env) = Env::start("reset_usage_annotation_zeroes_every_bucket_of_a_policy_once").await
+    else {
+        return;
+    };
+    bounded("reset_usage_annotation_on_a_policy", async {
+        let (cp, portkey, ctl) = (&env.cp, &env.portkey, env.emu.control());
+        let _op = env.operator("operator.log");
+        cp.apply(&crate::ulp("team", 500));
+        env.wait_ready("ulp/team", Some(NS));
+        let id = env.jsonpath("ulp", "team", Some(NS), "{.status.policyId}");
+        for user in ["alice", "bob"] {
+            ctl.add_usage(&id, &format!("metadata._user:{user}"), Decimal::from(120))
+                .await
+                .unwrap();
+        }
+        let usage = || async {
+            portkey
+                .usage_limits()
+                .entities(&id, &Default::default())
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.current_usage)
+                .sum::<Decimal>()
+        };
+        assert_eq!(usage().await, Decimal::from(240));
+        cp.kubectl(&[
+            "annotate",
+            "ulp",
+            "team",
+            "-n",
+            NS,
+            "budgets.portkey-operator.io/reset-usage=q4",
+        ]);
+        eventually("the reset recorded", Duration::from_secs(60), || async {
+            (env.jsonpath("ulp", "team", Some(NS), "{.status.usageReset.token}") == "q4"
+                && !env
+                    .jsonpath("ulp", "team", Some(NS), "{.status.usageReset.completedAt}")
+                    .is_empty())
+            .then_some(())
+        })
+        .await;
+        assert_eq!(usage().await, Decimal::ZERO, "every bucket is back to zero");
+        // Usage after the reset stays: the same token does not reset again.
+        ctl.add_usage(&id, "metadata._user:alice", Decimal::from(7))
+            .await
+            .unwrap();
+        cp.kubectl(&["label", "ulp", "team", "-n", NS, "touched=yes"]);
+        cp.kubectl(&[
+            "patch",
+            "ulp",
+            "team",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"creditLimit":600}}"#,
+        ]);
+        eventually("the new limit", Duration::from_secs(60), || async {
+            (env.jsonpath("ulp", "team", Some(NS), "{.status.observedGeneration}")
+                == env.jsonpath("ulp", "team", Some(NS), "{.metadata.generation}"))
+            .then_some(())
+        })
+        .await;
+        env.wait_ready("ulp/team", Some(NS));
+        assert_eq!(usage().await, Decimal::from(7), "one reset for one token");
+        let events = cp.kubectl(&["get", "events", "-n", NS, "-o", "json"]);
+        assert!(events.contains("UsageReset"), "an Event records the reset");
+    })
+    .await;
+}
