@@ -1215,3 +1215,192 @@ async fn consistency_faults_behave_like_the_real_admin_api() {
     let err = ctl.set_faults(json!({"stale_read": 5})).await.unwrap_err();
     assert!(err.contains("stale_read"), "{err}");
 }
+
+fn key_body(workspace: &str, name: &str) -> CreateApiKey {
+    CreateApiKey {
+        name: name.into(),
+        workspace_id: Some(workspace.into()),
+        scopes: vec!["completions.write".into()],
+        usage_limits: Some(WorkspaceUsageLimit {
+            limit_type: UsageLimitType::Cost,
+            credit_limit: dec("10"),
+            alert_threshold: Some(dec("8")),
+            periodic_reset: Some(PeriodicReset::Weekly),
+            periodic_reset_days: None,
+            next_usage_reset_at: None,
+        }),
+        rate_limits: vec![KeyRateLimit {
+            limit_type: RateLimitType::Requests,
+            unit: KeyRateLimitUnit::Rps,
+            value: dec("3"),
+        }],
+        alert_emails: vec!["ops@example.com".into()],
+        ..Default::default()
+    }
+}
+
+/// `/api-keys` as the published API has it: the raw key only in the create and rotate answers
+/// (masked on every read), one budget object, weekly resets on Sunday, `reset_usage`, status
+/// `exhausted` at the limit, rotation with a transition period, delete, and errors that name
+/// the field.
+#[tokio::test]
+async fn api_keys_lifecycle() {
+    let (emu, c) = setup().await;
+    let ctl = emu.control();
+    ctl.set_clock(Some("2026-11-18T10:00:00Z".parse().unwrap())) // a Wednesday
+        .await
+        .unwrap();
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "svc"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    assert!(
+        format!("{issued:?}").contains("ApiKey(***)"),
+        "Debug never prints the key"
+    );
+    let raw = issued.key.expose().to_owned();
+    let key = c.get_api_key(&id).await.unwrap();
+    let masked = key.key.clone().unwrap();
+    assert!(masked.contains("*****") && masked != raw, "{masked}");
+    assert_eq!(key.workspace_id.as_deref(), Some(WS_ID));
+    assert_eq!(key.key_type.as_deref(), Some("workspace-service"));
+    assert_eq!(key.status, Some(ApiKeyStatus::Active));
+    let budget = key.usage_limits.clone().unwrap();
+    assert_eq!(
+        budget.next_usage_reset_at.unwrap().to_string(),
+        "2026-11-22T00:00:00Z",
+        "weekly key budgets reset on Sunday"
+    );
+    assert_eq!(
+        key.rate_limits.as_ref().unwrap()[0].unit,
+        KeyRateLimitUnit::Rps
+    );
+    assert!(ctl.key_works(&raw).await.unwrap());
+
+    // A user key needs a user; listing is per workspace.
+    let user = CreateApiKey {
+        user_id: Some("u-1".into()),
+        ..key_body(WS_SLUG, "alice")
+    };
+    c.create_api_key(ApiKeyType::Workspace, ApiKeySubType::User, &user)
+        .await
+        .unwrap();
+    let err = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::User,
+            &key_body(WS_SLUG, "x"),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("user_id"), "{err}");
+    c.create_api_key(
+        ApiKeyType::Workspace,
+        ApiKeySubType::Service,
+        &key_body("team-b", "b"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.list_api_keys(Some(WS_ID)).await.unwrap().len(), 2);
+    assert_eq!(c.list_api_keys(None).await.unwrap().len(), 3);
+    for listed in c.list_api_keys(None).await.unwrap() {
+        assert!(
+            listed.key.unwrap().contains("*****"),
+            "lists are masked too"
+        );
+    }
+
+    // Usage reaches the budget: exhausted; raising it or reset_usage makes it active again.
+    let k = ctl.add_key_usage(&id, dec("10")).await.unwrap();
+    assert_eq!(k.status, Some(ApiKeyStatus::Exhausted));
+    let reset = UpdateApiKey {
+        reset_usage: Some(true),
+        ..Default::default()
+    };
+    c.update_api_key(&id, &reset).await.unwrap();
+    let k = c.get_api_key(&id).await.unwrap();
+    assert_eq!(k.status, Some(ApiKeyStatus::Active));
+    assert_eq!(k.last_reset_at.unwrap().to_string(), "2026-11-18T10:00:00Z");
+
+    // The periodic-reset trap: a budget sent without next_usage_reset_at is rescheduled from
+    // now; with it, the schedule stays.
+    ctl.set_clock(Some("2026-11-25T10:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let carried = WorkspaceUsageLimit {
+        credit_limit: dec("20"),
+        next_usage_reset_at: budget.next_usage_reset_at,
+        ..budget.clone()
+    };
+    c.update_api_key(
+        &id,
+        &UpdateApiKey {
+            usage_limits: Nullable::Value(carried),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let k = c.get_api_key(&id).await.unwrap();
+    assert_eq!(
+        k.usage_limits
+            .unwrap()
+            .next_usage_reset_at
+            .unwrap()
+            .to_string(),
+        "2026-11-29T00:00:00Z",
+        "the due reset rolled forward, the Sunday schedule kept"
+    );
+
+    // Rotation: a new raw key, the old one still working during the transition.
+    let rotated = c.rotate_api_key(&id, 1_800_000).await.unwrap();
+    let new_raw = rotated.key.expose().to_owned();
+    assert_ne!(new_raw, raw);
+    assert!(ctl.key_works(&new_raw).await.unwrap());
+    assert!(
+        ctl.key_works(&raw).await.unwrap(),
+        "old key in its transition period"
+    );
+    ctl.set_clock(Some("2026-11-25T10:31:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    assert!(!ctl.key_works(&raw).await.unwrap(), "transition over");
+    let err = c.rotate_api_key(&id, 60_000).await.unwrap_err();
+    assert!(
+        err.to_string().contains("key_transition_period_ms"),
+        "{err}"
+    );
+
+    // Immutable fields and bad values are refused, naming the field.
+    let bad = serde_json::json!({"user_id": "someone"});
+    let resp = reqwest::Client::new()
+        .put(format!("{}/api-keys/{id}", emu.base_url()))
+        .header(API_KEY_HEADER, KEY)
+        .json(&bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("user_id"));
+    let mut bad_email = key_body(WS_SLUG, "e");
+    bad_email.alert_emails = vec!["not-an-email".into()];
+    let err = c
+        .create_api_key(ApiKeyType::Workspace, ApiKeySubType::Service, &bad_email)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("alert_emails[0]"), "{err}");
+
+    // Delete: gone (404, or 403 AB03 with the gone_as_forbidden fault).
+    c.delete_api_key(&id).await.unwrap();
+    assert!(c.get_api_key(&id).await.unwrap_err().is_not_found());
+    ctl.set_faults(json!({"gone_as_forbidden": true}))
+        .await
+        .unwrap();
+    let err = c.get_api_key(&id).await.unwrap_err();
+    assert!(err.is_gone() && !err.is_not_found(), "{err:?}");
+}

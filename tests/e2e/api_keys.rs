@@ -12,6 +12,23 @@ use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
 use crate::support::e2e::*;
+use crate::support::health::{argo, kstatus, record_case};
+
+/// kstatus and the shipped Argo CD health script judge the real object as expected (and, with
+/// `PBO_WRITE_ARGOCD_TESTDATA=1`, it becomes a `health_test.yaml` case).
+fn health(env: &Env, name: &str, case: &str, kstatus_want: &str, argo_want: &str) {
+    let text = env
+        .cp
+        .kubectl(&["get", "akb", name, "-n", NS, "-o", "json"]);
+    let mut obj: Value = serde_json::from_str(&text).unwrap();
+    if let Some(meta) = obj["metadata"].as_object_mut() {
+        meta.remove("managedFields");
+    }
+    assert_eq!(kstatus(&obj), kstatus_want, "{case}: kstatus\n{obj:#}");
+    let (status, message) = argo("ApiKeyBudget", &obj);
+    assert_eq!(status, argo_want, "{case}: Argo CD health ({message})");
+    record_case("ApiKeyBudget", case, &obj, &status, &message);
+}
 
 /// An ApiKeyBudget issuing a key into Secret `<name>-key`, with extra spec lines.
 fn issued(name: &str, limit: u32, extra: &str) -> String {
@@ -100,6 +117,7 @@ async fn issued_key_lives_in_a_secret_rotates_and_resets() {
 
         cp.apply(&issued("payments", 200, ""));
         env.wait_ready("akb/payments", Some(NS));
+        health(&env, "payments", "issued in force", "Current", "Healthy");
         let keys = issued_keys(&env, "payments").await;
         assert_eq!(keys.len(), 1, "exactly one key issued");
         let key = &keys[0];
@@ -205,6 +223,7 @@ async fn issued_key_lives_in_a_secret_rotates_and_resets() {
                 .then_some(())
         })
         .await;
+        health(&env, "payments", "exhausted", "Current", "Healthy");
         annotate(
             &env,
             "payments",
@@ -331,6 +350,7 @@ async fn existing_key_is_managed_field_by_field() {
             "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: ApiKeyBudget\nmetadata:\n  name: checkout\n  namespace: {NS}\n  annotations:\n    budgets.portkey-operator.io/rotate: r1\nspec:\n  workspace: e2e\n  existing:\n    name: checkout\n  budget:\n    type: cost\n    creditLimit: 100\n    periodicReset: weekly\n"
         ));
         env.wait_ready("akb/checkout", Some(NS));
+        health(&env, "checkout", "existing in force", "Current", "Healthy");
         let after = portkey.get_api_key(&mine).await.unwrap();
         let budget = after.usage_limits.clone().unwrap();
         assert_eq!(budget.credit_limit, Decimal::from(100));
@@ -371,6 +391,7 @@ async fn existing_key_is_managed_field_by_field() {
         ));
         env.wait_reason("akb", "foreign", Some(NS), "Ready", "WorkspaceNotAllowed")
             .await;
+        health(&env, "foreign", "key of another workspace", "Failed", "Degraded");
         let untouched = portkey.get_api_key(&theirs).await.unwrap();
         assert_eq!(untouched.usage_limits.unwrap().credit_limit, Decimal::from(50));
 
@@ -380,6 +401,7 @@ async fn existing_key_is_managed_field_by_field() {
         ));
         env.wait_reason("akb", "checkout-again", Some(NS), "Ready", "Conflict")
             .await;
+        health(&env, "checkout-again", "conflict", "Failed", "Degraded");
         assert_eq!(
             portkey.get_api_key(&mine).await.unwrap().usage_limits.unwrap().credit_limit,
             Decimal::from(100)

@@ -1,5 +1,5 @@
 -- Argo CD health check for portkey-budget-operator resources (identical for UsageLimitPolicy,
--- RateLimitPolicy and WorkspaceBudget). Reads the conditions the operator sets:
+-- RateLimitPolicy, WorkspaceBudget and ApiKeyBudget). Reads the conditions the operator sets:
 -- Stalled=True -> Degraded, paused or dry-run -> Suspended, Reconciling=True or an older
 -- observedGeneration -> Progressing, Ready=True -> Healthy.
 local hs = {}
