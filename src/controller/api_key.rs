@@ -732,7 +732,7 @@ impl Run<'_> {
                 &Patch::Apply(&body),
             )
             .await
-            .map_err(|e| Error::kube("check that the key's Secret can be written", e))?;
+            .map_err(|e| Error::kube("write the key's Secret (checked by a dry run before any key is made; issuing keys needs get, create and patch on Secrets: chart value rbac.issueApiKeys)", e))?;
         Ok(())
     }
 

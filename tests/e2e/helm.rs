@@ -6,6 +6,9 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+use portkey_budget_operator::portkey::{ApiKeySubType, ApiKeyType, CreateApiKey};
 
 use crate::support::e2e::*;
 use crate::{rlp_in, ulp, wsb};
@@ -348,6 +351,75 @@ async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
             .unwrap();
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden"));
+
+        // ApiKeyBudgets through the chart's RBAC. Managing an existing key needs no Secret
+        // access; issuing one does (rbac.issueApiKeys): without it the resource stops before
+        // any key is made, and with it (helm upgrade) the key lands in its Secret.
+        let existing = env
+            .portkey
+            .create_api_key(
+                ApiKeyType::Workspace,
+                ApiKeySubType::Service,
+                &CreateApiKey {
+                    name: "by-hand".into(),
+                    workspace_id: Some(WS.into()),
+                    scopes: vec!["completions.write".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .id
+            .unwrap();
+        cp.apply(&format!(
+            "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: ApiKeyBudget\nmetadata:\n  name: by-hand\n  namespace: {NS}\nspec:\n  workspace: e2e\n  existing:\n    id: {existing}\n  budget:\n    type: cost\n    creditLimit: 25\n"
+        ));
+        env.wait_ready("akb/by-hand", Some(NS));
+        let issued = format!(
+            "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: ApiKeyBudget\nmetadata:\n  name: issued\n  namespace: {NS}\nspec:\n  workspace: e2e\n  issue:\n    scopes: [completions.write]\n    secretName: issued-key\n"
+        );
+        cp.apply(&issued);
+        eventually("the Secret write refused", Duration::from_secs(60), || async {
+            let message = env.jsonpath(
+                "akb",
+                "issued",
+                Some(NS),
+                r#"{.status.conditions[?(@.type=="Ready")].message}"#,
+            );
+            message.contains("forbidden").then_some(message)
+        })
+        .await;
+        let keys = env.portkey.list_api_keys(Some(WS)).await.unwrap();
+        assert_eq!(keys.len(), 1, "no key issued without Secret access: {keys:?}");
+        assert!(!cp.can_i(&user, "create", "secrets", Some(NS)));
+        helm(
+            &cp.kubeconfig,
+            "upgrade",
+            &chart_dir(),
+            &serde_json::json!({
+                "portkey": {"existingSecret": SECRET, "adminApiUrl": env.emu.base_url()},
+                "operator": {"usageRefreshInterval": "2s", "resyncInterval": "2s"},
+                "replicaCount": 2,
+                "rbac": {"issueApiKeys": true},
+            }),
+        );
+        assert!(cp.can_i(&user, "create", "secrets", Some(NS)));
+        assert!(cp.can_i(&user, "patch", "secrets/issued-key", Some(NS)));
+        assert!(!cp.can_i(&user, "list", "secrets", Some(NS)), "never list");
+        assert!(!cp.can_i(&user, "watch", "secrets", None), "never watch");
+        // A changed annotation reconciles at once (instead of after the error backoff).
+        cp.kubectl(&["annotate", "akb", "issued", "-n", NS, "retry=now"]);
+        env.wait_ready("akb/issued", Some(NS));
+        let holder = env.jsonpath(
+            "secret",
+            "issued-key",
+            Some(NS),
+            r"{.metadata.annotations.budgets\.portkey-operator\.io/key-id}",
+        );
+        assert_eq!(
+            holder,
+            env.jsonpath("akb", "issued", Some(NS), "{.status.keyId}")
+        );
     })
     .await;
 }
