@@ -1528,6 +1528,135 @@ mod operations {
         assert_eq!(env.emu.control().requests().await.unwrap().writes(), 0);
     }
 
+    /// ApiKeyBudgets in dry-run: an existing key's changes and an issued key's create are
+    /// announced (WouldUpdate, WouldCreate); no key is made, no Secret, no Admin API write.
+    #[tokio::test]
+    async fn dry_run_covers_api_key_budgets() {
+        let env = env_with(dry_run_config()).await;
+        let key = env
+            .portkey
+            .create_api_key(
+                ApiKeyType::Workspace,
+                ApiKeySubType::Service,
+                &CreateApiKey {
+                    name: "by-hand".into(),
+                    workspace_id: Some(WS_A.into()),
+                    scopes: vec!["completions.write".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .id
+            .unwrap();
+        env.emu.control().clear_requests().await.unwrap();
+        for (name, spec) in [
+            (
+                "existing",
+                json!({"workspace": "team-a", "existing": {"id": key},
+                       "budget": {"type": "cost", "creditLimit": 20}}),
+            ),
+            (
+                "issued",
+                json!({"workspace": "team-a",
+                       "issue": {"scopes": ["completions.write"], "secretName": "k"}}),
+            ),
+        ] {
+            let mut obj = ApiKeyBudget::new(name, serde_json::from_value(spec).unwrap());
+            obj.metadata.namespace = Some(NS.into());
+            env.kube.apply(&obj);
+            let obj = env.kube.get::<ApiKeyBudget>(NS, name).unwrap();
+            controller::api_key::reconcile(&obj, &env.ctx)
+                .await
+                .unwrap();
+            let status = env
+                .kube
+                .get::<ApiKeyBudget>(NS, name)
+                .unwrap()
+                .status
+                .unwrap();
+            let ready = conditions::get(&status.conditions, "Ready").unwrap();
+            assert_eq!(ready.reason, "DryRun", "{name}: {ready:?}");
+        }
+        let reasons = env.kube.event_reasons();
+        assert!(reasons.contains(&"WouldCreate".to_owned()), "{reasons:?}");
+        assert!(reasons.contains(&"WouldUpdate".to_owned()), "{reasons:?}");
+        assert_eq!(env.emu.control().requests().await.unwrap().writes(), 0);
+        assert_eq!(env.portkey.list_api_keys(None).await.unwrap().len(), 1);
+        assert!(
+            env.portkey
+                .get_api_key(&key)
+                .await
+                .unwrap()
+                .usage_limits
+                .is_none()
+        );
+    }
+
+    /// An ApiKeyBudget's budget series: the limit and the exhausted state, no usage figures
+    /// (Portkey reports none per key).
+    #[tokio::test]
+    async fn api_key_budget_metrics_show_limit_and_exhaustion() {
+        let env = env().await;
+        let key = env
+            .portkey
+            .create_api_key(
+                ApiKeyType::Workspace,
+                ApiKeySubType::Service,
+                &CreateApiKey {
+                    name: "svc".into(),
+                    workspace_id: Some(WS_A.into()),
+                    scopes: vec!["completions.write".into()],
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap()
+            .id
+            .unwrap();
+        let spec = json!({"workspace": "team-a", "existing": {"name": "svc"},
+                          "budget": {"type": "cost", "creditLimit": 20, "alertThreshold": 15}});
+        let mut obj = ApiKeyBudget::new("svc", serde_json::from_value(spec).unwrap());
+        obj.metadata.namespace = Some(NS.into());
+        env.kube.apply(&obj);
+        let get = || env.kube.get::<ApiKeyBudget>(NS, "svc").unwrap();
+        controller::reconcile_api_key(Arc::new(get()), env.ctx.clone())
+            .await
+            .unwrap();
+        env.emu
+            .control()
+            .add_key_usage(&key, d("25"))
+            .await
+            .unwrap();
+        // A new generation makes the next pass read Portkey again.
+        let mut changed = get();
+        changed.metadata.generation = Some(changed.metadata.generation.unwrap_or(1) + 1);
+        env.kube.apply(&changed);
+        controller::reconcile_api_key(Arc::new(get()), env.ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            get().status.unwrap().key_status.as_deref(),
+            Some("exhausted")
+        );
+        let text = env.ctx.metrics.encode();
+        let labels =
+            r#"{kind="ApiKeyBudget",namespace="team-a",name="svc",type="cost",unit="USD"}"#;
+        for line in [
+            format!("portkey_budget_operator_budget_limit{labels} 20.0"),
+            format!("portkey_budget_operator_budget_alert_ratio{labels} 0.75"),
+            format!("portkey_budget_operator_budget_exhausted_buckets{labels} 1"),
+            r#"portkey_budget_operator_reconciles_total{kind="ApiKeyBudget"} 2"#.to_owned(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        assert!(
+            !text.contains(r#"portkey_budget_operator_budget_usage{kind="ApiKeyBudget""#),
+            "no usage series for keys"
+        );
+        assert!(get().status.unwrap().budget.as_deref() == Some("20 cost"));
+    }
+
     #[tokio::test]
     async fn budget_and_reconcile_metrics_follow_the_resource() {
         let env = env().await;
