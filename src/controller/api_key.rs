@@ -724,7 +724,7 @@ impl Run<'_> {
     /// Secret can be written, before a create or a rotate makes a raw key that would have
     /// nowhere to go.
     async fn check_secret_writable(&self, issue: &IssueKey, key_id: &str) -> Result<(), Error> {
-        let body = self.secret_body(issue, key_id, None, true);
+        let body = self.secret_body(issue, key_id, None);
         self.secrets()
             .patch(
                 &issue.secret_name,
@@ -743,7 +743,7 @@ impl Run<'_> {
         key_id: &str,
         issued: &IssuedApiKey,
     ) -> Result<(), Error> {
-        let secret = self.secret_body(issue, key_id, Some(issued), true);
+        let secret = self.secret_body(issue, key_id, Some(issued));
         self.secrets()
             .patch(
                 &issue.secret_name,
@@ -760,7 +760,6 @@ impl Run<'_> {
         issue: &IssueKey,
         key_id: &str,
         issued: Option<&IssuedApiKey>,
-        owned: bool,
     ) -> serde_json::Value {
         let owner = OwnerReference {
             api_version: ApiKeyBudget::api_version(&()).into_owned(),
@@ -785,7 +784,7 @@ impl Run<'_> {
                     SECRET_KEY_ID_ANNOTATION.to_owned(),
                     key_id.to_owned(),
                 )])),
-                owner_references: owned.then(|| vec![owner]),
+                owner_references: Some(vec![owner]),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),
@@ -1131,19 +1130,22 @@ impl Run<'_> {
                 }
             }
             (KeyDeletionPolicy::Retain, Some(id)) => {
-                if let Some(issue) = self.issue().cloned() {
-                    // Keep the Secret: drop the owner reference so garbage collection leaves it.
-                    let body = self.secret_body(&issue, &id, None, false);
-                    if self.read_secret(&issue.secret_name).await?.is_some() {
-                        self.secrets()
-                            .patch(
-                                &issue.secret_name,
-                                &PatchParams::apply(SECRET_MANAGER).force(),
-                                &Patch::Apply(&body),
-                            )
-                            .await
-                            .map_err(|e| Error::kube("release the key's Secret", e))?;
-                    }
+                if let Some(issue) = self.issue().cloned()
+                    && self.read_secret(&issue.secret_name).await?.is_some()
+                {
+                    // Keep the Secret (and the key in it): only the owner reference goes, so
+                    // garbage collection leaves it. A merge patch: an apply without the data
+                    // would remove the key the Secret holds.
+                    self.secrets()
+                        .patch(
+                            &issue.secret_name,
+                            &PatchParams::default(),
+                            &Patch::Merge(serde_json::json!({
+                                "metadata": {"ownerReferences": null}
+                            })),
+                        )
+                        .await
+                        .map_err(|e| Error::kube("release the key's Secret", e))?;
                 }
                 self.event(
                     EventType::Normal,

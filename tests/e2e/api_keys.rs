@@ -465,6 +465,32 @@ async fn kill_9_between_key_create_and_secret_write_leaves_one_key() {
                 .is_none(),
             "the create-pending record is cleared"
         );
+
+        // deletionPolicy Retain on an issued key: the key and the Secret stay, the Secret no
+        // longer owned (garbage collection leaves it).
+        cp.kubectl(&[
+            "patch",
+            "akb",
+            "crashy",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"deletionPolicy":"Retain"}}"#,
+        ]);
+        env.wait_ready("akb/crashy", Some(NS));
+        cp.kubectl(&["delete", "akb", "crashy", "-n", NS, "--timeout=60s"]);
+        assert_eq!(
+            issued_keys(&env, "crashy").await.len(),
+            1,
+            "the key is kept"
+        );
+        let (kept, _, secret_obj) = secret(&env, "crashy-key");
+        assert_eq!(kept, raw);
+        assert!(
+            secret_obj["metadata"]["ownerReferences"].is_null(),
+            "released: {secret_obj:#}"
+        );
     })
     .await;
 }
