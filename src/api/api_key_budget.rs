@@ -110,11 +110,11 @@ impl IssueKey {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.type != 'requests'").message("API-key budgets take type cost or tokens (Portkey has no requests budget on keys)"),
-    validation = Rule::new("!(has(self.periodicReset) && has(self.periodicResetDays))").message("set at most one reset form: periodicReset or periodicResetDays (neither: the budget never resets)"),
-    validation = Rule::new("quantity(string(self.creditLimit)).compareTo(quantity('1')) >= 0").message("creditLimit must be at least 1 (Portkey's minimum key budget is $1)"),
-    validation = Rule::new("self.type == 'cost' || quantity(string(self.creditLimit)).isInteger()").message("creditLimit must be a whole number for tokens"),
-    validation = Rule::new("!has(self.alertThreshold) || (quantity(string(self.alertThreshold)).compareTo(quantity('1')) >= 0 && quantity(string(self.alertThreshold)).isLessThan(quantity(string(self.creditLimit))))").message("alertThreshold must be at least 1 and less than creditLimit"),
+    validation = Rule::new(rules::NO_REQUESTS_BUDGET).message("API-key budgets take type cost or tokens (Portkey has no requests budget on keys)"),
+    validation = Rule::new(rules::ONE_RESET_FORM).message("set at most one reset form: periodicReset or periodicResetDays (neither: the budget never resets)"),
+    validation = Rule::new(rules::LIMIT_AT_LEAST_ONE).message("creditLimit must be at least 1 (Portkey's minimum key budget is $1)"),
+    validation = Rule::new(rules::TOKENS_WHOLE).message(rules::TOKENS_WHOLE_MSG),
+    validation = Rule::new(rules::ALERT_BELOW_LIMIT).message(rules::ALERT_BELOW_LIMIT_MSG),
 )]
 pub struct KeyBudget {
     /// `cost` (USD) or `tokens`.
@@ -234,7 +234,7 @@ pub struct ApiKeyBudgetSpec {
     /// managed; `[]`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 10))]
-    #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.type == l.type && m.unit == l.unit))").message("at most one rate limit per type and unit"))]
+    #[x_kube(validation = Rule::new(rules::RATE_PER_TYPE_AND_UNIT).message(rules::RATE_PER_TYPE_AND_UNIT_MSG))]
     pub rate_limits: Option<Vec<KeyRateLimitSpec>>,
     /// Who gets the budget alerts (besides the organisation's admins). Left out on an
     /// existing key: not managed; `[]`: none.

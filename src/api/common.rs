@@ -272,5 +272,24 @@ pub mod rules {
     pub const WORKSPACE_IMMUTABLE: &str = "(has(self.onImmutableChange) && self.onImmutableChange == 'Recreate') || (has(self.workspace) == has(oldSelf.workspace) && (!has(self.workspace) || self.workspace == oldSelf.workspace))";
     pub const WORKSPACE_IMMUTABLE_MSG: &str = "workspace is immutable; set onImmutableChange: Recreate to archive the Portkey policy and create a new one (its usage restarts from zero)";
     pub const GROUP_BY_DISTINCT: &str = "self.all(g, self.exists_one(h, h.key == g.key))";
+    /// Inline budgets (workspaces, API keys): Portkey has no `requests` budget there.
+    pub const NO_REQUESTS_BUDGET: &str = "self.type != 'requests'";
+    /// Inline budgets: at most one reset form (neither: the budget never resets).
+    pub const ONE_RESET_FORM: &str = "!(has(self.periodicReset) && has(self.periodicResetDays))";
+    /// Inline budgets: Portkey's minimum is 1.
+    pub const LIMIT_AT_LEAST_ONE: &str =
+        "quantity(string(self.creditLimit)).compareTo(quantity('1')) >= 0";
+    /// Inline budgets: a token budget is a whole number.
+    pub const TOKENS_WHOLE: &str =
+        "self.type == 'cost' || quantity(string(self.creditLimit)).isInteger()";
+    pub const TOKENS_WHOLE_MSG: &str = "creditLimit must be a whole number for tokens";
+    /// Inline budgets: the alert below the limit.
+    pub const ALERT_BELOW_LIMIT: &str = "!has(self.alertThreshold) || (quantity(string(self.alertThreshold)).compareTo(quantity('1')) >= 0 && quantity(string(self.alertThreshold)).isLessThan(quantity(string(self.creditLimit))))";
+    pub const ALERT_BELOW_LIMIT_MSG: &str =
+        "alertThreshold must be at least 1 and less than creditLimit";
+    /// Rate limits: at most one per type and unit.
+    pub const RATE_PER_TYPE_AND_UNIT: &str =
+        "self.all(l, self.exists_one(m, m.type == l.type && m.unit == l.unit))";
+    pub const RATE_PER_TYPE_AND_UNIT_MSG: &str = "at most one rate limit per type and unit";
     pub const GROUP_BY_DISTINCT_MSG: &str = "groupBy keys must be distinct";
 }

@@ -16,11 +16,11 @@ use crate::portkey::{PeriodicReset, RateLimitType, RateLimitUnit, UsageLimitType
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.type != 'requests'").message("workspace budgets take type cost or tokens (Portkey has no requests budget on workspaces)"),
-    validation = Rule::new("!(has(self.periodicReset) && has(self.periodicResetDays))").message("set at most one of periodicReset and periodicResetDays"),
-    validation = Rule::new("quantity(string(self.creditLimit)).compareTo(quantity('1')) >= 0").message("creditLimit must be at least 1"),
-    validation = Rule::new("self.type == 'cost' || quantity(string(self.creditLimit)).isInteger()").message("creditLimit must be a whole number for tokens"),
-    validation = Rule::new("!has(self.alertThreshold) || (quantity(string(self.alertThreshold)).compareTo(quantity('1')) >= 0 && quantity(string(self.alertThreshold)).isLessThan(quantity(string(self.creditLimit))))").message("alertThreshold must be at least 1 and less than creditLimit"),
+    validation = Rule::new(rules::NO_REQUESTS_BUDGET).message("workspace budgets take type cost or tokens (Portkey has no requests budget on workspaces)"),
+    validation = Rule::new(rules::ONE_RESET_FORM).message("set at most one of periodicReset and periodicResetDays"),
+    validation = Rule::new(rules::LIMIT_AT_LEAST_ONE).message("creditLimit must be at least 1"),
+    validation = Rule::new(rules::TOKENS_WHOLE).message(rules::TOKENS_WHOLE_MSG),
+    validation = Rule::new(rules::ALERT_BELOW_LIMIT).message(rules::ALERT_BELOW_LIMIT_MSG),
 )]
 pub struct WorkspaceUsageLimitSpec {
     /// `cost` (USD) or `tokens`.
@@ -123,7 +123,7 @@ pub struct WorkspaceBudgetSpec {
     /// At most one rate limit per type and unit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 6))]
-    #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.type == l.type && m.unit == l.unit))").message("at most one rate limit per type and unit"))]
+    #[x_kube(validation = Rule::new(rules::RATE_PER_TYPE_AND_UNIT).message(rules::RATE_PER_TYPE_AND_UNIT_MSG))]
     pub rate_limits: Vec<WorkspaceRateLimitSpec>,
     /// `Clear` (default): on delete, remove the limits this resource set; `Retain`: keep them.
     #[serde(default)]

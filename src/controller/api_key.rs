@@ -22,9 +22,9 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::prelude::ToPrimitive;
 
-use super::conditions::{self, FALSE, Outcome, SYNCED, TRUE, reasons};
+use super::conditions::{self, Outcome, TRUE, reasons};
 use super::kube_ops;
-use super::policy::{choose_workspace, definitely_not_created, is_paused};
+use super::policy::{is_paused, resolve_workspace};
 use super::{Context, Error, annotation_token as token, one_shot_due};
 use crate::api::validate::summarize;
 use crate::api::*;
@@ -277,59 +277,23 @@ impl Run<'_> {
     }
 
     async fn announce_pause(&self, paused: bool) {
-        let was = conditions::get(&self.status.conditions, SYNCED)
-            .is_some_and(|c| c.reason == reasons::RECONCILIATION_PAUSED);
-        let (reason, note) = match (paused, was) {
-            (true, false) => (
-                "ReconciliationPaused",
-                format!(
-                    "{PAUSED_ANNOTATION} is \"true\": no writes to Portkey until it is removed"
-                ),
-            ),
-            (false, true) => (
-                "ReconciliationResumed",
-                format!("{PAUSED_ANNOTATION} removed: the key is made to match the spec again"),
-            ),
-            _ => return,
-        };
-        self.event(EventType::Normal, reason, note).await;
+        if let Some((reason, note)) =
+            conditions::pause_transition(&self.status.conditions, paused, "the key is")
+        {
+            self.event(EventType::Normal, reason, note).await;
+        }
     }
 
     /// Step 2: the workspace UUID the key must belong to.
     async fn resolve(&mut self, refresh: Action) -> Result<Step<String>, Error> {
         let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = self
-            .ctx
-            .namespace_binding(&namespace)
-            .await
-            .map_err(|e| Error::kube("read the namespace binding", e))?;
-        let workspace = match choose_workspace(
-            self.obj.spec.workspace.as_ref(),
-            binding,
-            &namespace,
-            &self.ctx.config,
-        ) {
-            Ok(w) => w,
+        let spec_workspace = self.obj.spec.workspace.clone();
+        match resolve_workspace(self.ctx, &namespace, spec_workspace.as_ref()).await? {
+            Ok(id) => Ok(Step::Go(id)),
             Err((reason, message, action)) => {
                 self.terminal(reason, &message);
-                return Ok(Step::Stop(action.unwrap_or(refresh)));
+                Ok(Step::Stop(action.unwrap_or(refresh)))
             }
-        };
-        match self
-            .ctx
-            .workspaces
-            .resolve(&self.ctx.portkey, &workspace)
-            .await
-        {
-            Ok(id) => Ok(Step::Go(id)),
-            Err(e) if e.is_gone() => {
-                self.terminal(
-                    reasons::WORKSPACE_NOT_FOUND,
-                    &format!("Portkey has no workspace {workspace:?}"),
-                );
-                Ok(Step::Stop(refresh))
-            }
-            Err(e) => Err(Error::portkey("resolve the workspace", e)),
         }
     }
 
@@ -606,31 +570,16 @@ impl Run<'_> {
         }
         self.check_secret_writable(&issue, "pending").await?;
         let stamp = self.now.to_string();
-        self.obj = kube_ops::mark_create_pending(&self.api, &self.obj, &stamp)
-            .await
-            .map_err(|e| Error::kube("write the create-pending record", e))?;
-        self.ctx.write_permit().await;
-        let issued = match self
-            .ctx
-            .portkey
-            .create_api_key(ApiKeyType::Workspace, sub_type, &body)
-            .await
-        {
-            Ok(issued) => issued,
-            Err(e) => {
-                if definitely_not_created(&e) {
-                    self.obj = kube_ops::set_annotation(
-                        &self.api,
-                        &self.obj,
-                        CREATE_PENDING_ANNOTATION,
-                        None,
-                    )
-                    .await
-                    .map_err(|e| Error::kube("clear the create-pending record", e))?;
-                }
-                return Err(Error::portkey("issue the API key", e));
-            }
-        };
+        let portkey = &self.ctx.portkey;
+        let issued = super::bracketed_create(
+            self.ctx,
+            &self.api,
+            &mut self.obj,
+            &stamp,
+            "issue the API key",
+            || portkey.create_api_key(ApiKeyType::Workspace, sub_type, &body),
+        )
+        .await?;
         let Some(id) = issued.id.clone() else {
             return Err(Error::portkey(
                 "issue the API key",
@@ -1079,16 +1028,7 @@ impl Run<'_> {
         if is_paused(&self.obj) {
             self.announce_pause(true).await;
             let ready = conditions::is_true(&self.status.conditions, conditions::READY);
-            self.conclude(Outcome::Held {
-                ready,
-                ready_reason: if ready { reasons::IN_FORCE } else { reasons::OUT_OF_SYNC },
-                ready_message: String::new(),
-                synced: FALSE,
-                synced_reason: reasons::RECONCILIATION_PAUSED,
-                synced_message: format!(
-                    "annotation {PAUSED_ANNOTATION} is \"true\": the deletion waits until it is removed"
-                ),
-            });
+            self.conclude(Outcome::deletion_paused(ready));
             self.flush_status()
                 .await
                 .map_err(|e| Error::kube("write the status", e))?;
@@ -1164,24 +1104,15 @@ impl Run<'_> {
 
     async fn find_issued_for_cleanup(&self) -> Result<Option<String>, Error> {
         let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = self.ctx.namespace_binding(&namespace).await.ok().flatten();
-        let Ok(reference) = choose_workspace(
-            self.obj.spec.workspace.as_ref(),
-            binding,
+        let workspace_id = match resolve_workspace(
+            self.ctx,
             &namespace,
-            &self.ctx.config,
-        ) else {
-            return Ok(None);
-        };
-        let workspace_id = match self
-            .ctx
-            .workspaces
-            .resolve(&self.ctx.portkey, &reference)
-            .await
+            self.obj.spec.workspace.as_ref(),
+        )
+        .await?
         {
             Ok(id) => id,
-            Err(e) if e.is_gone() => return Ok(None),
-            Err(e) => return Err(Error::portkey("resolve the workspace", e)),
+            Err(_) => return Ok(None),
         };
         let keys = self
             .ctx

@@ -23,6 +23,29 @@ pub const TRUE: &str = "True";
 pub const FALSE: &str = "False";
 pub const UNKNOWN: &str = "Unknown";
 
+/// The Event to record when the paused annotation was just set or removed (the Synced reason of
+/// `conditions` says whether the last pass was paused): `(reason, note)`, or `None`. `what`
+/// names what is made to match the spec again on resume.
+pub fn pause_transition(
+    conditions: &[Condition],
+    paused: bool,
+    what: &str,
+) -> Option<(&'static str, String)> {
+    let was = get(conditions, SYNCED).is_some_and(|c| c.reason == reasons::RECONCILIATION_PAUSED);
+    let annotation = crate::api::PAUSED_ANNOTATION;
+    match (paused, was) {
+        (true, false) => Some((
+            "ReconciliationPaused",
+            format!("{annotation} is \"true\": no writes to Portkey until it is removed"),
+        )),
+        (false, true) => Some((
+            "ReconciliationResumed",
+            format!("{annotation} removed: {what} made to match the spec again"),
+        )),
+        _ => None,
+    }
+}
+
 /// Every condition reason the operator writes (the README's table is checked against it).
 pub mod reasons {
     /// Ready: the policy or limits are in force as specified.
@@ -185,6 +208,26 @@ impl Outcome {
             synced_reason: reasons::RECONCILIATION_PAUSED,
             synced_message: format!(
                 "annotation {} is \"true\": {what} are read, nothing is written to Portkey",
+                crate::api::PAUSED_ANNOTATION
+            ),
+        }
+    }
+
+    /// A deletion held by the paused annotation: Ready as it was, Synced=False
+    /// ReconciliationPaused.
+    pub fn deletion_paused(ready: bool) -> Outcome {
+        Outcome::Held {
+            ready,
+            ready_reason: if ready {
+                reasons::IN_FORCE
+            } else {
+                reasons::OUT_OF_SYNC
+            },
+            ready_message: String::new(),
+            synced: FALSE,
+            synced_reason: reasons::RECONCILIATION_PAUSED,
+            synced_message: format!(
+                "annotation {} is \"true\": the deletion waits until it is removed",
                 crate::api::PAUSED_ANNOTATION
             ),
         }

@@ -806,6 +806,42 @@ pub fn reporter() -> Reporter {
     }
 }
 
+/// A create bracketed by the crash-safety record: the finalizer and the create-pending
+/// annotation in one patch guarded by the resourceVersion (a stale cached copy cannot create
+/// twice), then the Admin API create after the write permit; when the create certainly made
+/// nothing (`policy::definitely_not_created`) the record is cleared again. Otherwise the record
+/// stays until the caller sees the new object in Portkey. `obj` is updated to what is stored.
+pub(crate) async fn bracketed_create<K, T, F, Fut>(
+    ctx: &Context,
+    api: &Api<K>,
+    obj: &mut K,
+    stamp: &str,
+    step: &'static str,
+    create: F,
+) -> Result<T, Error>
+where
+    K: kube_ops::Managed,
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<T, PortkeyError>>,
+{
+    *obj = kube_ops::mark_create_pending(api, obj, stamp)
+        .await
+        .map_err(|e| Error::kube("write the create-pending record", e))?;
+    ctx.write_permit().await;
+    match create().await {
+        Ok(created) => Ok(created),
+        Err(e) => {
+            if policy::definitely_not_created(&e) {
+                *obj =
+                    kube_ops::set_annotation(api, obj, crate::api::CREATE_PENDING_ANNOTATION, None)
+                        .await
+                        .map_err(|e| Error::kube("clear the create-pending record", e))?;
+            }
+            Err(Error::portkey(step, e))
+        }
+    }
+}
+
 /// The value of a one-shot annotation (rotate, reset-usage), if set and not blank.
 pub fn annotation_token<K: Resource>(obj: &K, annotation: &str) -> Option<String> {
     obj.annotations()

@@ -22,7 +22,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 
-use super::conditions::{self, FALSE, Outcome, SYNCED, TRUE, reasons};
+use super::conditions::{self, FALSE, Outcome, TRUE, reasons};
 use super::kube_ops::{self, Managed};
 use super::{Context, Error};
 use crate::api::validate::summarize;
@@ -176,7 +176,7 @@ pub(crate) fn choose_workspace(
     binding: Option<String>,
     namespace: &str,
     config: &crate::config::ControllerConfig,
-) -> Result<String, (&'static str, String, Option<Action>)> {
+) -> Result<String, Refused> {
     match (spec_workspace, binding) {
         (Some(w), Some(b)) if !w.eq_ignore_ascii_case(&b) => Err((
             reasons::WORKSPACE_NOT_ALLOWED,
@@ -199,6 +199,37 @@ pub(crate) fn choose_workspace(
             "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)".into(),
             Some(Action::await_change()),
         )),
+    }
+}
+
+/// A refusal of the resolve step: reason, message, and the requeue it asks for (`None`: the
+/// usual refresh).
+pub(crate) type Refused = (&'static str, String, Option<Action>);
+
+/// The resolve step of the namespaced kinds: the workspace a resource of `namespace` may use
+/// (the namespace's binding, `spec.workspace`, the default: [`choose_workspace`]), then its UUID.
+/// `Ok(Err(_))` is a refusal only a human can lift (the resource is Stalled).
+pub(crate) async fn resolve_workspace(
+    ctx: &Context,
+    namespace: &str,
+    spec_workspace: Option<&String>,
+) -> Result<Result<String, Refused>, Error> {
+    let binding = ctx
+        .namespace_binding(namespace)
+        .await
+        .map_err(|e| Error::kube("read the namespace binding", e))?;
+    let workspace = match choose_workspace(spec_workspace, binding, namespace, &ctx.config) {
+        Ok(w) => w,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    match ctx.workspaces.resolve(&ctx.portkey, &workspace).await {
+        Ok(id) => Ok(Ok(id)),
+        Err(e) if e.is_gone() => Ok(Err((
+            reasons::WORKSPACE_NOT_FOUND,
+            format!("Portkey has no workspace {workspace:?}"),
+            None,
+        ))),
+        Err(e) => Err(Error::portkey("resolve the workspace", e)),
     }
 }
 
@@ -474,24 +505,10 @@ impl<R: PolicyResource> Run<'_, R> {
     /// An Event when the paused annotation was just set or removed (the Synced reason says
     /// whether the last pass was paused).
     async fn announce_pause(&self, paused: bool) {
-        let was = conditions::get(&self.psr().conditions, SYNCED)
-            .is_some_and(|c| c.reason == reasons::RECONCILIATION_PAUSED);
-        if paused && !was {
-            self.event(
-                EventType::Normal,
-                "ReconciliationPaused",
-                format!(
-                    "{PAUSED_ANNOTATION} is \"true\": no writes to Portkey until it is removed"
-                ),
-            )
-            .await;
-        } else if !paused && was {
-            self.event(
-                EventType::Normal,
-                "ReconciliationResumed",
-                format!("{PAUSED_ANNOTATION} removed: Portkey is made to match the spec again"),
-            )
-            .await;
+        if let Some((reason, note)) =
+            conditions::pause_transition(&self.psr().conditions, paused, "Portkey is")
+        {
+            self.event(EventType::Normal, reason, note).await;
         }
     }
 
@@ -510,38 +527,12 @@ impl<R: PolicyResource> Run<'_, R> {
     /// UUID. Terminal conditions for a refused or unknown workspace.
     async fn resolve(&mut self, spec: &CommonSpec, refresh: Action) -> Result<Step<String>, Error> {
         let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = self
-            .ctx
-            .namespace_binding(&namespace)
-            .await
-            .map_err(|e| Error::kube("read the namespace binding", e))?;
-        let workspace = match choose_workspace(
-            spec.workspace.as_ref(),
-            binding,
-            &namespace,
-            &self.ctx.config,
-        ) {
-            Ok(w) => w,
+        match resolve_workspace(self.ctx, &namespace, spec.workspace.as_ref()).await? {
+            Ok(id) => Ok(Step::Go(id)),
             Err((reason, message, action)) => {
                 self.terminal(reason, &message);
-                return Ok(Step::Stop(action.unwrap_or(refresh)));
+                Ok(Step::Stop(action.unwrap_or(refresh)))
             }
-        };
-        match self
-            .ctx
-            .workspaces
-            .resolve(&self.ctx.portkey, &workspace)
-            .await
-        {
-            Ok(id) => Ok(Step::Go(id)),
-            Err(e) if e.is_gone() => {
-                self.terminal(
-                    reasons::WORKSPACE_NOT_FOUND,
-                    &format!("Portkey has no workspace {workspace:?}"),
-                );
-                Ok(Step::Stop(refresh))
-            }
-            Err(e) => Err(Error::portkey("resolve the workspace", e)),
         }
     }
 
@@ -1121,29 +1112,17 @@ impl<R: PolicyResource> Run<'_, R> {
         reason: &str,
         note: &str,
     ) -> Result<Step<Option<Policy<R>>>, Error> {
-        // The finalizer and the create-pending record in one patch, guarded by resourceVersion:
-        // a stale cached copy of the resource cannot create twice.
         let stamp = self.now.to_string();
-        self.obj = kube_ops::mark_create_pending(&self.api, &self.obj, &stamp)
-            .await
-            .map_err(|e| Error::kube("write the create-pending record", e))?;
-        self.ctx.write_permit().await;
-        let created = match self.policies().create(body).await {
-            Ok(c) => c,
-            Err(e) => {
-                if definitely_not_created(&e) {
-                    self.obj = kube_ops::set_annotation(
-                        &self.api,
-                        &self.obj,
-                        CREATE_PENDING_ANNOTATION,
-                        None,
-                    )
-                    .await
-                    .map_err(|e| Error::kube("clear the create-pending record", e))?;
-                }
-                return Err(Error::portkey("create the policy", e));
-            }
-        };
+        let policies = self.ctx.portkey.policies::<R::Kind>();
+        let created = super::bracketed_create(
+            self.ctx,
+            &self.api,
+            &mut self.obj,
+            &stamp,
+            "create the policy",
+            || policies.create(body),
+        )
+        .await?;
         // The shared listing is not dropped here: the new policy carries only this resource's
         // marker, which this resource no longer looks up (its id is recorded); dropping it made
         // every create re-list the whole workspace (O(N²) calls).

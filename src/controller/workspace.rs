@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
-use super::conditions::{self, FALSE, Outcome, SYNCED, TRUE, reasons};
+use super::conditions::{self, Outcome, TRUE, reasons};
 use super::kube_ops;
 use super::policy::is_paused;
 use super::{Context, Error};
@@ -109,26 +109,13 @@ impl Run<'_> {
 
     /// An Event when the paused annotation was just set or removed.
     async fn announce_pause(&self, paused: bool) {
-        let was = conditions::get(&self.status.conditions, SYNCED)
-            .is_some_and(|c| c.reason == reasons::RECONCILIATION_PAUSED);
-        let (reason, note) = match (paused, was) {
-            (true, false) => (
-                "ReconciliationPaused",
-                format!(
-                    "{PAUSED_ANNOTATION} is \"true\": no writes to Portkey until it is removed"
-                ),
-            ),
-            (false, true) => (
-                "ReconciliationResumed",
-                format!(
-                    "{PAUSED_ANNOTATION} removed: the workspace is made to match the spec again"
-                ),
-            ),
-            _ => return,
-        };
-        self.ctx
-            .event(&self.obj, EventType::Normal, reason, note)
-            .await;
+        if let Some((reason, note)) =
+            conditions::pause_transition(&self.status.conditions, paused, "the workspace is")
+        {
+            self.ctx
+                .event(&self.obj, EventType::Normal, reason, note)
+                .await;
+        }
     }
 
     async fn flush_status(&mut self) -> Result<(), kube::Error> {
@@ -335,16 +322,7 @@ impl Run<'_> {
             // Paused: no writes, deletion included; it finishes once the annotation is gone.
             self.announce_pause(true).await;
             let ready = conditions::is_true(&self.status.conditions, conditions::READY);
-            self.conclude(Outcome::Held {
-                ready,
-                ready_reason: if ready { reasons::IN_FORCE } else { reasons::OUT_OF_SYNC },
-                ready_message: String::new(),
-                synced: FALSE,
-                synced_reason: reasons::RECONCILIATION_PAUSED,
-                synced_message: format!(
-                    "annotation {PAUSED_ANNOTATION} is \"true\": the deletion waits until it is removed"
-                ),
-            });
+            self.conclude(Outcome::deletion_paused(ready));
             self.flush_status()
                 .await
                 .map_err(|e| Error::kube("write the status", e))?;

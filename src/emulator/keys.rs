@@ -74,49 +74,18 @@ fn key_usage_limits(v: &Value, now: Timestamp) -> ApiResult<WorkspaceUsageLimit>
 }
 
 fn key_rate_limits(v: &Value) -> ApiResult<Vec<KeyRateLimit>> {
-    let items = v
-        .as_array()
-        .ok_or_else(|| ApiError::invalid("rate_limits", "must be a list or null"))?;
-    let mut out: Vec<KeyRateLimit> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let f = |n: &str| format!("rate_limits[{i}].{n}");
-        let obj = item
-            .as_object()
-            .ok_or_else(|| ApiError::invalid(&format!("rate_limits[{i}]"), "must be an object"))?;
-        let limit_type = enum_value(
-            obj.get("type").unwrap_or(&Value::Null),
-            &f("type"),
-            RateLimitType::parse,
-            RateLimitType::expected(),
-        )?;
-        let unit = enum_value(
-            obj.get("unit").unwrap_or(&Value::Null),
-            &f("unit"),
-            KeyRateLimitUnit::parse,
-            KeyRateLimitUnit::expected(),
-        )?;
-        let value = integer_in(
-            obj.get("value").unwrap_or(&Value::Null),
-            &f("value"),
-            0,
-            i64::MAX,
-        )?;
-        if out
-            .iter()
-            .any(|l| l.limit_type == limit_type && l.unit == unit)
-        {
-            return Err(ApiError::invalid(
-                &f("unit"),
-                "only one rate limit per type and unit is allowed",
-            ));
-        }
-        out.push(KeyRateLimit {
+    let units: Vec<(&str, KeyRateLimitUnit)> = KeyRateLimitUnit::ALL
+        .iter()
+        .map(|u| (u.as_str(), *u))
+        .collect();
+    Ok(rate_limit_items(v, &units, 0)?
+        .into_iter()
+        .map(|(limit_type, unit, value)| KeyRateLimit {
             limit_type,
             unit,
-            value: Decimal::from(value),
-        });
-    }
-    Ok(out)
+            value,
+        })
+        .collect())
 }
 
 fn emails(v: &Value) -> ApiResult<Vec<String>> {

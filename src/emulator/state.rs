@@ -1072,10 +1072,32 @@ pub(super) fn usage_limit_element(
 }
 
 fn workspace_rate_limits(v: &Value) -> ApiResult<Vec<WorkspaceRateLimit>> {
+    let units = [
+        ("rpm", RateLimitUnit::Rpm),
+        ("rph", RateLimitUnit::Rph),
+        ("rpd", RateLimitUnit::Rpd),
+    ];
+    Ok(rate_limit_items(v, &units, 1)?
+        .into_iter()
+        .map(|(limit_type, unit, value)| WorkspaceRateLimit {
+            limit_type,
+            unit,
+            value,
+        })
+        .collect())
+}
+
+/// An inline `rate_limits` list (workspaces, API keys): `(type, unit, value)` per item, with
+/// `unit` one of `units`, `value` an integer ≥ `min`, at most one per type and unit.
+pub(super) fn rate_limit_items<U: Copy + PartialEq>(
+    v: &Value,
+    units: &[(&str, U)],
+    min: i64,
+) -> ApiResult<Vec<(RateLimitType, U, Decimal)>> {
     let items = v
         .as_array()
         .ok_or_else(|| ApiError::invalid("rate_limits", "must be a list or null"))?;
-    let mut out: Vec<WorkspaceRateLimit> = Vec::new();
+    let mut out: Vec<(RateLimitType, U, Decimal)> = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let f = |n: &str| format!("rate_limits[{i}].{n}");
         let obj = item
@@ -1087,37 +1109,31 @@ fn workspace_rate_limits(v: &Value) -> ApiResult<Vec<WorkspaceRateLimit>> {
             RateLimitType::parse,
             RateLimitType::expected(),
         )?;
-        let unit = match obj.get("unit").and_then(Value::as_str) {
-            Some("rpm") => RateLimitUnit::Rpm,
-            Some("rph") => RateLimitUnit::Rph,
-            Some("rpd") => RateLimitUnit::Rpd,
-            _ => {
-                return Err(ApiError::invalid(
-                    &f("unit"),
-                    "must be one of: rpm, rph, rpd",
-                ));
-            }
+        let name = obj.get("unit").and_then(Value::as_str);
+        let Some(unit) = units
+            .iter()
+            .find(|(n, _)| Some(*n) == name)
+            .map(|(_, u)| *u)
+        else {
+            let names: Vec<&str> = units.iter().map(|(n, _)| *n).collect();
+            return Err(ApiError::invalid(
+                &f("unit"),
+                format!("must be one of: {}", names.join(", ")),
+            ));
         };
         let value = integer_in(
             obj.get("value").unwrap_or(&Value::Null),
             &f("value"),
-            1,
+            min,
             i64::MAX,
         )?;
-        if out
-            .iter()
-            .any(|l| l.limit_type == limit_type && l.unit == unit)
-        {
+        if out.iter().any(|(t, u, _)| *t == limit_type && *u == unit) {
             return Err(ApiError::invalid(
                 &f("unit"),
                 "only one rate limit per type and unit is allowed",
             ));
         }
-        out.push(WorkspaceRateLimit {
-            limit_type,
-            unit,
-            value: Decimal::from(value),
-        });
+        out.push((limit_type, unit, Decimal::from(value)));
     }
     Ok(out)
 }
