@@ -48,6 +48,10 @@ pub struct RealOptions {
 pub struct RealReport {
     pub policies: usize,
     pub seconds_to_all_ready: f64,
+    /// When a quarter, half and three quarters of the resources were Ready (s).
+    pub seconds_to_quartiles: Vec<f64>,
+    /// The operator's reconcile outcomes and errors by reason while converging.
+    pub reconciles: BTreeMap<String, u64>,
     pub floor_seconds: f64,
     pub ratio: f64,
     pub admin_api_calls: BTreeMap<String, u64>,
@@ -306,6 +310,39 @@ async fn ready_count(http: &reqwest::Client, metrics: &str) -> usize {
         .count()
 }
 
+/// The operator's reconcile errors and outcomes by reason (from its own metrics).
+async fn reconcile_reasons(http: &reqwest::Client, metrics: &str) -> BTreeMap<String, u64> {
+    let Ok(resp) = http.get(format!("http://{metrics}/metrics")).send().await else {
+        return BTreeMap::new();
+    };
+    let text = resp.text().await.unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let family = if line.starts_with("portkey_budget_operator_reconcile_errors_total{") {
+            "error"
+        } else if line.starts_with("portkey_budget_operator_reconcile_outcomes_total{") {
+            "outcome"
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |name: &str| {
+            labels
+                .split(&format!("{name}=\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let key = format!("{family} {} {}", label("outcome"), label("reason"));
+        *out.entry(key.split_whitespace().collect::<Vec<_>>().join(" "))
+            .or_default() += value.parse::<f64>().unwrap_or(0.0) as u64;
+    }
+    out
+}
+
 fn policy(i: usize) -> UsageLimitPolicy {
     let spec: UsageLimitPolicySpec = serde_json::from_value(json!({
         "workspace": "bench",
@@ -452,8 +489,13 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     )?;
     let pid = operator.0.id().unwrap_or(0);
     let timeout = Duration::from_secs(120 + opts.policies as u64 / 5);
+    let mut quartiles: Vec<f64> = Vec::new();
     loop {
-        if ready_count(&http, &metrics).await >= opts.policies {
+        let ready = ready_count(&http, &metrics).await;
+        while quartiles.len() < 3 && ready * 4 >= opts.policies * (quartiles.len() + 1) {
+            quartiles.push(started.elapsed().as_secs_f64());
+        }
+        if ready >= opts.policies {
             break;
         }
         if started.elapsed() > timeout {
@@ -466,14 +508,18 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let converged = started.elapsed();
+    let reconciles = reconcile_reasons(&http, &metrics).await;
     let (_, cpu_converging) = process_figures(pid);
     let log = control.requests().await?;
     let mut admin_api_calls: BTreeMap<String, u64> = BTreeMap::new();
     for e in &log.data {
         let family = e.path.split('/').nth(3).unwrap_or("?");
-        *admin_api_calls
-            .entry(format!("{} {family}", e.method))
-            .or_default() += 1;
+        let key = if (200..300).contains(&e.status) {
+            format!("{} {family}", e.method)
+        } else {
+            format!("{} {family} {}", e.method, e.status)
+        };
+        *admin_api_calls.entry(key).or_default() += 1;
     }
     let k8s_converged = if token.is_empty() {
         BTreeMap::new()
@@ -507,6 +553,8 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     Ok(RealReport {
         policies: opts.policies,
         seconds_to_all_ready: converged.as_secs_f64(),
+        seconds_to_quartiles: quartiles,
+        reconciles,
         floor_seconds: floor,
         ratio: converged.as_secs_f64() / floor,
         admin_api_calls,
@@ -535,6 +583,14 @@ pub fn render(r: &RealReport) -> String {
         format!("{:.1}", r.seconds_to_all_ready),
     );
     row(
+        "  25 % / 50 % / 75 % Ready after (s)",
+        r.seconds_to_quartiles
+            .iter()
+            .map(|s| format!("{s:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+    );
+    row(
         "floor: creates at the write rate (s)",
         format!("{:.1}", r.floor_seconds),
     );
@@ -545,6 +601,9 @@ pub fn render(r: &RealReport) -> String {
     );
     for (k, v) in &r.kubernetes_requests {
         row(&format!("  converging: {k}"), v.to_string());
+    }
+    for (k, v) in &r.reconciles {
+        row(&format!("  reconciles: {k}"), v.to_string());
     }
     for (k, v) in &r.admin_api_calls {
         row(&format!("  Admin API: {k}"), v.to_string());

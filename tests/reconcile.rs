@@ -42,6 +42,28 @@ fn test_config() -> ControllerConfig {
     }
 }
 
+/// The requeue delay of an `Action` (from its Debug form: kube keeps the field private).
+fn action_delay(action: &kube::runtime::controller::Action) -> Duration {
+    let text = format!("{action:?}");
+    let inner = text
+        .split("Some(")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_default();
+    let (number, unit) = inner.trim().split_at(
+        inner
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(inner.len()),
+    );
+    let n: f64 = number.parse().unwrap_or(f64::MAX);
+    match unit {
+        "ms" => Duration::from_secs_f64(n / 1000.0),
+        "µs" => Duration::from_secs_f64(n / 1e6),
+        "ns" => Duration::from_secs_f64(n / 1e9),
+        _ => Duration::from_secs_f64(n),
+    }
+}
+
 async fn env_with(config: ControllerConfig) -> Env {
     let emu = emulator::spawn(EmulatorConfig {
         api_keys: vec![KEY.into()],
@@ -1526,6 +1548,38 @@ mod operations {
         let ready = conditions::get(&wsb.conditions, "Ready").unwrap();
         assert_eq!(ready.reason, "DryRun");
         assert_eq!(env.emu.control().requests().await.unwrap().writes(), 0);
+    }
+
+    /// A 409 Conflict (the pass worked from a copy the watch has replaced) is retried within a
+    /// fraction of a second and does not escalate the backoff; other failures back off.
+    #[tokio::test]
+    async fn a_stale_copy_is_retried_at_once_without_backoff() {
+        let env = env().await;
+        env.kube.apply(&ulp("monthly", spec()));
+        let obj = Arc::new(env.obj("monthly"));
+        let api_error = |code: u16| {
+            controller::Error::kube(
+                "write the status",
+                kube::Error::Api(Box::new(kube::core::Status {
+                    code,
+                    message: "stale".into(),
+                    ..Default::default()
+                })),
+            )
+        };
+        for _ in 0..6 {
+            let action = controller::error_policy(obj.clone(), &api_error(409), env.ctx.clone());
+            assert!(
+                format!("{action:?}").contains("requeue_after: Some(")
+                    && action_delay(&action) < Duration::from_millis(300),
+                "{action:?}"
+            );
+        }
+        let action = controller::error_policy(obj.clone(), &api_error(500), env.ctx.clone());
+        assert!(
+            action_delay(&action) >= Duration::from_secs(1),
+            "{action:?}"
+        );
     }
 
     /// ApiKeyBudgets in dry-run: an existing key's changes and an issued key's create are

@@ -65,7 +65,9 @@ pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Erro
         api: Api::namespaced(ctx.client.clone(), &namespace),
         key: super::key_of(obj),
         status: obj.status.clone().unwrap_or_default(),
-        identity: identity(obj, ctx),
+        identity: ctx
+            .config
+            .identity(SHORT, Some(&namespace), &obj.name_any()),
         obj: obj.clone(),
         now: Timestamp::now(),
         outcome: None,
@@ -79,7 +81,9 @@ pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Erro
         return run.cleanup().await;
     }
     let result = run.apply().await;
-    if let Err(e) = &result {
+    if let Err(e) = &result
+        && !e.is_conflict()
+    {
         run.conclude(e.outcome());
     }
     let flushed = run.finish().await;
@@ -97,14 +101,6 @@ pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Erro
             Err(e)
         }
     }
-}
-
-/// The marker identity of a resource (issued keys carry it in their name).
-pub fn identity(obj: &ApiKeyBudget, ctx: &Context) -> Identity {
-    Identity::new(SHORT, obj.namespace().as_deref(), &obj.name_any()).installed(
-        &ctx.config.installation_id,
-        &ctx.config.adopt_from_installations,
-    )
 }
 
 fn secret_holds(secret: &Secret, key_id: &str, data_key: &str) -> bool {

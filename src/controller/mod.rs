@@ -87,6 +87,12 @@ impl Error {
         }
     }
 
+    /// A 409 Conflict from the Kubernetes API: this pass worked from a copy of the resource the
+    /// watch has already replaced. Not a failure: the newer version is reconciled at once.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source, .. } if kube_ops::is_conflict(source))
+    }
+
     /// True when retrying cannot help (an Admin API validation error).
     pub fn is_terminal(&self) -> bool {
         matches!(self, Error::Portkey { source, .. } if source.is_terminal())
@@ -546,6 +552,13 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
     err: &Error,
     ctx: Arc<Context>,
 ) -> Action {
+    if err.is_conflict() {
+        // A stale copy (our own write raced the watch): retry soon, without escalating the
+        // backoff; this used to leave a tail of resources waiting seconds at the end of a
+        // large rollout.
+        tracing::debug!(object = %key_of(obj.as_ref()), error = %err, "stale copy; reconciling the newer version");
+        return Action::requeue(Duration::from_millis(rand::random_range(50..250)));
+    }
     let delay = ctx.backoff(&key_of(obj.as_ref()), err);
     tracing::warn!(object = %key_of(obj.as_ref()), error = %err, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)

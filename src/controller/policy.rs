@@ -131,7 +131,9 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         return run.cleanup().await;
     }
     let result = run.apply().await;
-    if let Err(e) = &result {
+    if let Err(e) = &result
+        && !e.is_conflict()
+    {
         run.failed(e);
     }
     let flushed = run.finish().await;

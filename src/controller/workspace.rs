@@ -49,7 +49,9 @@ pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, E
         return run.cleanup().await;
     }
     let result = run.apply().await;
-    if let Err(e) = &result {
+    if let Err(e) = &result
+        && !e.is_conflict()
+    {
         run.conclude(e.outcome());
     }
     let flushed = run.flush_status().await;
