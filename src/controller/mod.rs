@@ -584,6 +584,16 @@ type Shutdown = futures::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()
 type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 type Ready = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What a cached copy of a resource does not need: its `managedFields` and kubectl's
+/// last-applied annotation (the operator never writes whole objects from the cache; every write
+/// is a patch of named fields, guarded by the resourceVersion, which is kept).
+fn slim<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+    if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
 /// One controller's run future, and a future that resolves once its cache is synced.
 fn controller_for<K, F, Fut>(
     api: Api<K>,
@@ -605,10 +615,18 @@ where
     F: FnMut(Arc<K>, Arc<Context>) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
-    let mut controller = Controller::new(api, watcher::Config::default().any_semantic())
+    // The controller's cache holds every resource for the life of the process: keep only what
+    // a reconcile reads. `managedFields` (one entry per writer, each a copy of the field set)
+    // and kubectl's last-applied copy of the whole object were most of each cached object.
+    let (store, writer) = reflector::store::<K>();
+    let trigger = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default().any_semantic()).modify(slim),
+    )
+    .applied_objects();
+    let mut controller = Controller::for_stream(trigger, store.clone())
         .with_config(RuntimeConfig::default().concurrency(ctx.config.concurrency.max(1)))
         .graceful_shutdown_on(shutdown);
-    let store = controller.store();
     on_store(store.clone());
     if let Some(bindings) = bindings {
         // A changed binding annotation reconciles the resources of that namespace.
@@ -673,6 +691,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
         watcher::Config::default().any_semantic(),
     )
+    .modify(slim)
     .default_backoff()
     .reflect(ns_writer)
     .applied_objects()
