@@ -368,6 +368,13 @@ impl RunArgs {
             },
             admin_api_write_rate: write_rate,
             dry_run: self.dry_run.or(file.dry_run).unwrap_or(false),
+            // Periodic refreshes may use half of the Admin API's request rate; creates,
+            // updates and first reads are never queued behind them.
+            refresh_read_rate: self
+                .admin_api_rate_limit
+                .or(file.admin_api_rate_limit)
+                .filter(|r| *r > 0)
+                .map(|r| (r / 2).max(1)),
         };
         Ok(OperatorSettings {
             admin_api_url: self
@@ -454,6 +461,10 @@ pub struct ControllerConfig {
     pub admin_api_write_rate: u32,
     /// Never write to Portkey; record `Would*` Events instead.
     pub dry_run: bool,
+    /// Admin API reads per second that periodic refreshes of resources already in force may
+    /// use (`None`: no limit of their own). A refresh over the budget is put back in the queue,
+    /// so it never holds a worker that a create or an update could use.
+    pub refresh_read_rate: Option<u32>,
 }
 
 impl ControllerConfig {
@@ -483,6 +494,7 @@ impl Default for ControllerConfig {
             namespaces: Vec::new(),
             admin_api_write_rate: 10,
             dry_run: false,
+            refresh_read_rate: None,
         }
     }
 }

@@ -144,6 +144,7 @@ pub struct Metrics {
     budget_exhausted: Family<BudgetLabels, Gauge>,
     next_reset: Family<BudgetLabels, Gauge>,
     duplicates_archived: Family<KindLabels, Counter>,
+    refreshes_deferred: Counter,
     leader: Gauge,
     dry_run: Gauge,
     build_info: Family<BuildLabels, Gauge>,
@@ -187,6 +188,7 @@ impl Metrics {
             budget_exhausted: Family::default(),
             next_reset: Family::default(),
             duplicates_archived: Family::default(),
+            refreshes_deferred: Counter::default(),
             leader: Gauge::default(),
             dry_run: Gauge::default(),
             build_info: Family::default(),
@@ -269,6 +271,11 @@ impl Metrics {
             m.duplicates_archived.clone(),
         );
         registry.register(
+            "refreshes_deferred",
+            "Periodic refreshes put back in the queue because refresh reads used up their share of the Admin API rate (half of --admin-api-rate-limit)",
+            m.refreshes_deferred.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this instance holds the leader lease (or runs without leader election)",
             m.leader.clone(),
@@ -289,6 +296,11 @@ impl Metrics {
             })
             .set(1);
         Metrics { registry, ..m }
+    }
+
+    /// Counts one periodic refresh deferred for the refresh read budget.
+    pub fn refresh_deferred(&self) {
+        self.refreshes_deferred.inc();
     }
 
     /// Counts one duplicate policy archived.

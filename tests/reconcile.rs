@@ -1550,6 +1550,55 @@ mod operations {
         assert_eq!(env.emu.control().requests().await.unwrap().writes(), 0);
     }
 
+    /// Periodic refreshes have a read budget of their own (half the Admin API rate): over it,
+    /// a refresh is put back in the queue instead of reading; a resource with work to do (a
+    /// new generation) is never held back.
+    #[tokio::test]
+    async fn refreshes_over_their_read_budget_are_deferred_and_work_is_not() {
+        let env = env_with(ControllerConfig {
+            refresh_read_rate: Some(1),
+            usage_refresh_interval: Duration::from_secs(1),
+            ..Default::default()
+        })
+        .await;
+        env.kube.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let obj = env.obj("monthly");
+        let status = obj.status.clone().unwrap();
+        let settled = |generation: Option<i64>| controller::Freshness {
+            generation,
+            observed_generation: status.common.observed_generation,
+            conditions: &status.common.conditions,
+            last_sync: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60)),
+            pending: false,
+            paused: false,
+        };
+        let now = jiff::Timestamp::now();
+        let interval = Duration::from_secs(1);
+        let g = obj.metadata.generation;
+        assert!(settled(g).settled(), "{status:?}");
+        assert!(
+            controller::gate(&env.ctx, settled(g), now, interval).is_none(),
+            "the first refresh reads"
+        );
+        let deferred = controller::gate(&env.ctx, settled(g), now, interval)
+            .expect("the next one, over the 1 read/s budget, is deferred");
+        assert!(action_delay(&deferred) > Duration::ZERO);
+        let newer = g.map(|g| g + 1);
+        assert!(
+            controller::gate(&env.ctx, settled(newer), now, interval).is_none(),
+            "a new generation is work, never deferred"
+        );
+        assert!(
+            env.ctx
+                .metrics
+                .encode()
+                .lines()
+                .any(|l| l == "portkey_budget_operator_refreshes_deferred_total 1"),
+            "counted"
+        );
+    }
+
     /// A 409 Conflict (the pass worked from a copy the watch has replaced) is retried within a
     /// fraction of a second and does not escalate the backoff; other failures back off.
     #[tokio::test]

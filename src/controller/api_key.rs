@@ -183,7 +183,8 @@ impl Run<'_> {
     fn fresh(&self) -> Option<Action> {
         let rotate = token(&self.obj, ROTATE_ANNOTATION);
         let reset = token(&self.obj, RESET_USAGE_ANNOTATION);
-        super::fresh(
+        super::gate(
+            self.ctx,
             super::Freshness {
                 generation: self.generation(),
                 observed_generation: self.status.observed_generation,

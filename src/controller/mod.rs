@@ -337,6 +337,8 @@ pub struct Context {
     pub health: Arc<Health>,
     crds: HashMap<&'static str, CompiledCrd>,
     write_limiter: DefaultDirectRateLimiter,
+    /// The read budget of periodic refreshes (`ControllerConfig::refresh_read_rate`).
+    refresh_limiter: Option<DefaultDirectRateLimiter>,
     failures: Mutex<HashMap<String, u32>>,
     /// When each resource was last compared with Portkey successfully (in memory: written into
     /// every object it would cost a status write per resource per refresh).
@@ -391,6 +393,10 @@ impl Context {
                 ("akb", CompiledCrd::new(&ApiKeyBudget::crd())),
             ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
+            refresh_limiter: config
+                .refresh_read_rate
+                .and_then(NonZeroU32::new)
+                .map(|r| RateLimiter::direct(Quota::per_second(r))),
             failures: Mutex::new(HashMap::new()),
             last_syncs: Mutex::new(HashMap::new()),
             config,
@@ -448,6 +454,18 @@ impl Context {
     /// Forgets a deleted resource.
     pub fn forget_sync(&self, key: &str) {
         self.last_syncs.lock().expect("sync lock").remove(key);
+    }
+
+    /// For a periodic refresh (see [`Freshness::settled`]): `None` when it may read Portkey now,
+    /// else when to try again. Never waits: a refresh over budget gives its worker back.
+    pub fn refresh_deferred(&self) -> Option<Duration> {
+        let limiter = self.refresh_limiter.as_ref()?;
+        let not_until = limiter.check().err()?;
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        self.metrics.refresh_deferred();
+        Some(wait + Duration::from_millis(rand::random_range(0..2000)))
     }
 
     /// Waits for the shared Admin API write rate limiter.
@@ -815,19 +833,46 @@ pub struct Freshness<'a> {
 /// unchanged spec and pause state, is left alone until the interval is over (its own status
 /// writes, Events or unrelated metadata changes cost no Admin API call).
 pub fn fresh(f: Freshness<'_>, now: jiff::Timestamp, interval: Duration) -> Option<Action> {
-    let synced = conditions::get(f.conditions, conditions::SYNCED);
-    let was_paused = synced.is_some_and(|c| c.reason == conditions::reasons::RECONCILIATION_PAUSED);
-    let healthy = conditions::is_true(f.conditions, conditions::READY)
-        && (synced.is_some_and(|c| c.status == conditions::TRUE) || was_paused);
     let age = Duration::try_from(now.duration_since(f.last_sync?)).ok()?;
-    (f.generation == f.observed_generation
-        && healthy
-        && !f.pending
-        && f.paused == was_paused
-        && age < interval)
-        .then(|| {
-            Action::requeue(interval - age + Duration::from_millis(rand::random_range(0..1000)))
-        })
+    (f.settled() && age < interval).then(|| {
+        Action::requeue(interval - age + Duration::from_millis(rand::random_range(0..1000)))
+    })
+}
+
+/// The gate before a pass reads Portkey: [`fresh`], and for a periodic refresh (a settled
+/// resource whose interval is over) the refresh read budget, so refreshes never crowd out
+/// creates and updates (`Context::refresh_deferred`).
+pub fn gate(
+    ctx: &Context,
+    f: Freshness<'_>,
+    now: jiff::Timestamp,
+    interval: Duration,
+) -> Option<Action> {
+    let refresh = f.settled();
+    if let Some(action) = fresh(f, now, interval) {
+        return Some(action);
+    }
+    refresh
+        .then(|| ctx.refresh_deferred())
+        .flatten()
+        .map(Action::requeue)
+}
+
+impl Freshness<'_> {
+    /// Nothing asks for work but time: healthy (Ready, and Synced or paused), the spec seen,
+    /// no create pending, no one-shot due, the pause state unchanged. A pass over such a
+    /// resource is a periodic refresh.
+    pub fn settled(&self) -> bool {
+        let synced = conditions::get(self.conditions, conditions::SYNCED);
+        let was_paused =
+            synced.is_some_and(|c| c.reason == conditions::reasons::RECONCILIATION_PAUSED);
+        let healthy = conditions::is_true(self.conditions, conditions::READY)
+            && (synced.is_some_and(|c| c.status == conditions::TRUE) || was_paused);
+        self.generation == self.observed_generation
+            && healthy
+            && !self.pending
+            && self.paused == was_paused
+    }
 }
 
 /// A `Reporter` naming this process (pod name when set).

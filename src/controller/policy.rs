@@ -342,7 +342,8 @@ impl<R: PolicyResource> Run<'_, R> {
 
     fn fresh(&self) -> Option<Action> {
         let ps = self.psr();
-        super::fresh(
+        super::gate(
+            self.ctx,
             super::Freshness {
                 generation: self.generation(),
                 observed_generation: ps.observed_generation,

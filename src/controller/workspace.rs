@@ -160,7 +160,8 @@ impl Run<'_> {
 
     async fn apply(&mut self) -> Result<Action, Error> {
         let paused = is_paused(&self.obj);
-        if let Some(action) = super::fresh(
+        if let Some(action) = super::gate(
+            self.ctx,
             super::Freshness {
                 generation: self.generation(),
                 observed_generation: self.status.observed_generation,
