@@ -465,7 +465,11 @@ impl Context {
             &governor::clock::DefaultClock::default(),
         ));
         self.metrics.refresh_deferred();
-        Some(wait + Duration::from_millis(rand::random_range(0..2000)))
+        // Over budget, many refreshes are waiting: spread their next attempts over a whole
+        // refresh interval instead of retrying in a second (at 10,000 resources the short
+        // retry was a hot loop of a million deferrals that ate the CPU creates needed).
+        let spread = self.interval(true).max(Duration::from_secs(1));
+        Some(wait + spread.mul_f64(rand::random_range(0.1..1.0)))
     }
 
     /// Waits for the shared Admin API write rate limiter.
