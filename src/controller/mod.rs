@@ -339,6 +339,12 @@ pub struct Context {
     write_limiter: DefaultDirectRateLimiter,
     /// The read budget of periodic refreshes (`ControllerConfig::refresh_read_rate`).
     refresh_limiter: Option<DefaultDirectRateLimiter>,
+    /// The smaller budget of refreshes while other work (creates, updates, first reads) is
+    /// under way: a tenth of `refresh_read_rate`'s share, so a large rollout keeps the Admin
+    /// API for itself.
+    busy_refresh_limiter: Option<DefaultDirectRateLimiter>,
+    /// When a pass that was not a refresh last started.
+    last_work: Mutex<Option<Instant>>,
     failures: Mutex<HashMap<String, u32>>,
     /// When each resource was last compared with Portkey successfully (in memory: written into
     /// every object it would cost a status write per resource per refresh).
@@ -397,6 +403,11 @@ impl Context {
                 .refresh_read_rate
                 .and_then(NonZeroU32::new)
                 .map(|r| RateLimiter::direct(Quota::per_second(r))),
+            busy_refresh_limiter: config
+                .refresh_read_rate
+                .and_then(|r| NonZeroU32::new((r / 5).max(1)))
+                .map(|r| RateLimiter::direct(Quota::per_second(r))),
+            last_work: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
             last_syncs: Mutex::new(HashMap::new()),
             config,
@@ -459,7 +470,16 @@ impl Context {
     /// For a periodic refresh (see [`Freshness::settled`]): `None` when it may read Portkey now,
     /// else when to try again. Never waits: a refresh over budget gives its worker back.
     pub fn refresh_deferred(&self) -> Option<Duration> {
-        let limiter = self.refresh_limiter.as_ref()?;
+        let busy = self
+            .last_work
+            .lock()
+            .expect("work lock")
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
+        let limiter = if busy {
+            self.busy_refresh_limiter.as_ref()?
+        } else {
+            self.refresh_limiter.as_ref()?
+        };
         let not_until = limiter.check().err()?;
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
@@ -470,6 +490,11 @@ impl Context {
         // retry was a hot loop of a million deferrals that ate the CPU creates needed).
         let spread = self.interval(true).max(Duration::from_secs(1));
         Some(wait + spread.mul_f64(rand::random_range(0.1..1.0)))
+    }
+
+    /// Notes that a pass with work to do (not a periodic refresh) is starting.
+    pub fn note_work(&self) {
+        *self.last_work.lock().expect("work lock") = Some(Instant::now());
     }
 
     /// Waits for the shared Admin API write rate limiter.
@@ -856,10 +881,11 @@ pub fn gate(
     if let Some(action) = fresh(f, now, interval) {
         return Some(action);
     }
-    refresh
-        .then(|| ctx.refresh_deferred())
-        .flatten()
-        .map(Action::requeue)
+    if !refresh {
+        ctx.note_work();
+        return None;
+    }
+    ctx.refresh_deferred().map(Action::requeue)
 }
 
 impl Freshness<'_> {
