@@ -1015,23 +1015,10 @@ async fn existing_key(
     // Sync's identity never matches an issued key's marker, so a marked key of this
     // installation is refused as well: the resource that issued it manages it.
     let identity = Identity::new(crate::controller::api_key::SHORT, None, "");
-    match ownership::check_adoption(
-        "spec.existing",
-        &key.id,
-        key.workspace_id.as_deref().unwrap_or("(organisation key)"),
-        key.name.as_deref(),
-        ws,
-        &identity,
-    ) {
-        Ok(None) => Ok(Ok(key)),
-        Ok(Some(marked)) => Ok(Err(marked.refusal("spec.existing", &key.id))),
-        Err(refusal) => Ok(Err(refusal)),
-    }
-    .map(|r| {
-        r.map_err(|mut refusal| {
-            refusal.message = refusal.message.replace("Portkey policy", "Portkey API key");
-            refusal
-        })
+    Ok(match keyplan::check_existing(&key, ws, &identity) {
+        Ok(None) => Ok(key),
+        Ok(Some(marked)) => Err(keyplan::issued_elsewhere(&marked, &key.id)),
+        Err(refusal) => Err(refusal),
     })
 }
 

@@ -1631,27 +1631,28 @@ mod operations {
         );
     }
 
+    /// A service key of team A made by hand in Portkey: its id.
+    async fn service_key(env: &Env, name: &str) -> String {
+        let body = CreateApiKey {
+            name: name.into(),
+            workspace_id: Some(WS_A.into()),
+            scopes: vec!["completions.write".into()],
+            ..Default::default()
+        };
+        env.portkey
+            .create_api_key(ApiKeyType::Workspace, ApiKeySubType::Service, &body)
+            .await
+            .unwrap()
+            .id
+            .unwrap()
+    }
+
     /// ApiKeyBudgets in dry-run: an existing key's changes and an issued key's create are
     /// announced (WouldUpdate, WouldCreate); no key is made, no Secret, no Admin API write.
     #[tokio::test]
     async fn dry_run_covers_api_key_budgets() {
         let env = env_with(dry_run_config()).await;
-        let key = env
-            .portkey
-            .create_api_key(
-                ApiKeyType::Workspace,
-                ApiKeySubType::Service,
-                &CreateApiKey {
-                    name: "by-hand".into(),
-                    workspace_id: Some(WS_A.into()),
-                    scopes: vec!["completions.write".into()],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-            .id
-            .unwrap();
+        let key = service_key(&env, "by-hand").await;
         env.emu.control().clear_requests().await.unwrap();
         for (name, spec) in [
             (
@@ -1701,22 +1702,7 @@ mod operations {
     #[tokio::test]
     async fn api_key_budget_metrics_show_limit_and_exhaustion() {
         let env = env().await;
-        let key = env
-            .portkey
-            .create_api_key(
-                ApiKeyType::Workspace,
-                ApiKeySubType::Service,
-                &CreateApiKey {
-                    name: "svc".into(),
-                    workspace_id: Some(WS_A.into()),
-                    scopes: vec!["completions.write".into()],
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap()
-            .id
-            .unwrap();
+        let key = service_key(&env, "svc").await;
         let spec = json!({"workspace": "team-a", "existing": {"name": "svc"},
                           "budget": {"type": "cost", "creditLimit": 20, "alertThreshold": 15}});
         let mut obj = ApiKeyBudget::new("svc", serde_json::from_value(spec).unwrap());

@@ -32,7 +32,7 @@ use crate::metrics::BudgetFigures;
 use crate::plan::FieldChange;
 use crate::plan::api_key::{self as plan, DesiredKey};
 use crate::plan::marker::Identity;
-use crate::plan::ownership::{self, Candidate};
+use crate::plan::ownership;
 use crate::portkey::{ApiKeyObject, ApiKeyStatus, ApiKeyType, IssuedApiKey, UpdateApiKey};
 
 /// Field manager of the Secrets the operator writes.
@@ -317,12 +317,7 @@ impl Run<'_> {
                 Err(e) => return Err(Error::portkey("read the API key", e)),
             }
         }
-        let keys = self
-            .ctx
-            .portkey
-            .list_api_keys(Some(workspace_id))
-            .await
-            .map_err(|e| Error::portkey("list the workspace's API keys", e))?;
+        let keys = self.workspace_keys(workspace_id).await?;
         let secret_key_id = self.secret_key_id().await?;
         if let Some(found) = self.mine(&keys, secret_key_id.as_deref()).await? {
             self.status.key_id = Some(found.id.clone());
@@ -396,12 +391,7 @@ impl Run<'_> {
                 Err(e) => return Err(Error::portkey("read the API key", e)),
             },
             (None, Some(name)) => {
-                let keys = self
-                    .ctx
-                    .portkey
-                    .list_api_keys(Some(workspace_id))
-                    .await
-                    .map_err(|e| Error::portkey("list the workspace's API keys", e))?;
+                let keys = self.workspace_keys(workspace_id).await?;
                 match plan::find_by_name(&keys, name) {
                     Ok(k) => k.clone(),
                     Err(refusal) => {
@@ -417,17 +407,10 @@ impl Run<'_> {
             }
             (None, None) => unreachable!("admission requires id or name"),
         };
-        let refusal = match ownership::check_adoption(
-            "spec.existing",
-            &key.id,
-            key.workspace_id.as_deref().unwrap_or("(organisation key)"),
-            key.name.as_deref(),
-            workspace_id,
-            &self.identity,
-        ) {
+        let refusal = match plan::check_existing(&key, workspace_id, &self.identity) {
             Ok(None) => None,
             Ok(Some(marked)) if self.marked_resource_exists(&marked).await? => {
-                Some(marked.refusal("spec.existing", &key.id))
+                Some(plan::issued_elsewhere(&marked, &key.id))
             }
             Ok(Some(_)) => None,
             Err(refusal) => Some(refusal),
@@ -438,10 +421,7 @@ impl Run<'_> {
                 "OwnedByAnotherInstallation" => reasons::OWNED_BY_ANOTHER_INSTALLATION,
                 _ => reasons::ADOPT_TARGET_OWNED,
             };
-            self.terminal(
-                reason,
-                &refusal.message.replace("Portkey policy", "Portkey API key"),
-            );
+            self.terminal(reason, &refusal.message);
             return Ok(Step::Stop(refresh));
         }
         if let Some(other) = self.conflicting_owner(&key.id).await? {
@@ -520,12 +500,7 @@ impl Run<'_> {
         keys: &[ApiKeyObject],
         secret_key_id: Option<&str>,
     ) -> Result<Option<ApiKeyObject>, Error> {
-        let candidates = keys.iter().map(|k| Candidate {
-            id: &k.id,
-            name: k.name.as_deref(),
-            created_at: k.created_at,
-        });
-        let Some(owned) = ownership::owned(candidates, &self.identity) else {
+        let Some(owned) = ownership::owned(plan::candidates(keys), &self.identity) else {
             return Ok(None);
         };
         let mut all: Vec<String> = std::iter::once(owned.keep.clone())
@@ -562,7 +537,8 @@ impl Run<'_> {
         let remote_name = self.identity.remote_name(issue.name.as_deref());
         let (sub_type, body) =
             plan::create_request(&self.obj.spec, remote_name, workspace_id).expect("issue mode");
-        if !self.secret_is_ours(&issue).await? {
+        let secret = self.read_secret(&issue.secret_name).await?;
+        if !self.secret_is_ours(&issue, secret.as_ref()) {
             return Ok(Step::Stop(Action::requeue(self.ctx.refresh_interval(true))));
         }
         self.check_secret_writable(&issue, "pending").await?;
@@ -610,6 +586,15 @@ impl Run<'_> {
         }
     }
 
+    /// Every key of the workspace (all pages).
+    async fn workspace_keys(&self, workspace_id: &str) -> Result<Vec<ApiKeyObject>, Error> {
+        self.ctx
+            .portkey
+            .list_api_keys(Some(workspace_id))
+            .await
+            .map_err(|e| Error::portkey("list the workspace's API keys", e))
+    }
+
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(
             self.ctx.client.clone(),
@@ -636,10 +621,11 @@ impl Run<'_> {
             .and_then(|a| a.get(SECRET_KEY_ID_ANNOTATION).cloned()))
     }
 
-    /// False (and Stalled SecretConflict) when the Secret exists and belongs to someone else.
-    async fn secret_is_ours(&mut self, issue: &IssueKey) -> Result<bool, Error> {
-        let Some(secret) = self.read_secret(&issue.secret_name).await? else {
-            return Ok(true);
+    /// False (and Stalled SecretConflict) when the Secret (as just read) exists and belongs to
+    /// someone else.
+    fn secret_is_ours(&mut self, issue: &IssueKey, secret: Option<&Secret>) -> bool {
+        let Some(secret) = secret else {
+            return true;
         };
         let uid = self.obj.uid();
         let owners = secret.metadata.owner_references.clone().unwrap_or_default();
@@ -654,7 +640,7 @@ impl Run<'_> {
             .and_then(|l| l.get(SECRET_OWNER_LABEL))
             .is_some_and(|n| *n == self.obj.name_any());
         if ours_by_owner || (ours_by_label && !controlled_by_other) {
-            return Ok(true);
+            return true;
         }
         self.terminal(
             reasons::SECRET_CONFLICT,
@@ -663,7 +649,7 @@ impl Run<'_> {
                 issue.secret_name
             ),
         );
-        Ok(false)
+        false
     }
 
     /// Asks the API server (a dry-run apply: RBAC and admission, nothing stored) whether the
@@ -772,10 +758,10 @@ impl Run<'_> {
             return Ok(None);
         };
         self.status.secret_name = Some(issue.secret_name.clone());
-        if !self.secret_is_ours(&issue).await? {
+        let secret = self.read_secret(&issue.secret_name).await?;
+        if !self.secret_is_ours(&issue, secret.as_ref()) {
             return Ok(Some(Action::requeue(self.ctx.refresh_interval(true))));
         }
-        let secret = self.read_secret(&issue.secret_name).await?;
         let holds = secret
             .as_ref()
             .is_some_and(|s| secret_holds(s, &key.id, issue.secret_data_key()));
@@ -1111,17 +1097,7 @@ impl Run<'_> {
             Ok(id) => id,
             Err(_) => return Ok(None),
         };
-        let keys = self
-            .ctx
-            .portkey
-            .list_api_keys(Some(&workspace_id))
-            .await
-            .map_err(|e| Error::portkey("list the workspace's API keys", e))?;
-        let candidates = keys.iter().map(|k| Candidate {
-            id: &k.id,
-            name: k.name.as_deref(),
-            created_at: k.created_at,
-        });
-        Ok(ownership::owned(candidates, &self.identity).map(|o| o.keep))
+        let keys = self.workspace_keys(&workspace_id).await?;
+        Ok(ownership::owned(plan::candidates(&keys), &self.identity).map(|o| o.keep))
     }
 }

@@ -9,7 +9,8 @@
 
 use serde::Serialize;
 
-use super::ownership::Refusal;
+use super::marker::Identity;
+use super::ownership::{self, Candidate, MarkedBy, Refusal};
 use super::{FieldChange, fmt_opt, schedule_text};
 use crate::api::{ApiKeyBudgetSpec, KeyBudget, KeyRateLimitSpec, KeyRateUnit};
 use crate::portkey::*;
@@ -262,6 +263,45 @@ pub fn summaries(remote: &ApiKeyObject) -> (Option<String>, Option<String>, Opti
     let rates = remote.rate_limits.as_deref().unwrap_or_default();
     let rate = (!rates.is_empty()).then(|| describe_rates(rates));
     (budget, reset, rate)
+}
+
+/// The keys as ownership candidates (id, name with its marker, age).
+pub fn candidates(keys: &[ApiKeyObject]) -> impl Iterator<Item = Candidate<'_>> {
+    keys.iter().map(|k| Candidate {
+        id: &k.id,
+        name: k.name.as_deref(),
+        created_at: k.created_at,
+    })
+}
+
+/// [`ownership::check_adoption`] for an existing key (`spec.existing`): it must belong to
+/// `workspace_id` (an organisation key belongs to none) and carry no other installation's
+/// marker; `Ok(Some(_))` names the resource of this installation that issued it.
+pub fn check_existing(
+    key: &ApiKeyObject,
+    workspace_id: &str,
+    identity: &Identity,
+) -> Result<Option<MarkedBy>, Refusal> {
+    ownership::check_adoption(
+        "spec.existing",
+        &key.id,
+        key.workspace_id.as_deref().unwrap_or("(organisation key)"),
+        key.name.as_deref(),
+        workspace_id,
+        identity,
+    )
+    .map_err(key_words)
+}
+
+/// The refusal to take over an existing key issued for `marked`.
+pub fn issued_elsewhere(marked: &MarkedBy, key_id: &str) -> Refusal {
+    key_words(marked.refusal("spec.existing", key_id))
+}
+
+/// Ownership refusals speak of policies; these are about a key.
+fn key_words(mut refusal: Refusal) -> Refusal {
+    refusal.message = refusal.message.replace("Portkey policy", "Portkey API key");
+    refusal
 }
 
 /// The one key of `keys` named `name` (`spec.existing.name`), or why there is none.
