@@ -12,7 +12,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::*;
-use crate::portkey::{PeriodicReset, RateLimitType, UsageLimitType};
+use crate::portkey::{
+    ApiKeySubType, KeyRateLimitUnit, PeriodicReset, RateLimitType, UsageLimitType,
+};
 
 /// The smallest rotation transition period Portkey accepts (30 minutes).
 pub const MIN_TRANSITION_SECONDS: i64 = 1800;
@@ -37,19 +39,6 @@ pub struct ExistingKey {
     pub name: Option<String>,
 }
 
-/// Whom an issued key acts for.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum KeySubType {
-    /// An application (the default).
-    #[default]
-    #[serde(rename = "service")]
-    Service,
-    /// One user (needs `userId`).
-    #[serde(rename = "user")]
-    User,
-}
-
 /// A workspace key the operator creates, and the Secret that receives the raw key.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -62,9 +51,9 @@ pub struct IssueKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 180))]
     pub name: Option<String>,
-    /// `service` (default) or `user`.
-    #[serde(default)]
-    pub sub_type: KeySubType,
+    /// `service` (default: an application) or `user` (acts as one user; needs `userId`).
+    #[serde(default = "service")]
+    pub sub_type: ApiKeySubType,
     /// The Portkey user id of a `user` key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
@@ -88,6 +77,10 @@ pub struct IssueKey {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1800, max = 2_592_000))]
     pub rotation_transition_seconds: Option<i64>,
+}
+
+fn service() -> ApiKeySubType {
+    ApiKeySubType::Service
 }
 
 impl IssueKey {
@@ -135,23 +128,6 @@ pub struct KeyBudget {
     pub periodic_reset_days: Option<i32>,
 }
 
-/// Rate-limit window of a key.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema,
-)]
-pub enum KeyRateUnit {
-    #[serde(rename = "rps")]
-    Rps,
-    #[serde(rename = "rpm")]
-    Rpm,
-    #[serde(rename = "rph")]
-    Rph,
-    #[serde(rename = "rpd")]
-    Rpd,
-    #[serde(rename = "rpw")]
-    Rpw,
-}
-
 /// A key's rate limit.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -160,7 +136,7 @@ pub struct KeyRateLimitSpec {
     #[serde(rename = "type")]
     pub limit_type: RateLimitType,
     /// Window: `rps`, `rpm`, `rph`, `rpd` or `rpw`.
-    pub unit: KeyRateUnit,
+    pub unit: KeyRateLimitUnit,
     /// Allowed per window (1 to 10^12).
     #[schemars(range(min = 1, max = 1_000_000_000_000i64))]
     pub value: i64,

@@ -24,7 +24,7 @@ use rust_decimal::prelude::ToPrimitive;
 
 use super::conditions::{self, Outcome, TRUE, reasons};
 use super::kube_ops;
-use super::policy::{is_paused, resolve_workspace};
+use super::policy::{Step, is_paused, resolve_workspace};
 use super::{Context, Error, annotation_token as token, one_shot_due};
 use crate::api::validate::summarize;
 use crate::api::*;
@@ -39,11 +39,6 @@ use crate::portkey::{ApiKeyObject, ApiKeyStatus, ApiKeyType, IssuedApiKey, Updat
 const SECRET_MANAGER: &str = "portkey-budget-operator";
 /// Short kind in markers.
 pub const SHORT: &str = "akb";
-
-enum Step<T> {
-    Go(T),
-    Stop(Action),
-}
 
 struct Run<'a> {
     ctx: &'a Context,

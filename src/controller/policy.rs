@@ -1320,7 +1320,7 @@ impl<R: PolicyResource> Run<'_, R> {
 type Policy<R> = <<R as PolicyResource>::Kind as PolicyKind>::Policy;
 
 /// How a step ends: go on with a value, or stop the reconcile with an action.
-enum Step<T> {
+pub(crate) enum Step<T> {
     Go(T),
     Stop(Action),
 }

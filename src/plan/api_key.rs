@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::marker::Identity;
 use super::ownership::{self, Candidate, MarkedBy, Refusal};
 use super::{FieldChange, fmt_opt, schedule_text};
-use crate::api::{ApiKeyBudgetSpec, KeyBudget, KeyRateLimitSpec, KeyRateUnit};
+use crate::api::{ApiKeyBudgetSpec, KeyBudget, KeyRateLimitSpec};
 use crate::portkey::*;
 
 /// What an `ApiKeyBudget` asks of a key; `None` = the field is not managed.
@@ -35,20 +35,10 @@ fn budget(b: &KeyBudget) -> WorkspaceUsageLimit {
     }
 }
 
-fn unit(u: KeyRateUnit) -> KeyRateLimitUnit {
-    match u {
-        KeyRateUnit::Rps => KeyRateLimitUnit::Rps,
-        KeyRateUnit::Rpm => KeyRateLimitUnit::Rpm,
-        KeyRateUnit::Rph => KeyRateLimitUnit::Rph,
-        KeyRateUnit::Rpd => KeyRateLimitUnit::Rpd,
-        KeyRateUnit::Rpw => KeyRateLimitUnit::Rpw,
-    }
-}
-
 fn rate_limit(spec: &KeyRateLimitSpec) -> KeyRateLimit {
     KeyRateLimit {
         limit_type: spec.limit_type,
-        unit: unit(spec.unit),
+        unit: spec.unit,
         value: spec.value.into(),
     }
 }
@@ -231,10 +221,7 @@ pub fn create_request(
 ) -> Option<(ApiKeySubType, CreateApiKey)> {
     let issue = spec.issue.as_ref()?;
     let desired = DesiredKey::from_spec(spec);
-    let sub_type = match issue.sub_type {
-        crate::api::KeySubType::Service => ApiKeySubType::Service,
-        crate::api::KeySubType::User => ApiKeySubType::User,
-    };
+    let sub_type = issue.sub_type;
     Some((
         sub_type,
         CreateApiKey {
@@ -325,7 +312,7 @@ pub fn find_by_name<'a>(keys: &'a [ApiKeyObject], name: &str) -> Result<&'a ApiK
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{ExistingKey, IssueKey, KeySubType, Money};
+    use crate::api::{ExistingKey, IssueKey, Money};
     use rust_decimal::Decimal;
 
     fn spec(issue: bool) -> ApiKeyBudgetSpec {
@@ -337,7 +324,7 @@ mod tests {
             }),
             issue: issue.then(|| IssueKey {
                 name: None,
-                sub_type: KeySubType::Service,
+                sub_type: ApiKeySubType::Service,
                 user_id: None,
                 scopes: vec!["completions.write".into()],
                 secret_name: "payments-key".into(),
