@@ -232,8 +232,6 @@ enum Crash {
     AfterPostAnswerLost,
     /// Create: the policy exists, the id could not be written to status.
     AfterPostBeforeStatus,
-    /// Create: id recorded, the create-pending annotation could not be removed.
-    BeforePendingCleared,
     /// Update: the PUT failed.
     UpdatePutFailed,
     /// Update: the PUT went through, the status write failed.
@@ -244,11 +242,10 @@ enum Crash {
     ArchiveBeforeFinalizer,
 }
 
-const ALL_CRASHES: [Crash; 8] = [
+const ALL_CRASHES: [Crash; 7] = [
     Crash::BeforeCreatePending,
     Crash::AfterPostAnswerLost,
     Crash::AfterPostBeforeStatus,
-    Crash::BeforePendingCleared,
     Crash::UpdatePutFailed,
     Crash::UpdateBeforeStatus,
     Crash::ArchiveDeleteFailed,
@@ -307,11 +304,6 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
                 .fail_writes(&format!("{}/status", resource_suffix(name)), 500, 1);
             false
         }
-        Crash::BeforePendingCleared => {
-            // #2: the create-pending annotation is removed after the id is recorded.
-            h.kube.fail_writes_after(&resource_suffix(name), 1, 500, 1);
-            false
-        }
         _ => false,
     };
     let create_ctx = if short_timeout {
@@ -322,24 +314,22 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
     let first = h.reconcile(&create_ctx, name).await;
     let create_phase = matches!(
         crash,
-        Crash::BeforeCreatePending
-            | Crash::AfterPostAnswerLost
-            | Crash::AfterPostBeforeStatus
-            | Crash::BeforePendingCleared
+        Crash::BeforeCreatePending | Crash::AfterPostAnswerLost | Crash::AfterPostBeforeStatus
     );
     if create_phase {
         assert!(first.is_err(), "{crash:?}: the reconcile was interrupted");
     }
     let ctx = settle(h, name, crash, Some(500)).await;
-    // The pass that failed to clear the record was requeued (the error's backoff): it clears.
-    h.reconcile(&ctx, name).await.unwrap();
-    let annotations = h
-        .get(name)
-        .unwrap()
-        .metadata
-        .annotations
-        .unwrap_or_default();
-    assert!(!annotations.contains_key(CREATE_PENDING_ANNOTATION));
+    // The create is confirmed in status: a later pass does not look for it again.
+    let obj = h.get(name).unwrap();
+    let confirmed = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.common.create_confirmed.as_deref());
+    assert!(
+        portkey_budget_operator::controller::pending_create(&obj, confirmed).is_none(),
+        "{crash:?}: the create is confirmed"
+    );
 
     // Update phase.
     h.kube.apply(&ulp(name, 800));

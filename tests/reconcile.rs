@@ -125,6 +125,16 @@ fn spec() -> UsageLimitPolicySpec {
     .unwrap()
 }
 
+/// A create was sent that the status has not confirmed (the create-pending annotation holds a
+/// value other than `status.createConfirmed`).
+fn create_pending(obj: &UsageLimitPolicy) -> bool {
+    let confirmed = obj
+        .status
+        .as_ref()
+        .and_then(|s| s.common.create_confirmed.as_deref());
+    portkey_budget_operator::controller::pending_create(obj, confirmed).is_some()
+}
+
 fn ulp(name: &str, spec: UsageLimitPolicySpec) -> UsageLimitPolicy {
     let mut obj = UsageLimitPolicy::new(name, spec);
     obj.metadata.namespace = Some(NS.into());
@@ -173,15 +183,19 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
     env.kube.apply(&ulp("monthly", spec()));
     let before = env.kube.writes().len();
     env.reconcile("monthly").await.unwrap();
-    // A create costs three writes to the resource: finalizer + create-pending record, the
-    // status with the id, the record cleared (Events are separate objects).
-    let writes: Vec<String> = env.kube.writes()[before..]
-        .iter()
-        .filter(|w| w.contains("/usagelimitpolicies/monthly"))
-        .cloned()
-        .collect();
+    // A create costs three Kubernetes writes: finalizer + create-pending record in one patch,
+    // the `Created` Event, the status with the id and the create confirmed.
+    let writes: Vec<String> = env.kube.writes()[before..].to_vec();
     assert_eq!(writes.len(), 3, "{writes:?}");
-    assert!(writes[1].ends_with("/status"), "{writes:?}");
+    assert!(
+        writes[0].contains("/usagelimitpolicies/monthly") && !writes[0].ends_with("/status"),
+        "{writes:?}"
+    );
+    assert!(writes[1].contains("/events"), "{writes:?}");
+    assert!(
+        writes[2].ends_with("/usagelimitpolicies/monthly/status"),
+        "{writes:?}"
+    );
 
     let obj = env.obj("monthly");
     assert!(
@@ -191,12 +205,7 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
             .unwrap()
             .contains(&FINALIZER.to_owned())
     );
-    assert!(
-        !obj.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(CREATE_PENDING_ANNOTATION)
-    );
+    assert!(!create_pending(&obj));
     let status = obj.status.unwrap();
     let remote = env.active(WS_A).await;
     assert_eq!(remote.len(), 1);
@@ -656,12 +665,7 @@ async fn crash_after_create_adopts_instead_of_duplicating() {
             .and_then(|s| s.common.policy_id.clone())
             .is_none()
     );
-    assert!(
-        obj.metadata
-            .annotations
-            .unwrap()
-            .contains_key(CREATE_PENDING_ANNOTATION)
-    );
+    assert!(create_pending(&obj));
 
     env.reconcile("monthly").await.unwrap();
     let active = env.active(WS_A).await;
@@ -672,15 +676,10 @@ async fn crash_after_create_adopts_instead_of_duplicating() {
     );
     let obj = env.obj("monthly");
     assert_eq!(
-        obj.status.unwrap().common.policy_id.as_deref(),
+        obj.status.as_ref().unwrap().common.policy_id.as_deref(),
         Some(active[0].id.as_str())
     );
-    assert!(
-        !obj.metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(CREATE_PENDING_ANNOTATION)
-    );
+    assert!(!create_pending(&obj));
     assert!(env.kube.event_reasons().contains(&"Adopted".to_owned()));
 }
 
@@ -700,11 +699,7 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
     let err = env.reconcile("monthly").await.unwrap_err();
     assert_eq!(err.reason(), "PortkeyServerError");
     assert!(
-        env.obj("monthly")
-            .metadata
-            .annotations
-            .unwrap()
-            .contains_key(CREATE_PENDING_ANNOTATION),
+        create_pending(&env.obj("monthly")),
         "ambiguous: the record stays"
     );
     assert_eq!(env.condition("monthly", "Synced").0, "Unknown");
@@ -741,13 +736,7 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
         env.condition("monthly", "Ready"),
         ("True".into(), "InForce".into())
     );
-    assert!(
-        !env.obj("monthly")
-            .metadata
-            .annotations
-            .unwrap_or_default()
-            .contains_key(CREATE_PENDING_ANNOTATION)
-    );
+    assert!(!create_pending(&env.obj("monthly")));
 }
 
 #[tokio::test]
@@ -1810,7 +1799,6 @@ mod operations {
 /// what used to archive another team's budget, wipe limits nobody declared, or duplicate.
 mod ownership {
     use super::*;
-    use kube::ResourceExt;
 
     fn body(name: &str, ws: &str) -> CreateUsageLimitsPolicy {
         serde_json::from_value(json!({
@@ -1893,7 +1881,7 @@ mod ownership {
         assert_eq!(reason(&env, "lagging"), "RemotePolicyNotVisible");
         let obj = env.obj("lagging");
         assert!(
-            obj.annotations().contains_key(CREATE_PENDING_ANNOTATION),
+            create_pending(&obj),
             "the create stays pending until Portkey shows it"
         );
         let id = obj.status.unwrap().common.policy_id.expect("id recorded");
@@ -1908,7 +1896,7 @@ mod ownership {
         env.reconcile("lagging").await.unwrap();
         assert_eq!(reason(&env, "lagging"), "InForce");
         let obj = env.obj("lagging");
-        assert!(!obj.annotations().contains_key(CREATE_PENDING_ANNOTATION));
+        assert!(!create_pending(&obj));
         assert_eq!(obj.status.unwrap().common.policy_id, Some(id));
         assert_eq!(env.active(WS_A).await.len(), 1);
     }

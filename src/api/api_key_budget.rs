@@ -282,6 +282,12 @@ pub struct ApiKeyBudgetStatus {
     /// The last usage reset (annotation `budgets.portkey-operator.io/reset-usage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_reset: Option<OneShot>,
+    /// The value of the `budgets.portkey-operator.io/create-pending` annotation (when a key
+    /// create was sent) whose key Portkey has shown since. While the annotation holds another
+    /// value, a create may be in flight: the key is looked for by marker before creating again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub create_confirmed: Option<String>,
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

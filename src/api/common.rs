@@ -239,6 +239,12 @@ pub struct RemotePolicyStatus {
     /// The `metadata.generation` the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The value of the `budgets.portkey-operator.io/create-pending` annotation (when a create
+    /// was sent) whose policy Portkey has shown since. While the annotation holds another value,
+    /// a create may be in flight: the operator looks for it by marker before creating again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub create_confirmed: Option<String>,
     /// `Ready` (the Portkey policy is in force as specified) and `Synced` (the last reconcile
     /// succeeded).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -49,7 +49,6 @@ struct Run<'a> {
     identity: Identity,
     now: Timestamp,
     outcome: Option<Outcome>,
-    clear_pending: bool,
 }
 
 /// Reconciles one `ApiKeyBudget` (or cleans up when it is being deleted).
@@ -66,7 +65,6 @@ pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Erro
         obj: obj.clone(),
         now: Timestamp::now(),
         outcome: None,
-        clear_pending: false,
     };
     let kind = ApiKeyBudget::kind(&());
     let name = obj.name_any();
@@ -141,10 +139,14 @@ impl Run<'_> {
     }
 
     fn pending_since(&self) -> Option<Timestamp> {
-        self.obj
-            .annotations()
-            .get(CREATE_PENDING_ANNOTATION)
-            .map(|v| v.parse().unwrap_or(Timestamp::UNIX_EPOCH))
+        super::pending_create(&self.obj, self.status.create_confirmed.as_deref())
+    }
+
+    /// Portkey shows the key the pending create made: the status write ending this pass says so.
+    fn confirm_create(&mut self) {
+        if self.pending_since().is_some() {
+            self.status.create_confirmed = super::create_stamp(&self.obj);
+        }
     }
 
     /// Writes the status if it changed; on a 409 re-reads and writes again (a key id just
@@ -164,15 +166,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The writes that end a pass: the status, then the create-pending record cleared.
+    /// The write that ends a pass: the status (with the create it confirms).
     async fn finish(&mut self) -> Result<(), kube::Error> {
-        self.flush_status().await?;
-        if self.clear_pending {
-            self.obj =
-                kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
-                    .await?;
-        }
-        Ok(())
+        self.flush_status().await
     }
 
     fn fresh(&self) -> Option<Action> {
@@ -316,9 +312,7 @@ impl Run<'_> {
         let secret_key_id = self.secret_key_id().await?;
         if let Some(found) = self.mine(&keys, secret_key_id.as_deref()).await? {
             self.status.key_id = Some(found.id.clone());
-            if self.pending_since().is_some() {
-                self.clear_pending = true;
-            }
+            self.confirm_create();
             return Ok(Step::Go(found));
         }
         let grace = self.ctx.config.create_pending_grace;
@@ -566,15 +560,16 @@ impl Run<'_> {
         // The raw key goes into the Secret now; if this fails the key is found again by its
         // marker (or its recorded id) and rotated for a fresh raw key.
         self.write_secret(&issue, &id, &issued).await?;
-        self.clear_pending = true;
         match self.ctx.portkey.get_api_key(&id).await {
-            Ok(key) => Ok(Step::Go(key)),
+            Ok(key) => {
+                self.confirm_create();
+                Ok(Step::Go(key))
+            }
             Err(e) if e.is_gone() => {
                 self.conclude(Outcome::Progressing {
                     reason: reasons::REMOTE_POLICY_NOT_VISIBLE,
                     message: format!("issued API key {id}, which Portkey does not show yet"),
                 });
-                self.clear_pending = false;
                 Ok(Step::Stop(Action::requeue(Duration::from_secs(2))))
             }
             Err(e) => Err(Error::portkey("read the issued key", e)),

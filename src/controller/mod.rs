@@ -949,6 +949,26 @@ where
     }
 }
 
+/// When a create was sent whose result this resource has not seen through: the create-pending
+/// annotation, unless the status confirms that very value (`createConfirmed`). Confirming in the
+/// status write a pass makes anyway saves clearing the annotation with a write of its own.
+pub fn pending_create<K: Resource>(obj: &K, confirmed: Option<&str>) -> Option<jiff::Timestamp> {
+    let stamp = obj
+        .annotations()
+        .get(crate::api::CREATE_PENDING_ANNOTATION)?;
+    if confirmed == Some(stamp.as_str()) {
+        return None;
+    }
+    Some(stamp.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+/// The create-pending value to record as confirmed once Portkey shows what the create made.
+pub fn create_stamp<K: Resource>(obj: &K) -> Option<String> {
+    obj.annotations()
+        .get(crate::api::CREATE_PENDING_ANNOTATION)
+        .cloned()
+}
+
 /// The value of a one-shot annotation (rotate, reset-usage), if set and not blank.
 pub fn annotation_token<K: Resource>(obj: &K, annotation: &str) -> Option<String> {
     obj.annotations()

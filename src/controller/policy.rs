@@ -102,8 +102,6 @@ struct Run<'a, R: PolicyResource> {
     outcome: Option<Outcome>,
     /// A policy was created this pass: its id must reach the status.
     created: bool,
-    /// Clear the create-pending record once the status is written.
-    clear_pending: bool,
 }
 
 /// Reconciles one resource (or cleans it up when it is being deleted).
@@ -121,7 +119,6 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         now: Timestamp::now(),
         outcome: None,
         created: false,
-        clear_pending: false,
     };
     let kind = R::kind(&());
     let name = obj.name_any();
@@ -334,10 +331,14 @@ impl<R: PolicyResource> Run<'_, R> {
     }
 
     fn pending_since(&self) -> Option<Timestamp> {
-        self.obj
-            .annotations()
-            .get(CREATE_PENDING_ANNOTATION)
-            .map(|v| v.parse().unwrap_or(Timestamp::UNIX_EPOCH))
+        super::pending_create(&self.obj, self.psr().create_confirmed.as_deref())
+    }
+
+    /// Portkey shows what the pending create made: the status write ending this pass says so.
+    fn confirm_create(&mut self) {
+        if self.pending_since().is_some() {
+            self.ps().create_confirmed = super::create_stamp(&self.obj);
+        }
     }
 
     fn fresh(&self) -> Option<Action> {
@@ -660,13 +661,8 @@ impl<R: PolicyResource> Run<'_, R> {
             if self.psr().policy_id.as_deref() != Some(p.id()) {
                 self.ps().policy_id = Some(p.id().to_owned());
             }
-            if self.pending_since().is_some() {
-                // The create is confirmed: Portkey shows the policy.
-                self.obj =
-                    kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
-                        .await
-                        .map_err(|e| Error::kube("clear the create-pending record", e))?;
-            }
+            // The create is confirmed: Portkey shows the policy.
+            self.confirm_create();
         }
         Ok(Step::Go(remote))
     }
@@ -1077,20 +1073,14 @@ impl<R: PolicyResource> Run<'_, R> {
         Ok(())
     }
 
-    /// The writes that end a pass: the status (with the id of a policy just created, which a
-    /// conflict cannot lose), then the create-pending record cleared. At most these two.
+    /// The write that ends a pass: the status (with the id of a policy just created, which a
+    /// conflict cannot lose, and the create it confirms).
     async fn finish(&mut self) -> Result<(), kube::Error> {
         if self.created {
-            self.record_status().await?;
+            self.record_status().await
         } else {
-            self.flush_status().await?;
+            self.flush_status().await
         }
-        if self.clear_pending {
-            self.obj =
-                kube_ops::set_annotation(&self.api, &self.obj, CREATE_PENDING_ANNOTATION, None)
-                    .await?;
-        }
-        Ok(())
     }
 
     /// Writes status; on a 409 (someone else wrote the object meanwhile) re-reads it and writes
@@ -1105,8 +1095,8 @@ impl<R: PolicyResource> Run<'_, R> {
         }
     }
 
-    /// Creates the policy, bracketed by the create-pending annotation (cleared only once
-    /// Portkey shows the policy); records the id in status before anything else. `Stop` while
+    /// Creates the policy, bracketed by the create-pending annotation (confirmed in status only
+    /// once Portkey shows the policy); records the id in status before anything else. `Stop` while
     /// Portkey does not show the new policy yet.
     async fn create(
         &mut self,
@@ -1146,8 +1136,8 @@ impl<R: PolicyResource> Run<'_, R> {
         // instead of taking the policy for gone.
         for attempt in 0..3 {
             if let Some(p) = self.get_policy(&created.id).await? {
-                // Portkey shows it: the record is cleared once the status holds the id.
-                self.clear_pending = true;
+                // Portkey shows it: the status holding the id confirms the create.
+                self.confirm_create();
                 return Ok(Step::Go(Some(p)));
             }
             tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;

@@ -459,11 +459,17 @@ async fn kill_9_between_key_create_and_secret_write_leaves_one_key() {
             record.rotations, 1,
             "the key was rotated to get a raw key again"
         );
-        assert!(
-            env.jsonpath("akb", "crashy", Some(NS), "{.metadata.annotations}")
-                .find("create-pending")
-                .is_none(),
-            "the create-pending record is cleared"
+        let pending = env.jsonpath(
+            "akb",
+            "crashy",
+            Some(NS),
+            "{.metadata.annotations.budgets\\.portkey-operator\\.io/create-pending}",
+        );
+        assert!(!pending.is_empty(), "the create-pending record was written");
+        assert_eq!(
+            env.jsonpath("akb", "crashy", Some(NS), "{.status.createConfirmed}"),
+            pending,
+            "the status confirms the create"
         );
 
         // deletionPolicy Retain on an issued key: the key and the Secret stay, the Secret no
