@@ -255,6 +255,41 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
 }
 
 #[tokio::test]
+async fn a_cached_copy_this_process_already_replaced_is_skipped() {
+    let env = env().await;
+    env.kube.apply(&ulp("monthly", spec()));
+    let before = env.obj("monthly");
+    controller::reconcile_policy(Arc::new(before.clone()), env.ctx.clone())
+        .await
+        .unwrap();
+    let created = env.obj("monthly");
+    assert!(created.status.as_ref().unwrap().common.policy_id.is_some());
+
+    // The watch hands back the copy the create started from (its writes not delivered yet): a
+    // pass on it would look for the create by marker and write a status that gets 409.
+    let ctl = env.emu.control();
+    ctl.clear_requests().await.unwrap();
+    let writes = env.kube.writes().len();
+    let action = controller::reconcile_policy(Arc::new(before), env.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(ctl.requests().await.unwrap().total, 0, "no Admin API call");
+    assert_eq!(env.kube.writes().len(), writes, "no Kubernetes write");
+    assert!(action_delay(&action) <= Duration::from_secs(5));
+
+    // The newer copy is reconciled as usual: in sync, nothing to write.
+    controller::reconcile_policy(Arc::new(created), env.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(env.kube.writes().len(), writes);
+    assert_eq!(env.active(WS_A).await.len(), 1);
+    assert_eq!(
+        env.condition("monthly", "Ready"),
+        ("True".into(), "InForce".into())
+    );
+}
+
+#[tokio::test]
 async fn limit_change_updates_remote_without_touching_the_schedule() {
     let env = env().await;
     env.kube.apply(&ulp("monthly", spec()));

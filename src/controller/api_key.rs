@@ -197,8 +197,7 @@ impl Run<'_> {
         }
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
         // validate
-        let value = serde_json::to_value(&self.obj).expect("resources serialize");
-        let errors = self.ctx.crd(SHORT).validate(&value, None);
+        let errors = self.ctx.admission_errors(SHORT, &self.obj);
         if !errors.is_empty() {
             self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
             return Ok(Action::await_change());

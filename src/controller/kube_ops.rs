@@ -13,6 +13,29 @@ use serde_json::json;
 
 use crate::api::{CREATE_PENDING_ANNOTATION, FINALIZER, WORKSPACE_ANNOTATION};
 
+tokio::task_local! {
+    /// The resourceVersions the writes of one reconcile produced, in order (see [`journaled`]).
+    static WRITTEN: std::cell::RefCell<Vec<String>>;
+}
+
+/// Runs one reconcile and returns, with its result, the resourceVersions its writes to the
+/// resource produced (every write goes through this module).
+pub async fn journaled<F: std::future::Future>(f: F) -> (F::Output, Vec<String>) {
+    WRITTEN
+        .scope(std::cell::RefCell::new(Vec::new()), async move {
+            let out = f.await;
+            (out, WRITTEN.with(|w| w.take()))
+        })
+        .await
+}
+
+/// Notes a write's resulting version in the running reconcile's journal, if any.
+fn journal<K: Resource>(stored: &K) {
+    if let Some(rv) = stored.resource_version() {
+        let _ = WRITTEN.try_with(|w| w.borrow_mut().push(rv));
+    }
+}
+
 /// Field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = "portkey-budget-operator";
 
@@ -43,12 +66,15 @@ async fn patch_metadata<K: Managed>(
 ) -> Result<K, kube::Error> {
     let mut metadata = metadata;
     metadata["resourceVersion"] = json!(obj.resource_version());
-    api.patch(
-        &obj.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "metadata": metadata })),
-    )
-    .await
+    let stored = api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "metadata": metadata })),
+        )
+        .await?;
+    journal(&stored);
+    Ok(stored)
 }
 
 pub fn has_finalizer<K: Resource>(obj: &K) -> bool {
@@ -118,12 +144,15 @@ pub async fn apply_status<K: Managed, S: Serialize>(
         "metadata": {"resourceVersion": obj.resource_version()},
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
+    let stored = api
+        .patch_status(
+            &obj.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    journal(&stored);
+    Ok(stored)
 }
 
 /// True for a 409 Conflict from the Kubernetes API (a stale resourceVersion).

@@ -349,6 +349,12 @@ pub struct Context {
     /// When each resource was last compared with Portkey successfully (in memory: written into
     /// every object it would cost a status write per resource per refresh).
     last_syncs: Mutex<HashMap<String, jiff::Timestamp>>,
+    /// Versions of a resource this process knows a later write of its own replaced (a pass's
+    /// starting version and every write but its last); kept until the cache moves past them.
+    superseded: Mutex<HashMap<String, Vec<String>>>,
+    /// The uid and generation each resource last passed client-side admission with (a refresh
+    /// of an unchanged spec skips the schema and CEL check).
+    admitted: Mutex<HashMap<String, (String, i64)>>,
 }
 
 impl Context {
@@ -410,6 +416,8 @@ impl Context {
             last_work: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
             last_syncs: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
+            admitted: Mutex::new(HashMap::new()),
             config,
         })
     }
@@ -417,6 +425,32 @@ impl Context {
     /// The compiled CRD of a kind (by its short name), for client-side validation.
     pub fn crd(&self, short: &str) -> &CompiledCrd {
         &self.crds[short]
+    }
+
+    /// What the CRD's schema and CEL rules say about `obj` (kind by short name), checked
+    /// client-side once per uid and generation: an unchanged spec that passed is not checked
+    /// again at every refresh.
+    pub fn admission_errors<K>(&self, short: &str, obj: &K) -> Vec<crate::api::validate::FieldError>
+    where
+        K: Resource<DynamicType = ()> + serde::Serialize,
+    {
+        let key = key_of(obj);
+        let stamp = (
+            obj.meta().uid.clone().unwrap_or_default(),
+            obj.meta().generation.unwrap_or_default(),
+        );
+        if self.admitted.lock().expect("admitted lock").get(&key) == Some(&stamp) {
+            return Vec::new();
+        }
+        let value = serde_json::to_value(obj).expect("resources serialize");
+        let errors = self.crd(short).validate(&value, None);
+        if errors.is_empty() {
+            self.admitted
+                .lock()
+                .expect("admitted lock")
+                .insert(key, stamp);
+        }
+        errors
     }
 
     /// The workspace a namespace is bound to (annotation), from the namespace watch when it
@@ -465,6 +499,38 @@ impl Context {
     /// Forgets a deleted resource.
     pub fn forget_sync(&self, key: &str) {
         self.last_syncs.lock().expect("sync lock").remove(key);
+        self.superseded.lock().expect("superseded lock").remove(key);
+        self.admitted.lock().expect("admitted lock").remove(key);
+    }
+
+    /// True when the cached copy of `key` is a version a later write of this process already
+    /// replaced: the watch has not delivered that write yet and will (it triggers a pass), so
+    /// a pass now would act on old state (look for a create already recorded, write a status
+    /// that gets 409). A version not known as replaced drops the record.
+    pub fn stale_copy(&self, key: &str, version: Option<&str>) -> bool {
+        let mut superseded = self.superseded.lock().expect("superseded lock");
+        match (superseded.get(key), version) {
+            (Some(old), Some(v)) if old.iter().any(|o| o == v) => true,
+            (Some(_), _) => {
+                superseded.remove(key);
+                false
+            }
+            (None, _) => false,
+        }
+    }
+
+    /// After a pass that wrote the resource: its starting version and all but its last write
+    /// are replaced.
+    fn record_writes(&self, key: &str, start: Option<String>, mut written: Vec<String>) {
+        if written.is_empty() {
+            return;
+        }
+        written.pop();
+        written.extend(start);
+        self.superseded
+            .lock()
+            .expect("superseded lock")
+            .insert(key.to_owned(), written);
     }
 
     /// For a periodic refresh (see [`Freshness::settled`]): `None` when it may read Portkey now,
@@ -582,15 +648,36 @@ fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     )
 }
 
+/// What every entry point does around a kind's reconcile: a cached copy this process already
+/// replaced by a later write is skipped (the watch brings the newer one and with it a pass),
+/// the versions the pass's writes replaced are recorded, and the bookkeeping is done.
+async fn entry<K, Fut>(obj: &K, ctx: &Context, pass: Fut) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let key = key_of(obj);
+    let version = obj.resource_version();
+    if ctx.stale_copy(&key, version.as_deref()) {
+        tracing::debug!(object = %key, "cached copy already replaced by this process; waiting for the watch");
+        // The watch event of the newer version triggers a pass sooner; this is a safety net.
+        return Ok(Action::requeue(Duration::from_secs(5)));
+    }
+    let started = Instant::now();
+    let (result, written) = kube_ops::journaled(pass).await;
+    if obj.meta().deletion_timestamp.is_none() {
+        ctx.record_writes(&key, version, written);
+    }
+    ctx.finished(&K::kind(&()), &key, started, &result);
+    result
+}
+
 /// The reconcile entry point for a policy kind.
 pub async fn reconcile_policy<R: PolicyResource>(
     obj: Arc<R>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = policy::reconcile(obj.as_ref(), &ctx).await;
-    ctx.finished(&R::kind(&()), &key_of(obj.as_ref()), started, &result);
-    result
+    entry(obj.as_ref(), &ctx, policy::reconcile(obj.as_ref(), &ctx)).await
 }
 
 /// Per-object exponential backoff (2 s doubling to 5 min, jittered; at least any Retry-After).
@@ -825,10 +912,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
 
 /// The reconcile entry point for `ApiKeyBudget`.
 pub async fn reconcile_api_key(obj: Arc<ApiKeyBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = api_key::reconcile(obj.as_ref(), &ctx).await;
-    ctx.finished("ApiKeyBudget", &key_of(obj.as_ref()), started, &result);
-    result
+    entry(obj.as_ref(), &ctx, api_key::reconcile(obj.as_ref(), &ctx)).await
 }
 
 /// The reconcile entry point for `WorkspaceBudget`.
@@ -836,10 +920,7 @@ pub async fn reconcile_workspace(
     obj: Arc<WorkspaceBudget>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = workspace::reconcile(obj.as_ref(), &ctx).await;
-    ctx.finished("WorkspaceBudget", &key_of(obj.as_ref()), started, &result);
-    result
+    entry(obj.as_ref(), &ctx, workspace::reconcile(obj.as_ref(), &ctx)).await
 }
 
 /// A healthy resource synced within the refresh interval needs no Admin API call: this is what

@@ -518,8 +518,7 @@ impl<R: PolicyResource> Run<'_, R> {
 
     /// Step 1: the admission rules again (a resource may have bypassed admission).
     fn validate(&mut self) -> Step<()> {
-        let value = serde_json::to_value(&self.obj).expect("resources serialize");
-        let errors = self.ctx.crd(R::SHORT).validate(&value, None);
+        let errors = self.ctx.admission_errors(R::SHORT, &self.obj);
         if errors.is_empty() {
             return Step::Go(());
         }

@@ -176,8 +176,7 @@ impl Run<'_> {
             return Ok(action);
         }
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
-        let value = serde_json::to_value(&self.obj).expect("resources serialize");
-        let errors = self.ctx.crd("wsb").validate(&value, None);
+        let errors = self.ctx.admission_errors("wsb", &self.obj);
         if !errors.is_empty() {
             self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
             return Ok(Action::await_change());
