@@ -95,7 +95,7 @@ struct PerResource {
     entries: std::sync::Mutex<std::collections::BTreeMap<String, Figures>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Figures {
     /// Ready (1/0) and its reason.
     ready: Option<(bool, Box<str>)>,
@@ -103,7 +103,7 @@ struct Figures {
     budget: Option<Budget>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Budget {
     /// `cost`, `tokens` or `requests`, and `USD`, `tokens` or `requests`.
     measure: (&'static str, &'static str),
@@ -197,10 +197,9 @@ impl prometheus_client::collector::Collector for PerResource {
         mut encoder: prometheus_client::encoding::DescriptorEncoder,
     ) -> std::fmt::Result {
         use prometheus_client::metrics::MetricType;
-        let entries = self.entries.lock().expect("metrics lock");
         let (name, help) = READY_FAMILY;
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (key, f) in entries.iter() {
+        self.for_each(|key, f| {
             if let Some((ready, reason)) = &f.ready {
                 let (kind, namespace, name) = split_key(key);
                 let labels = [
@@ -214,20 +213,22 @@ impl prometheus_client::collector::Collector for PerResource {
                     family.encode_family(&labels)?,
                 )?;
             }
-        }
+            Ok(())
+        })?;
         for (name, help, value) in RESOURCE_COLUMNS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (key, f) in entries.iter() {
+            self.for_each(|key, f| {
                 if let Some(v) = value(f) {
                     let (kind, namespace, name) = split_key(key);
                     let labels = [("kind", kind), ("namespace", namespace), ("name", name)];
                     encode_value(v, family.encode_family(&labels)?)?;
                 }
-            }
+                Ok(())
+            })?;
         }
         for (name, help, value) in BUDGET_COLUMNS {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (key, f) in entries.iter() {
+            self.for_each(|key, f| {
                 if let (Some(v), Some(b)) = (value(f), &f.budget) {
                     let (kind, namespace, name) = split_key(key);
                     let labels = [
@@ -239,7 +240,8 @@ impl prometheus_client::collector::Collector for PerResource {
                     ];
                     encode_value(v, family.encode_family(&labels)?)?;
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -511,13 +513,50 @@ impl Metrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        self.encode_to(&mut out)
             .expect("encoding to a String cannot fail");
         out
     }
+
+    /// Writes the OpenMetrics text exposition to `out` (see [`ChunkWriter`] for `/metrics`).
+    pub fn encode_to(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        prometheus_client::encoding::text::encode(out, &self.registry)
+    }
 }
 
+/// Resources copied out of the per-resource lock at a time while `/metrics` is written.
+const ENCODE_BATCH: usize = 256;
+
 impl PerResource {
+    /// Calls `f` for every resource in key order, copying [`ENCODE_BATCH`] entries at a time
+    /// out of the lock: a scrape never holds the lock while it writes (a slow scraper would
+    /// otherwise hold up every reconcile that records a figure).
+    fn for_each(&self, mut f: impl FnMut(&str, &Figures) -> std::fmt::Result) -> std::fmt::Result {
+        use std::ops::Bound;
+        let mut after: Option<String> = None;
+        loop {
+            let batch: Vec<(String, Figures)> = {
+                let entries = self.entries.lock().expect("metrics lock");
+                let lower = match after.as_deref() {
+                    Some(key) => Bound::Excluded(key),
+                    None => Bound::Unbounded,
+                };
+                entries
+                    .range::<str, _>((lower, Bound::Unbounded))
+                    .take(ENCODE_BATCH)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            for (key, figures) in &batch {
+                f(key, figures)?;
+            }
+            match batch.into_iter().next_back() {
+                Some((last, _)) => after = Some(last),
+                None => return Ok(()),
+            }
+        }
+    }
+
     /// Changes the figures of one resource (created on first use).
     fn update(&self, kind: &str, namespace: &str, name: &str, change: impl FnOnce(&mut Figures)) {
         let key = format!("{kind}/{namespace}/{name}");
@@ -577,13 +616,63 @@ pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
         .with_state(ServerState { metrics, health })
 }
 
+/// Bytes of `/metrics` text sent as one chunk of the response body.
+const CHUNK_BYTES: usize = 32 * 1024;
+
+/// A `fmt::Write` that hands the text on in chunks of about [`CHUNK_BYTES`] through a bounded
+/// channel (waiting while it is full), so `/metrics` is streamed: with 10,000 resources the
+/// page is about 12 MiB, and building it as one String was the operator's largest allocation.
+struct ChunkWriter {
+    buf: String,
+    tx: tokio::sync::mpsc::Sender<axum::body::Bytes>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::fmt::Result {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK_BYTES));
+        // The receiver is gone when the scraper hung up: stop encoding.
+        self.tx
+            .blocking_send(axum::body::Bytes::from(chunk))
+            .map_err(|_| std::fmt::Error)
+    }
+}
+
+impl std::fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.push_str(s);
+        if self.buf.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
 async fn metrics_handler(State(s): State<ServerState>) -> impl IntoResponse {
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let metrics = s.metrics.clone();
+    // Encoding is synchronous and waits for the scraper to take each chunk: off the workers.
+    tokio::task::spawn_blocking(move || {
+        let mut writer = ChunkWriter {
+            buf: String::with_capacity(CHUNK_BYTES),
+            tx,
+        };
+        if metrics.encode_to(&mut writer).is_ok() {
+            let _ = writer.send();
+        }
+    });
+    let chunks = futures::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), rx))
+    });
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        axum::body::Body::from_stream(chunks),
     )
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use portkey_budget_operator::metrics::{self, Health, Metrics};
+use portkey_budget_operator::metrics::{self, BudgetFigures, Health, Metrics};
 
 async fn get(base: &str, path: &str) -> (u16, String, String) {
     let resp = reqwest::get(format!("{base}{path}")).await.unwrap();
@@ -58,6 +58,81 @@ async fn health_readiness_and_metrics_endpoints() {
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
 
     assert_eq!(get(&base, "/nope").await.0, 404);
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// `/metrics` is streamed in chunks, the per-resource figures copied out of their lock a batch
+/// at a time: the page over HTTP is exactly the in-memory encoding, every resource's series
+/// once, in one family block each, ending with `# EOF`.
+#[tokio::test]
+async fn metrics_page_is_streamed_whole_across_many_chunks() {
+    let m = Arc::new(Metrics::new());
+    let resources = 2_000;
+    for i in 0..resources {
+        let name = format!("budget-{i:05}");
+        m.last_sync(
+            &format!("UsageLimitPolicy/team-a/{name}"),
+            jiff::Timestamp::from_second(1_800_000_000 + i).unwrap(),
+        );
+        m.budget(
+            "UsageLimitPolicy",
+            "team-a",
+            &name,
+            BudgetFigures {
+                budget_type: "cost".into(),
+                limit: 100.0,
+                usage: Some(i as f64 / 10.0),
+                ratio: Some(i as f64 / 1000.0),
+                alert_ratio: Some(0.8),
+                exhausted_buckets: 0,
+                next_reset: Some(1_900_000_000),
+            },
+        );
+    }
+    let expected = m.encode();
+    assert!(
+        expected.len() > 20 * 32 * 1024,
+        "the page must span many chunks: {} bytes",
+        expected.len()
+    );
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr, serve) = metrics::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        m.clone(),
+        Arc::new(Health::default()),
+        async move {
+            let _ = stop_rx.await;
+        },
+    )
+    .await
+    .unwrap();
+    let server = tokio::spawn(serve);
+    let (status, _, body) = get(&format!("http://{addr}"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body == expected,
+        "the streamed page differs from the encoding"
+    );
+    for family in [
+        "portkey_budget_operator_last_sync_timestamp_seconds",
+        "portkey_budget_operator_budget_usage",
+    ] {
+        let series = body
+            .lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")))
+            .count();
+        assert_eq!(series, resources as usize, "{family}");
+        let headers = body
+            .lines()
+            .filter(|l| *l == format!("# TYPE {family} gauge"))
+            .count();
+        assert_eq!(headers, 1, "{family} is one block");
+    }
+    assert!(body.contains(
+        "portkey_budget_operator_budget_usage{kind=\"UsageLimitPolicy\",namespace=\"team-a\",name=\"budget-01999\",type=\"cost\",unit=\"USD\"} 199.9"
+    ));
+    assert!(body.ends_with("# EOF\n"));
     stop_tx.send(()).unwrap();
     server.await.unwrap().unwrap();
 }
