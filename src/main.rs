@@ -414,9 +414,42 @@ fn main_exit(e: String) -> ExitCode {
     ExitCode::FAILURE
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// glibc gives every thread that allocates an arena of its own (up to eight per core), and each
+/// keeps freed memory for itself: with 10,000 resources cached, two arenas kept about 7 MiB less
+/// resident than the default. `MALLOC_ARENA_MAX` still decides when it is set. (musl, the static
+/// image's C library, has one heap.)
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_malloc_arenas() {}
+
+fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    // `run` waits on the network nearly all the time: one worker thread does its work with far
+    // fewer thread wake-ups than one per core (idle CPU at 1,000 resources 3.3 % -> 2.0 % of a
+    // core, no slower to converge). `TOKIO_WORKER_THREADS` still decides when it is set.
+    if matches!(cli.command, Command::Run(_)) && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
+    {
+        runtime.worker_threads(1);
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(main_async(cli)),
+        Err(e) => main_exit(format!("cannot start the async runtime: {e}")),
+    }
+}
+
+async fn main_async(cli: Cli) -> ExitCode {
     let settings = match &cli.command {
         Command::Run(args) => match main_settings(args) {
             Ok(s) => Some(s),

@@ -2540,3 +2540,58 @@ mod health {
         assert!(cases >= 15, "{cases} cases");
     }
 }
+
+/// The controllers' cache drops a create-pending annotation the status confirms (it means the
+/// same as none) and nothing else: `pending_create` concludes the same from the slim copy for
+/// every combination of annotation, confirmation and other annotations.
+#[test]
+fn slim_cached_copies_keep_every_pending_create() {
+    let stamps = [
+        None,
+        Some("2026-12-03T10:00:00Z"),
+        Some("2026-12-03T11:00:00Z"),
+    ];
+    for annotation in stamps {
+        for confirmed in stamps {
+            for other in [false, true] {
+                let mut obj = ulp("slim", spec());
+                let mut annotations = std::collections::BTreeMap::new();
+                if let Some(a) = annotation {
+                    annotations.insert(CREATE_PENDING_ANNOTATION.to_owned(), a.to_owned());
+                }
+                if other {
+                    annotations.insert(RESET_USAGE_ANNOTATION.to_owned(), "t1".to_owned());
+                }
+                annotations.insert(
+                    "kubectl.kubernetes.io/last-applied-configuration".to_owned(),
+                    "{}".to_owned(),
+                );
+                obj.metadata.annotations = Some(annotations);
+                let mut status = UsageLimitPolicyStatus::default();
+                status.common.create_confirmed = confirmed.map(str::to_owned);
+                obj.status = Some(status);
+                let before = create_pending(&obj);
+                let mut cached = obj.clone();
+                controller::slim(&mut cached);
+                let case =
+                    format!("annotation {annotation:?}, confirmed {confirmed:?}, other {other}");
+                assert_eq!(create_pending(&cached), before, "{case}");
+                let kept = cached.metadata.annotations.clone().unwrap_or_default();
+                assert!(!kept.contains_key("kubectl.kubernetes.io/last-applied-configuration"));
+                assert_eq!(kept.contains_key(RESET_USAGE_ANNOTATION), other, "{case}");
+                let dropped = annotation.is_some() && annotation == confirmed;
+                assert_eq!(
+                    kept.contains_key(CREATE_PENDING_ANNOTATION),
+                    annotation.is_some() && !dropped,
+                    "{case}"
+                );
+                if !other && (annotation.is_none() || dropped) {
+                    assert!(
+                        cached.metadata.annotations.is_none(),
+                        "an empty map is freed: {case}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -271,7 +271,7 @@ impl OwnedIndex {
     }
 
     /// The policies carrying any of `markers` in `workspace` (family `kind`), from a listing at
-    /// most [`OWNED_INDEX_TTL`] old; `list` makes a new listing as `(name, entry)` pairs.
+    /// most [`OWNED_INDEX_TTL`] old; `list` makes a new listing.
     pub async fn lookup<F, Fut>(
         &self,
         kind: &str,
@@ -281,7 +281,7 @@ impl OwnedIndex {
     ) -> Result<Vec<OwnedEntry>, PortkeyError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Vec<(Option<String>, OwnedEntry)>, PortkeyError>>,
+        Fut: Future<Output = Result<Vec<OwnedEntry>, PortkeyError>>,
     {
         let slot = self
             .slots
@@ -294,9 +294,16 @@ impl OwnedIndex {
         let snapshot = match guard.as_ref() {
             Some(s) if s.taken.elapsed() < OWNED_INDEX_TTL => s.clone(),
             _ => {
+                // The old listing goes before the new one is made (lookups wait on this slot
+                // meanwhile): with 10,000 policies, each copy is a few MiB.
+                *guard = None;
                 let mut by_marker: HashMap<String, Vec<OwnedEntry>> = HashMap::new();
-                for (name, entry) in list().await? {
-                    if let Some(marker) = name.as_deref().and_then(crate::plan::marker::marker_in) {
+                for entry in list().await? {
+                    if let Some(marker) = entry
+                        .name
+                        .as_deref()
+                        .and_then(crate::plan::marker::marker_in)
+                    {
                         by_marker.entry(marker.to_owned()).or_default().push(entry);
                     }
                 }
@@ -718,13 +725,57 @@ type Shutdown = futures::future::Shared<std::pin::Pin<Box<dyn Future<Output = ()
 type Task = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 type Ready = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// What a cached copy of a resource does not need: its `managedFields` and kubectl's
-/// last-applied annotation (the operator never writes whole objects from the cache; every write
-/// is a patch of named fields, guarded by the resourceVersion, which is kept).
-fn slim<K: Resource>(obj: &mut K) {
+/// A kind whose copies the controllers cache (see [`slim`]).
+pub trait Cached: Resource {
+    /// The create-pending value the status records as confirmed (kinds that create).
+    fn create_confirmed(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl Cached for UsageLimitPolicy {
+    fn create_confirmed(&self) -> Option<&str> {
+        self.status.as_ref()?.common.create_confirmed.as_deref()
+    }
+}
+
+impl Cached for RateLimitPolicy {
+    fn create_confirmed(&self) -> Option<&str> {
+        self.status.as_ref()?.common.create_confirmed.as_deref()
+    }
+}
+
+impl Cached for ApiKeyBudget {
+    fn create_confirmed(&self) -> Option<&str> {
+        self.status.as_ref()?.create_confirmed.as_deref()
+    }
+}
+
+impl Cached for WorkspaceBudget {}
+
+impl Cached for PartialObjectMeta<Namespace> {}
+
+/// What a cached copy of a resource does not need: its `managedFields`, kubectl's last-applied
+/// annotation, and a create-pending annotation the status confirms (it means the same as none:
+/// see [`pending_create`]; a one-entry annotation map was a sixth of a cached policy). The
+/// operator never writes whole objects from the cache: every write is a patch of named fields,
+/// guarded by the resourceVersion, which is kept.
+pub fn slim<K: Cached>(obj: &mut K) {
     obj.meta_mut().managed_fields = None;
-    if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
+    let confirmed = obj.create_confirmed().is_some_and(|confirmed| {
+        obj.annotations()
+            .get(crate::api::CREATE_PENDING_ANNOTATION)
+            .is_some_and(|stamp| stamp == confirmed)
+    });
+    let meta = obj.meta_mut();
+    if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        if confirmed {
+            annotations.remove(crate::api::CREATE_PENDING_ANNOTATION);
+        }
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
     }
 }
 
@@ -740,6 +791,7 @@ fn controller_for<K, F, Fut>(
 ) -> (Task, Ready)
 where
     K: Resource<DynamicType = ()>
+        + Cached
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug

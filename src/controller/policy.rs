@@ -893,13 +893,10 @@ impl<R: PolicyResource> Run<'_, R> {
                 .list_summaries(&filter)
                 .await?
                 .into_iter()
-                .map(|p| {
-                    let entry = super::OwnedEntry {
-                        id: p.id,
-                        name: p.name.clone(),
-                        created_at: p.created_at,
-                    };
-                    (p.name, entry)
+                .map(|p| super::OwnedEntry {
+                    id: p.id,
+                    name: p.name,
+                    created_at: p.created_at,
                 })
                 .collect::<Vec<_>>())
         };
@@ -909,8 +906,7 @@ impl<R: PolicyResource> Run<'_, R> {
                 .await
                 .map_err(|e| Error::portkey("list the workspace's policies", e))?
                 .into_iter()
-                .filter(|(name, _)| self.identity.owns(name.as_deref()))
-                .map(|(_, e)| e)
+                .filter(|e| self.identity.owns(e.name.as_deref()))
                 .collect()
         } else {
             self.ctx
