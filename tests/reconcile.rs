@@ -1608,6 +1608,20 @@ mod operations {
         let deferred = controller::gate(&env.ctx, settled(g), now, interval)
             .expect("the next one, over the 1 read/s budget, is deferred");
         assert!(action_delay(&deferred) > Duration::ZERO);
+        // Deferred refreshes get successive slots at the budget's rate (first come, first
+        // served), so each is deferred about once instead of retrying at random times.
+        let mut delays = vec![action_delay(&deferred)];
+        for _ in 0..3 {
+            let again = controller::gate(&env.ctx, settled(g), now, interval)
+                .expect("still over the budget");
+            delays.push(action_delay(&again));
+        }
+        for pair in delays.windows(2) {
+            assert!(
+                pair[1] >= pair[0] + Duration::from_millis(900),
+                "one slot a second apart: {delays:?}"
+            );
+        }
         let newer = g.map(|g| g + 1);
         assert!(
             controller::gate(&env.ctx, settled(newer), now, interval).is_none(),
@@ -1618,7 +1632,7 @@ mod operations {
                 .metrics
                 .encode()
                 .lines()
-                .any(|l| l == "portkey_budget_operator_refreshes_deferred_total 1"),
+                .any(|l| l == "portkey_budget_operator_refreshes_deferred_total 4"),
             "counted"
         );
     }
