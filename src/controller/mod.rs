@@ -359,11 +359,11 @@ pub struct Context {
     crds: HashMap<&'static str, CompiledCrd>,
     write_limiter: DefaultDirectRateLimiter,
     /// The read budget of periodic refreshes (`ControllerConfig::refresh_read_rate`).
-    refresh_limiter: Option<DefaultDirectRateLimiter>,
+    refresh_budget: Option<RefreshBudget>,
     /// The smaller budget of refreshes while other work (creates, updates, first reads) is
-    /// under way: a tenth of `refresh_read_rate`'s share, so a large rollout keeps the Admin
-    /// API for itself.
-    busy_refresh_limiter: Option<DefaultDirectRateLimiter>,
+    /// under way: a fifth of `refresh_read_rate` (itself half the Admin API rate), so a large
+    /// rollout keeps the Admin API for itself.
+    busy_refresh_budget: Option<RefreshBudget>,
     /// The next free slot for a deferred refresh (see [`Context::refresh_deferred`]).
     next_refresh_slot: Mutex<Option<Instant>>,
     /// When a pass that was not a refresh last started.
@@ -376,6 +376,24 @@ pub struct Context {
     /// Versions of a resource this process knows a later write of its own replaced (a pass's
     /// starting version and every write but its last); kept until the cache moves past them.
     superseded: Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// A read budget of periodic refreshes: its limiter, and the time between two of its reads
+/// (the spacing of the slots deferred refreshes get).
+struct RefreshBudget {
+    limiter: DefaultDirectRateLimiter,
+    spacing: Duration,
+}
+
+impl RefreshBudget {
+    /// `rate` reads a second; none for 0.
+    fn new(rate: u32) -> Option<Self> {
+        let per_second = NonZeroU32::new(rate)?;
+        Some(RefreshBudget {
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            spacing: Duration::from_secs_f64(1.0 / f64::from(rate)),
+        })
+    }
 }
 
 /// What [`Context`] remembers of one resource.
@@ -435,14 +453,10 @@ impl Context {
                 ("akb", CompiledCrd::new(&ApiKeyBudget::crd())),
             ]),
             write_limiter: RateLimiter::direct(Quota::per_second(rate)),
-            refresh_limiter: config
+            refresh_budget: config.refresh_read_rate.and_then(RefreshBudget::new),
+            busy_refresh_budget: config
                 .refresh_read_rate
-                .and_then(NonZeroU32::new)
-                .map(|r| RateLimiter::direct(Quota::per_second(r))),
-            busy_refresh_limiter: config
-                .refresh_read_rate
-                .and_then(|r| NonZeroU32::new((r / 5).max(1)))
-                .map(|r| RateLimiter::direct(Quota::per_second(r))),
+                .and_then(|r| RefreshBudget::new((r / 5).max(1))),
             next_refresh_slot: Mutex::new(None),
             last_work: Mutex::new(None),
             failures: Mutex::new(HashMap::new()),
@@ -526,13 +540,11 @@ impl Context {
             match memos.get_mut(key) {
                 Some(memo) => memo.last_sync = Some(at),
                 None => {
-                    memos.insert(
-                        key.to_owned(),
-                        Memo {
-                            last_sync: Some(at),
-                            admitted: None,
-                        },
-                    );
+                    let memo = Memo {
+                        last_sync: Some(at),
+                        ..Memo::default()
+                    };
+                    memos.insert(key.to_owned(), memo);
                 }
             }
         }
@@ -583,16 +595,12 @@ impl Context {
             .lock()
             .expect("work lock")
             .is_some_and(|t| t.elapsed() < Duration::from_secs(2));
-        let (limiter, rate) = if busy {
-            let rate = self.config.refresh_read_rate.map(|r| (r / 5).max(1));
-            (self.busy_refresh_limiter.as_ref()?, rate)
+        let budget = if busy {
+            self.busy_refresh_budget.as_ref()?
         } else {
-            (
-                self.refresh_limiter.as_ref()?,
-                self.config.refresh_read_rate,
-            )
+            self.refresh_budget.as_ref()?
         };
-        let not_until = limiter.check().err()?;
+        let not_until = budget.limiter.check().err()?;
         let wait = not_until.wait_time_from(governor::clock::Clock::now(
             &governor::clock::DefaultClock::default(),
         ));
@@ -602,11 +610,10 @@ impl Context {
         // random time within an interval deferred each refresh four or five times at 10,000
         // resources, every time a pass through the controller's queue; a retry within a second
         // was a hot loop of a million deferrals.)
-        let spacing = Duration::from_secs_f64(1.0 / f64::from(rate.unwrap_or(1).max(1)));
         let now = Instant::now();
         let mut next = self.next_refresh_slot.lock().expect("refresh slot lock");
         let slot = next.map_or(now + wait, |n| n.max(now + wait));
-        *next = Some(slot + spacing);
+        *next = Some(slot + budget.spacing);
         Some(slot - now + Duration::from_millis(rand::random_range(0..50)))
     }
 
