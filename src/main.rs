@@ -434,17 +434,29 @@ fn limit_malloc_arenas() {}
 fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // `run` waits on the network nearly all the time: one thread does all its work, with no
+    // wake-ups across threads (perf showed them as most of the idle CPU: a multi-threaded
+    // runtime with one worker still polls the controller on the main thread and the HTTP
+    // connections on the worker). Setting `TOKIO_WORKER_THREADS` asks for the multi-threaded
+    // runtime with that many workers.
+    let single = matches!(cli.command, Command::Run(_))
+        && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
+    let mut runtime = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     runtime.enable_all();
-    // `run` waits on the network nearly all the time: one worker thread does its work with far
-    // fewer thread wake-ups than one per core (idle CPU at 1,000 resources 3.3 % -> 2.0 % of a
-    // core, no slower to converge). `TOKIO_WORKER_THREADS` still decides when it is set.
-    if matches!(cli.command, Command::Run(_)) && std::env::var_os("TOKIO_WORKER_THREADS").is_none()
-    {
-        runtime.worker_threads(1);
-    }
     match runtime.build() {
-        Ok(runtime) => runtime.block_on(main_async(cli)),
+        // The work runs as a spawned task, not as the `block_on` future: waking that future
+        // writes the runtime's eventfd (a system call and an extra epoll round per wake-up),
+        // waking a task of the same thread does not.
+        Ok(runtime) => runtime.block_on(async {
+            match tokio::spawn(main_async(cli)).await {
+                Ok(code) => code,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }),
         Err(e) => main_exit(format!("cannot start the async runtime: {e}")),
     }
 }

@@ -337,7 +337,7 @@ impl Metrics {
         );
         registry.register(
             "refreshes_deferred",
-            "Periodic refreshes put back in the queue because refresh reads used up their share of the Admin API rate (half of --admin-api-rate-limit, a tenth of that while other work is under way)",
+            "Periodic refreshes put back in the queue because refresh reads used up their share of the Admin API rate (half of --admin-api-rate-limit, a fifth of that while other work is under way)",
             m.refreshes_deferred.clone(),
         );
         registry.register(

@@ -601,9 +601,7 @@ impl Context {
             self.refresh_budget.as_ref()?
         };
         let not_until = budget.limiter.check().err()?;
-        let wait = not_until.wait_time_from(governor::clock::Clock::now(
-            &governor::clock::DefaultClock::default(),
-        ));
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(budget.limiter.clock()));
         self.metrics.refresh_deferred();
         // Over budget, many refreshes are waiting: each gets the next free slot at the
         // budget's rate, first come first served, so it is deferred about once. (A retry at a
@@ -624,7 +622,7 @@ impl Context {
 
     /// Waits for the shared Admin API write rate limiter.
     pub async fn write_permit(&self) {
-        self.write_limiter.until_ready().await;
+        crate::portkey::retry::until_ready(&self.write_limiter).await;
     }
 
     /// Records an Event on `obj`; a failure to record is logged, never fatal.
@@ -710,6 +708,10 @@ fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 /// What every entry point does around a kind's reconcile: a cached copy this process already
 /// replaced by a later write is skipped (the watch brings the newer one and with it a pass),
 /// the versions the pass's writes replaced are recorded, and the bookkeeping is done.
+///
+/// Entry points hand the pass over boxed: each layer of async function holding a future by
+/// value adds its size again, and the controller moves the whole reconcile future around (a
+/// policy pass unboxed made a 40 KB future copied several times per reconcile).
 async fn entry<K, Fut>(obj: &K, ctx: &Context, pass: Fut) -> Result<Action, Error>
 where
     K: Resource<DynamicType = ()>,
@@ -736,7 +738,12 @@ pub async fn reconcile_policy<R: PolicyResource>(
     obj: Arc<R>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    entry(obj.as_ref(), &ctx, policy::reconcile(obj.as_ref(), &ctx)).await
+    entry(
+        obj.as_ref(),
+        &ctx,
+        Box::pin(policy::reconcile(obj.as_ref(), &ctx)),
+    )
+    .await
 }
 
 /// Per-object exponential backoff (2 s doubling to 5 min, jittered; at least any Retry-After).
@@ -1011,12 +1018,29 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         tracing::info!("caches synced; reconciling");
         health.set_caches_synced(true);
     }));
-    futures::future::join_all(tasks).await;
+    // Each watch and controller is a task of its own: joined in one future, every wake-up of
+    // any of them (a reply, a timer) polled all of them. Dropping the set stops them.
+    let mut set = tokio::task::JoinSet::new();
+    for task in tasks {
+        set.spawn(task);
+    }
+    while let Some(done) = set.join_next().await {
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
 }
 
 /// The reconcile entry point for `ApiKeyBudget`.
 pub async fn reconcile_api_key(obj: Arc<ApiKeyBudget>, ctx: Arc<Context>) -> Result<Action, Error> {
-    entry(obj.as_ref(), &ctx, api_key::reconcile(obj.as_ref(), &ctx)).await
+    entry(
+        obj.as_ref(),
+        &ctx,
+        Box::pin(api_key::reconcile(obj.as_ref(), &ctx)),
+    )
+    .await
 }
 
 /// The reconcile entry point for `WorkspaceBudget`.
@@ -1024,7 +1048,12 @@ pub async fn reconcile_workspace(
     obj: Arc<WorkspaceBudget>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    entry(obj.as_ref(), &ctx, workspace::reconcile(obj.as_ref(), &ctx)).await
+    entry(
+        obj.as_ref(),
+        &ctx,
+        Box::pin(workspace::reconcile(obj.as_ref(), &ctx)),
+    )
+    .await
 }
 
 /// A healthy resource synced within the refresh interval needs no Admin API call: this is what
