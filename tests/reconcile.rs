@@ -942,6 +942,24 @@ async fn immutable_change_with_recreate_replaces_the_policy() {
     );
 }
 
+/// The refresh requeue is jittered upwards only: a pass that came back before the interval was
+/// over would only meet the freshness gate and be queued again.
+#[tokio::test]
+async fn refresh_requeues_are_never_shorter_than_the_interval() {
+    let env = env_with(ControllerConfig {
+        usage_refresh_interval: Duration::from_secs(20),
+        ..test_config()
+    })
+    .await;
+    let delays: Vec<Duration> = (0..1000).map(|_| env.ctx.refresh_interval(true)).collect();
+    assert!(delays.iter().all(|d| *d >= Duration::from_secs(20)));
+    assert!(delays.iter().all(|d| *d <= Duration::from_secs(22)));
+    assert!(
+        delays.iter().any(|d| *d > Duration::from_secs(20)),
+        "jittered"
+    );
+}
+
 #[tokio::test]
 async fn fresh_healthy_resources_make_no_api_calls() {
     let env = env_with(ControllerConfig {
