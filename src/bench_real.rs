@@ -66,6 +66,12 @@ pub struct RealReport {
     pub operator_peak_rss_mib: f64,
     pub operator_cpu_seconds_converging: f64,
     pub operator_idle_cpu_percent: f64,
+    /// The two intervals after the steady-state window: every resource has had its first
+    /// refresh, so refreshes that find nothing new stop after their read.
+    pub settled_admin_api_reads: u64,
+    pub settled_admin_api_writes: u64,
+    pub settled_kubernetes_requests_per_resource_per_interval: f64,
+    pub operator_settled_idle_cpu_percent: f64,
 }
 
 struct Child(tokio::process::Child);
@@ -543,7 +549,7 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     let steady_start = Instant::now();
     tokio::time::sleep(opts.refresh * 2).await;
     let steady = steady_start.elapsed();
-    let (rss, cpu_total) = process_figures(pid);
+    let (_, cpu_total) = process_figures(pid);
     let steady_log = control.requests().await?;
     let steady_writes = steady_log.writes() as u64;
     let k8s_steady_end = if token.is_empty() {
@@ -553,6 +559,21 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     };
     let steady_kubernetes_requests = diff(&k8s_steady_end, &k8s_converged);
     let steady_total: u64 = steady_kubernetes_requests.values().sum();
+
+    // Settled: two more intervals.
+    control.clear_requests().await?;
+    let settled_start = Instant::now();
+    tokio::time::sleep(opts.refresh * 2).await;
+    let settled = settled_start.elapsed();
+    let (rss, cpu_settled) = process_figures(pid);
+    let settled_log = control.requests().await?;
+    let settled_writes = settled_log.writes() as u64;
+    let k8s_settled_end = if token.is_empty() {
+        BTreeMap::new()
+    } else {
+        apiserver_requests(&http, &server, &token).await?
+    };
+    let settled_total: u64 = diff(&k8s_settled_end, &k8s_steady_end).values().sum();
     let floor = opts.policies as f64 / opts.write_rate.max(1) as f64;
     Ok(RealReport {
         policies: opts.policies,
@@ -574,6 +595,13 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         operator_peak_rss_mib: rss,
         operator_cpu_seconds_converging: cpu_converging,
         operator_idle_cpu_percent: (cpu_total - cpu_converging) / steady.as_secs_f64() * 100.0,
+        settled_admin_api_reads: settled_log.total - settled_writes,
+        settled_admin_api_writes: settled_writes,
+        settled_kubernetes_requests_per_resource_per_interval: settled_total as f64
+            / opts.policies as f64
+            / 2.0,
+        operator_settled_idle_cpu_percent: (cpu_settled - cpu_total) / settled.as_secs_f64()
+            * 100.0,
     })
 }
 
@@ -644,6 +672,24 @@ pub fn render(r: &RealReport) -> String {
     row(
         "operator idle CPU (% of a core)",
         format!("{:.2}", r.operator_idle_cpu_percent),
+    );
+    row(
+        "settled: Kubernetes requests per resource per interval",
+        format!(
+            "{:.4}",
+            r.settled_kubernetes_requests_per_resource_per_interval
+        ),
+    );
+    row(
+        "settled: Admin API reads / writes",
+        format!(
+            "{} / {}",
+            r.settled_admin_api_reads, r.settled_admin_api_writes
+        ),
+    );
+    row(
+        "settled: operator idle CPU (% of a core)",
+        format!("{:.2}", r.operator_settled_idle_cpu_percent),
     );
     out
 }
