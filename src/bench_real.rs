@@ -213,12 +213,16 @@ async fn kube_client(kubeconfig: &Path) -> Result<kube::Client, String> {
     kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
-/// `apiserver_request_total` summed by `verb resource`.
+/// `apiserver_request_total` summed by `verb resource` (empty without a token: an existing
+/// cluster's metrics are not read).
 async fn apiserver_requests(
     http: &reqwest::Client,
     server: &str,
     token: &str,
 ) -> Result<BTreeMap<String, u64>, String> {
+    if token.is_empty() {
+        return Ok(BTreeMap::new());
+    }
     let text = http
         .get(format!("{server}/metrics"))
         .bearer_auth(token)
@@ -457,11 +461,7 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let k8s_before = if token.is_empty() {
-        BTreeMap::new()
-    } else {
-        apiserver_requests(&http, &server, &token).await?
-    };
+    let k8s_before = apiserver_requests(&http, &server, &token).await?;
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let started = Instant::now();
@@ -531,11 +531,7 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         };
         *admin_api_calls.entry(key).or_default() += 1;
     }
-    let k8s_converged = if token.is_empty() {
-        BTreeMap::new()
-    } else {
-        apiserver_requests(&http, &server, &token).await?
-    };
+    let k8s_converged = apiserver_requests(&http, &server, &token).await?;
     let kubernetes_requests = diff(&k8s_converged, &k8s_before);
     let per_create = kubernetes_requests
         .iter()
@@ -544,36 +540,25 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         .sum::<u64>() as f64
         / opts.policies as f64;
 
-    // Steady state: two refresh intervals with nothing to do.
-    control.clear_requests().await?;
-    let steady_start = Instant::now();
-    tokio::time::sleep(opts.refresh * 2).await;
-    let steady = steady_start.elapsed();
-    let (_, cpu_total) = process_figures(pid);
-    let steady_log = control.requests().await?;
-    let steady_writes = steady_log.writes() as u64;
-    let k8s_steady_end = if token.is_empty() {
-        BTreeMap::new()
-    } else {
-        apiserver_requests(&http, &server, &token).await?
+    // Steady state: two refresh intervals with nothing to do; settled: two more.
+    let window = || async {
+        control.clear_requests().await?;
+        let start = Instant::now();
+        tokio::time::sleep(opts.refresh * 2).await;
+        let length = start.elapsed();
+        let (_, cpu) = process_figures(pid);
+        let log = control.requests().await?;
+        let k8s = apiserver_requests(&http, &server, &token).await?;
+        Ok::<_, String>((length, cpu, log, k8s))
     };
+    let (steady, cpu_total, steady_log, k8s_steady_end) = window().await?;
+    let steady_writes = steady_log.writes() as u64;
     let steady_kubernetes_requests = diff(&k8s_steady_end, &k8s_converged);
     let steady_total: u64 = steady_kubernetes_requests.values().sum();
-
-    // Settled: two more intervals.
-    control.clear_requests().await?;
-    let settled_start = Instant::now();
-    tokio::time::sleep(opts.refresh * 2).await;
-    let settled = settled_start.elapsed();
-    let (rss, cpu_settled) = process_figures(pid);
-    let settled_log = control.requests().await?;
+    let (settled, cpu_settled, settled_log, k8s_settled_end) = window().await?;
     let settled_writes = settled_log.writes() as u64;
-    let k8s_settled_end = if token.is_empty() {
-        BTreeMap::new()
-    } else {
-        apiserver_requests(&http, &server, &token).await?
-    };
     let settled_total: u64 = diff(&k8s_settled_end, &k8s_steady_end).values().sum();
+    let (rss, _) = process_figures(pid);
     let floor = opts.policies as f64 / opts.write_rate.max(1) as f64;
     Ok(RealReport {
         policies: opts.policies,
