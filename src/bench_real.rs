@@ -66,8 +66,8 @@ pub struct RealReport {
     pub operator_peak_rss_mib: f64,
     pub operator_cpu_seconds_converging: f64,
     pub operator_idle_cpu_percent: f64,
-    /// The two intervals after the steady-state window: every resource has had its first
-    /// refresh, so refreshes that find nothing new stop after their read.
+    /// The two intervals after the steady-state window, when every resource has had its
+    /// first refresh after convergence (that first refresh falls in the steady-state window).
     pub settled_admin_api_reads: u64,
     pub settled_admin_api_writes: u64,
     pub settled_kubernetes_requests_per_resource_per_interval: f64,

@@ -246,7 +246,7 @@ struct Marked {
 impl Marked {
     fn new(entry: OwnedEntry) -> Option<Self> {
         let name = entry.name.as_deref()?;
-        let marker = marker_of(&entry)?;
+        let marker = crate::plan::marker::marker_in(name)?;
         let start = marker.as_ptr() as usize - name.as_ptr() as usize;
         let marker = (
             u32::try_from(start).ok()?,
@@ -260,14 +260,6 @@ impl Marked {
         name.get(self.marker.0 as usize..self.marker.1 as usize)
             .unwrap_or_default()
     }
-}
-
-/// The ownership marker in a listed policy's name.
-fn marker_of(entry: &OwnedEntry) -> Option<&str> {
-    entry
-        .name
-        .as_deref()
-        .and_then(crate::plan::marker::marker_in)
 }
 
 type OwnedSlot = Arc<tokio::sync::Mutex<Option<Arc<OwnedSnapshot>>>>;
