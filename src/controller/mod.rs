@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as RuntimeConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -648,6 +648,18 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        self.event_on(&obj.object_ref(&()), type_, reason, note)
+            .await
+    }
+
+    /// [`Context::event`] on the object `regarding` refers to.
+    pub async fn event_on(
+        &self,
+        regarding: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -665,7 +677,7 @@ impl Context {
         } else {
             Recorder::new(self.client.clone(), self.reporter.clone())
         };
-        if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(e) = recorder.publish(&event, regarding).await {
             tracing::warn!(reason, error = %e, "could not record an Event");
         }
     }

@@ -102,6 +102,8 @@ struct Run<'a, R: PolicyResource> {
     outcome: Option<Outcome>,
     /// A policy was created this pass: its id must reach the status.
     created: bool,
+    /// Events recorded when the pass ends, beside its status write (see [`Run::finish`]).
+    held_events: Vec<(EventType, String, String)>,
 }
 
 /// Reconciles one resource (or cleans it up when it is being deleted).
@@ -119,6 +121,7 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         now: Timestamp::now(),
         outcome: None,
         created: false,
+        held_events: Vec::new(),
     };
     let kind = R::kind(&());
     let name = obj.name_any();
@@ -1070,12 +1073,30 @@ impl<R: PolicyResource> Run<'_, R> {
 
     /// The write that ends a pass: the status (with the id of a policy just created, which a
     /// conflict cannot lose, and the create it confirms).
+    ///
+    /// Events held back by the pass (a create's) are recorded at the same time as that write,
+    /// not before it: one Kubernetes round trip fewer on the path of every create. They are
+    /// recorded whether or not the pass or the write failed.
     async fn finish(&mut self) -> Result<(), kube::Error> {
-        if self.created {
-            self.record_status().await
-        } else {
-            self.flush_status().await
-        }
+        let events = std::mem::take(&mut self.held_events);
+        let regarding = (!events.is_empty()).then(|| self.obj.object_ref(&()));
+        let ctx = self.ctx;
+        let record = async {
+            if let Some(regarding) = &regarding {
+                for (type_, reason, note) in events {
+                    ctx.event_on(regarding, type_, &reason, note).await;
+                }
+            }
+        };
+        let write = async {
+            if self.created {
+                self.record_status().await
+            } else {
+                self.flush_status().await
+            }
+        };
+        let (written, ()) = tokio::join!(write, record);
+        written
     }
 
     /// Writes status; on a 409 (someone else wrote the object meanwhile) re-reads it and writes
@@ -1124,8 +1145,9 @@ impl<R: PolicyResource> Run<'_, R> {
         } else {
             EventType::Normal
         };
-        self.event(type_, reason, format!("{note} ({})", created.id))
-            .await;
+        // Recorded when the pass ends, beside the status write that holds the id.
+        self.held_events
+            .push((type_, reason.to_owned(), format!("{note} ({})", created.id)));
         // Read back the server's fields (next reset, status); tolerate a short lag. While
         // Portkey does not show it, the create-pending record stays: the next pass waits
         // instead of taking the policy for gone.
