@@ -5,7 +5,8 @@
 //! operator's own `/metrics`, so the bench adds no API-server load), the floor (N creates at the
 //! write rate) and ratio, Admin API calls by operation, Kubernetes API requests by verb and
 //! resource (from the API server's `/metrics`), steady-state figures over two refresh intervals,
-//! and the operator process's peak RSS and CPU.
+//! the operator process's peak RSS and CPU, and the CPU the same usage reads cost alone (the
+//! read floor, see [`read_floor`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,10 @@ pub struct RealReport {
     pub steady_admin_api_writes: u64,
     pub operator_peak_rss_mib: f64,
     pub operator_cpu_seconds_converging: f64,
+    /// CPU of the kube-apiserver and etcd this bench started, from the operator's start until
+    /// all resources were Ready, per resource, in ms; `None` with `--kubeconfig`.
+    pub apiserver_cpu_ms_per_resource: Option<f64>,
+    pub etcd_cpu_ms_per_resource: Option<f64>,
     pub operator_idle_cpu_percent: f64,
     /// The two intervals after the steady-state window, when every resource has had its
     /// first refresh after convergence (that first refresh falls in the steady-state window).
@@ -72,6 +77,13 @@ pub struct RealReport {
     pub settled_admin_api_writes: u64,
     pub settled_kubernetes_requests_per_resource_per_interval: f64,
     pub operator_settled_idle_cpu_percent: f64,
+    /// The settled window's Admin API reads per second, made again after the operator stopped:
+    /// evenly spaced `GET`s of the same policies (`include_usage=true`) through the operator's
+    /// client with its rate limit, on one thread running a current-thread runtime like `run`'s,
+    /// for one refresh interval. Its CPU (% of a core) is what the reads alone cost on this
+    /// machine: a floor under the operator's idle CPU, as the write rate is under convergence.
+    pub read_floor_reads_per_second: f64,
+    pub read_floor_cpu_percent: f64,
 }
 
 struct Child(tokio::process::Child);
@@ -373,7 +385,7 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         .prefix("pbo-bench-")
         .tempdir()
         .map_err(|e| e.to_string())?;
-    let (_plane, kubeconfig, server, token) = match &opts.kubeconfig {
+    let (plane, kubeconfig, server, token) = match &opts.kubeconfig {
         Some(k) => (Vec::new(), k.clone(), String::new(), String::new()),
         None => {
             let (children, kubeconfig, token) = control_plane(dir.path()).await?;
@@ -462,6 +474,9 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let k8s_before = apiserver_requests(&http, &server, &token).await?;
+    // CPU seconds of [kube-apiserver, etcd] when this bench started them.
+    let plane_cpu = || [0, 1].map(|i| Some(process_figures(plane.get(i)?.0.id()?).1));
+    let plane_before = plane_cpu();
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let started = Instant::now();
@@ -520,6 +535,9 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     let converged = started.elapsed();
     let reconciles = reconcile_reasons(&http, &metrics).await;
     let (_, cpu_converging) = process_figures(pid);
+    let plane_converging = plane_cpu();
+    let plane_cpu_ms =
+        |i: usize| Some((plane_converging[i]? - plane_before[i]?) * 1000.0 / opts.policies as f64);
     let log = control.requests().await?;
     let mut admin_api_calls: BTreeMap<String, u64> = BTreeMap::new();
     for e in &log.data {
@@ -559,6 +577,12 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     let settled_writes = settled_log.writes() as u64;
     let settled_total: u64 = diff(&k8s_settled_end, &k8s_steady_end).values().sum();
     let (rss, _) = process_figures(pid);
+    drop(operator);
+    let reads_per_second = (settled_log.total - settled_writes) as f64 / settled.as_secs_f64();
+    let mut client =
+        crate::portkey::ClientConfig::new(format!("{root}/v1"), crate::portkey::ApiKey::new(KEY));
+    client.max_requests_per_second = Some(opts.rate_limit);
+    let read_floor = read_floor(client, WORKSPACE, reads_per_second, opts.refresh).await?;
     let floor = opts.policies as f64 / opts.write_rate.max(1) as f64;
     Ok(RealReport {
         policies: opts.policies,
@@ -579,6 +603,8 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         steady_admin_api_writes: steady_writes,
         operator_peak_rss_mib: rss,
         operator_cpu_seconds_converging: cpu_converging,
+        apiserver_cpu_ms_per_resource: plane_cpu_ms(0),
+        etcd_cpu_ms_per_resource: plane_cpu_ms(1),
         operator_idle_cpu_percent: (cpu_total - cpu_converging) / steady.as_secs_f64() * 100.0,
         settled_admin_api_reads: settled_log.total - settled_writes,
         settled_admin_api_writes: settled_writes,
@@ -587,7 +613,113 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
             / 2.0,
         operator_settled_idle_cpu_percent: (cpu_settled - cpu_total) / settled.as_secs_f64()
             * 100.0,
+        read_floor_reads_per_second: reads_per_second,
+        read_floor_cpu_percent: read_floor.cpu_percent,
     })
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// What [`read_floor`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadFloor {
+    /// Policy `GET`s made (all answered 2xx).
+    pub reads: u64,
+    /// CPU of the thread that made them, in % of a core over the measured time.
+    pub cpu_percent: f64,
+}
+
+/// The read floor (see [`RealReport::read_floor_cpu_percent`]): `reads_per_second` evenly
+/// spaced `GET`s (with usage) of the policies of `workspace`, cycling through them, for
+/// `length`, through a client built from `config`, on a thread of its own with a
+/// current-thread runtime; the thread's CPU is measured. The policies are listed first,
+/// outside the measured time.
+pub async fn read_floor(
+    config: crate::portkey::ClientConfig,
+    workspace: &str,
+    reads_per_second: f64,
+    length: Duration,
+) -> Result<ReadFloor, String> {
+    use crate::portkey::{GetOptions, ListFilter, PortkeyClient};
+    let ids: Vec<String> = PortkeyClient::new(config.clone())
+        .map_err(|e| e.to_string())?
+        .usage_limits()
+        .list(&ListFilter {
+            workspace_id: Some(workspace.into()),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    if ids.is_empty() || !reads_per_second.is_finite() || reads_per_second <= 0.0 {
+        return Err("no policies to read, or no read rate".into());
+    }
+    let spacing = Duration::from_secs_f64(1.0 / reads_per_second);
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        // A client of this runtime (a pooled connection runs on the runtime that opened it),
+        // and the work as a spawned task, as in `run` (see main.rs).
+        let client = PortkeyClient::new(config).map_err(|e| e.to_string())?;
+        let work = async move {
+            let client = std::sync::Arc::new(client);
+            let mut ticks = tokio::time::interval(spacing);
+            let mut pending = tokio::task::JoinSet::new();
+            let mut reads = 0;
+            let (start, cpu) = (Instant::now(), thread_cpu());
+            for id in ids.iter().cycle() {
+                ticks.tick().await;
+                if start.elapsed() >= length {
+                    break;
+                }
+                let (client, id) = (client.clone(), id.clone());
+                pending.spawn(async move {
+                    let options = GetOptions {
+                        status: None,
+                        include_usage: true,
+                    };
+                    client.usage_limits().get(&id, options).await.map(drop)
+                });
+                reads += 1;
+                while let Some(done) = pending.try_join_next() {
+                    done.map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            while let Some(done) = pending.join_next().await {
+                done.map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            }
+            let cpu = thread_cpu() - cpu;
+            Ok::<_, String>(ReadFloor {
+                reads,
+                cpu_percent: cpu.as_secs_f64() / start.elapsed().as_secs_f64() * 100.0,
+            })
+        };
+        runtime
+            .block_on(async { tokio::spawn(work).await })
+            .map_err(|e| e.to_string())?
+    });
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|_| "the read floor thread panicked".to_string())?
 }
 
 /// The report as a table.
@@ -654,6 +786,12 @@ pub fn render(r: &RealReport) -> String {
         "operator CPU while converging (s)",
         format!("{:.1}", r.operator_cpu_seconds_converging),
     );
+    if let (Some(api), Some(etcd)) = (r.apiserver_cpu_ms_per_resource, r.etcd_cpu_ms_per_resource) {
+        row(
+            "kube-apiserver / etcd CPU until all Ready, per resource (ms)",
+            format!("{api:.1} / {etcd:.1}"),
+        );
+    }
     row(
         "operator idle CPU (% of a core)",
         format!("{:.2}", r.operator_idle_cpu_percent),
@@ -675,6 +813,13 @@ pub fn render(r: &RealReport) -> String {
     row(
         "settled: operator idle CPU (% of a core)",
         format!("{:.2}", r.operator_settled_idle_cpu_percent),
+    );
+    row(
+        "floor: the settled reads alone (reads/s, % of a core)",
+        format!(
+            "{:.1}, {:.2}",
+            r.read_floor_reads_per_second, r.read_floor_cpu_percent
+        ),
     );
     out
 }

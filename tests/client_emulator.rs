@@ -1404,3 +1404,54 @@ async fn api_keys_lifecycle() {
     let err = c.get_api_key(&id).await.unwrap_err();
     assert!(err.is_gone() && !err.is_not_found(), "{err:?}");
 }
+
+/// `bench --real`'s read floor makes the reads it reports, every one a `GET` with usage of a
+/// policy of the workspace, at the rate asked for, and reports the CPU they cost.
+#[tokio::test]
+async fn read_floor_makes_the_reads_it_reports() {
+    use portkey_budget_operator::bench_real::read_floor;
+    let (emu, client) = setup().await;
+    for name in ["a", "b", "c"] {
+        client
+            .usage_limits()
+            .create(&usage_body(name))
+            .await
+            .unwrap();
+    }
+    emu.control().clear_requests().await.unwrap();
+    let config = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    let floor = read_floor(config, WS_ID, 40.0, Duration::from_millis(500))
+        .await
+        .unwrap();
+    // 40 a second for half a second: ticks at 0, 25, ... ms, never ahead of that schedule
+    // (a late machine makes fewer).
+    assert!(floor.reads <= 21, "{floor:?}");
+    assert!(
+        floor.cpu_percent >= 0.0 && floor.cpu_percent.is_finite(),
+        "{floor:?}"
+    );
+    let log = emu.control().requests().await.unwrap();
+    let gets: Vec<_> = log
+        .data
+        .iter()
+        .filter(|e| e.method == "GET" && e.path.starts_with("/v1/policies/usage-limits/"))
+        .collect();
+    assert_eq!(
+        gets.len() as u64,
+        floor.reads,
+        "one list, then only the reads"
+    );
+    assert!(gets.iter().all(|e| {
+        e.status == 200
+            && e.query
+                .as_deref()
+                .is_some_and(|q| q.contains("include_usage=true"))
+    }));
+    assert_eq!(log.total as u64, floor.reads + 1);
+    let mut empty = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    empty.page_size = 10;
+    let err = read_floor(empty, "team-b", 40.0, Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(err.contains("no policies"), "{err}");
+}
