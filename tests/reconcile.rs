@@ -1661,6 +1661,55 @@ mod operations {
         );
     }
 
+    /// The gate is decided once per pass, before the pass starts: a due refresh through the
+    /// reconcile entry point takes one read from the budget and reads Portkey once (deciding it
+    /// twice would spend a second read of the budget and defer the refresh it had admitted);
+    /// a pass the freshness gate turns away reads nothing and writes nothing.
+    #[tokio::test]
+    async fn a_refresh_takes_one_read_of_its_budget_and_a_fresh_pass_none() {
+        let env = env_with(ControllerConfig {
+            refresh_read_rate: Some(1),
+            ..Default::default()
+        })
+        .await;
+        env.kube.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let key = "UsageLimitPolicy/team-a/monthly";
+        let ctl = env.emu.control();
+        let gets = || async {
+            ctl.requests()
+                .await
+                .unwrap()
+                .count("GET", "/v1/policies/usage-limits/")
+        };
+        let deferred = || {
+            env.ctx
+                .metrics
+                .encode()
+                .lines()
+                .find(|l| l.starts_with("portkey_budget_operator_refreshes_deferred_total "))
+                .map(str::to_owned)
+        };
+        // Just synced: the freshness gate turns the pass away before it does anything.
+        let (reads, writes) = (gets().await, env.kube.writes().len());
+        let action = env.reconcile("monthly").await.unwrap();
+        assert!(action_delay(&action) > Duration::ZERO);
+        assert_eq!((gets().await, env.kube.writes().len()), (reads, writes));
+        // Due for its refresh (last synced an hour ago): the pass reads, once.
+        env.ctx.synced(
+            key,
+            jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1),
+        );
+        env.reconcile("monthly").await.unwrap();
+        assert_eq!(gets().await, reads + 1, "one read");
+        assert_eq!(
+            deferred().as_deref(),
+            Some("portkey_budget_operator_refreshes_deferred_total 0"),
+            "nothing deferred: the budget's one read a second was taken once"
+        );
+        assert_eq!(env.condition("monthly", "Ready").0, "True");
+    }
+
     /// A 409 Conflict (the pass worked from a copy the watch has replaced) is retried within a
     /// fraction of a second and does not escalate the backoff; other failures back off.
     #[tokio::test]
