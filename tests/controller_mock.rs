@@ -355,3 +355,25 @@ async fn rate_limit_policy_in_an_unbound_namespace_without_workspace_is_invalid(
     task.await.unwrap().expect("reconcile succeeds");
     assert_no_more_requests(&mut handle).await;
 }
+
+/// A shutdown that comes before the caches have synced (the API server has not answered the
+/// first lists: here it never does) still ends `run`: the task waiting for the caches stops
+/// with the watches. It used to wait for ever, and a SIGTERM right after winning the Lease hung
+/// the process.
+#[tokio::test]
+async fn run_returns_on_a_shutdown_before_the_caches_synced() {
+    let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = context(kube::Client::new(service, "default"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(controller::run(ctx, async move {
+        let _ = stopped.await;
+    }));
+    // The watches have started listing; none is answered.
+    let (method, path, _, _, _unanswered) = next(&mut handle).await;
+    assert_eq!(method, "GET", "{path}");
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .expect("run returned after the shutdown")
+        .unwrap();
+}

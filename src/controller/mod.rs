@@ -898,6 +898,19 @@ where
         watcher(api, watcher::Config::default().any_semantic()).modify(slim),
     )
     .applied_objects();
+    // kube-runtime starts reconciling only once the cache has synced, and its runner waits for
+    // that sync even after a graceful shutdown ended the watch: a shutdown before the first
+    // list finished (a SIGTERM right after winning the Lease) hung the process. A controller
+    // whose cache has not synced when the shutdown comes has run nothing, so it is dropped;
+    // one that has synced finishes its in-flight reconciles.
+    let synced = store.clone();
+    let stop = shutdown.clone();
+    let unsynced_at_shutdown = async move {
+        stop.await;
+        if futures::FutureExt::now_or_never(synced.wait_until_ready()).is_some() {
+            std::future::pending::<()>().await
+        }
+    };
     let mut controller = Controller::for_stream(trigger, store.clone())
         .with_config(RuntimeConfig::default().concurrency(ctx.config.concurrency.max(1)))
         .graceful_shutdown_on(shutdown);
@@ -932,6 +945,7 @@ where
     let task: Task = Box::pin(
         controller
             .run(reconcile, error_policy, ctx.clone())
+            .take_until(unsynced_at_shutdown)
             .for_each(move |result| async move {
                 match result {
                     Ok((obj, _)) => tracing::debug!(kind, object = %obj.name, "reconciled"),
@@ -1042,10 +1056,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     tasks.push(Box::pin(namespaces));
     ready.push(namespaces_ready);
     let health = ctx.health.clone();
+    let stopped = shutdown.clone();
     tasks.push(Box::pin(async move {
-        futures::future::join_all(ready).await;
-        tracing::info!("caches synced; reconciling");
-        health.set_caches_synced(true);
+        // A shutdown before every cache has synced stops the watches, so some never will:
+        // this task ends with the shutdown too (else `run` never returned).
+        tokio::select! {
+            _ = futures::future::join_all(ready) => {
+                tracing::info!("caches synced; reconciling");
+                health.set_caches_synced(true);
+            }
+            () = stopped => {}
+        }
     }));
     // Each watch and controller is a task of its own: joined in one future, every wake-up of
     // any of them (a reply, a timer) polled all of them. Dropping the set stops them.
