@@ -669,6 +669,10 @@ pub async fn read_floor(
         return Err("no policies to read, or no read rate".into());
     }
     let spacing = Duration::from_secs_f64(1.0 / reads_per_second);
+    let answered = |done: Result<
+        Result<(), crate::portkey::PortkeyError>,
+        tokio::task::JoinError,
+    >| { done.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) };
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -698,13 +702,11 @@ pub async fn read_floor(
                 });
                 reads += 1;
                 while let Some(done) = pending.try_join_next() {
-                    done.map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
+                    answered(done)?;
                 }
             }
             while let Some(done) = pending.join_next().await {
-                done.map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                answered(done)?;
             }
             let cpu = thread_cpu() - cpu;
             Ok::<_, String>(ReadFloor {

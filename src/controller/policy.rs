@@ -102,8 +102,9 @@ struct Run<'a, R: PolicyResource> {
     outcome: Option<Outcome>,
     /// A policy was created this pass: its id must reach the status.
     created: bool,
-    /// Events recorded when the pass ends, beside its status write (see [`Run::finish`]).
-    held_events: Vec<(EventType, String, String)>,
+    /// A create's Event, recorded when the pass ends beside its status write (see
+    /// [`Run::finish`]).
+    held_event: Option<(EventType, String, String)>,
 }
 
 /// Reconciles one resource (or cleans it up when it is being deleted).
@@ -118,15 +119,7 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         let unset = R::Status::default();
         let status = obj.status().unwrap_or(&unset);
         if let Some(action) = gate(ctx, obj, status, &key, now) {
-            let kind = R::kind(&());
-            match R::budget(obj, status) {
-                Some(figures) => ctx
-                    .metrics
-                    .budget(&kind, &namespace, &obj.name_any(), figures),
-                None => ctx
-                    .metrics
-                    .forget_budget(&kind, &namespace, &obj.name_any()),
-            }
+            report_budget(ctx, obj, status);
             return Ok(action);
         }
     }
@@ -142,7 +135,7 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
         now,
         outcome: None,
         created: false,
-        held_events: Vec::new(),
+        held_event: None,
     };
     let kind = R::kind(&());
     let name = obj.name_any();
@@ -165,10 +158,7 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
     }
     match (result, flushed) {
         (Ok(action), Ok(())) => {
-            match R::budget(obj, &run.status) {
-                Some(figures) => ctx.metrics.budget(&kind, &namespace, &name, figures),
-                None => ctx.metrics.forget_budget(&kind, &namespace, &name),
-            }
+            report_budget(ctx, obj, &run.status);
             Ok(action)
         }
         (Ok(_), Err(e)) => Err(Error::kube("write the status", e)),
@@ -178,6 +168,19 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
             }
             Err(e)
         }
+    }
+}
+
+/// Sets the budget metrics of `obj` from `status` (or drops them when it reports none).
+fn report_budget<R: PolicyResource>(ctx: &Context, obj: &R, status: &R::Status) {
+    let (kind, namespace, name) = (
+        R::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+    );
+    match R::budget(obj, status) {
+        Some(figures) => ctx.metrics.budget(&kind, &namespace, &name, figures),
+        None => ctx.metrics.forget_budget(&kind, &namespace, &name),
     }
 }
 
@@ -1105,18 +1108,15 @@ impl<R: PolicyResource> Run<'_, R> {
     /// The write that ends a pass: the status (with the id of a policy just created, which a
     /// conflict cannot lose, and the create it confirms).
     ///
-    /// Events held back by the pass (a create's) are recorded at the same time as that write,
-    /// not before it: one Kubernetes round trip fewer on the path of every create. They are
+    /// The Event held back by the pass (a create's) is recorded at the same time as that write,
+    /// not before it: one Kubernetes round trip fewer on the path of every create. It is
     /// recorded whether or not the pass or the write failed.
     async fn finish(&mut self) -> Result<(), kube::Error> {
-        let events = std::mem::take(&mut self.held_events);
-        let regarding = (!events.is_empty()).then(|| self.obj.object_ref(&()));
+        let held = (self.held_event.take()).map(|event| (self.obj.object_ref(&()), event));
         let ctx = self.ctx;
         let record = async {
-            if let Some(regarding) = &regarding {
-                for (type_, reason, note) in events {
-                    ctx.event_on(regarding, type_, &reason, note).await;
-                }
+            if let Some((regarding, (type_, reason, note))) = held {
+                ctx.event_on(&regarding, type_, &reason, note).await;
             }
         };
         let write = async {
@@ -1177,8 +1177,7 @@ impl<R: PolicyResource> Run<'_, R> {
             EventType::Normal
         };
         // Recorded when the pass ends, beside the status write that holds the id.
-        self.held_events
-            .push((type_, reason.to_owned(), format!("{note} ({})", created.id)));
+        self.held_event = Some((type_, reason.to_owned(), format!("{note} ({})", created.id)));
         // Read back the server's fields (next reset, status); tolerate a short lag. While
         // Portkey does not show it, the create-pending record stays: the next pass waits
         // instead of taking the policy for gone.
