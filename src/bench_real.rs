@@ -119,24 +119,63 @@ fn spawn(exe: &Path, args: &[String], log: &Path, env: &[(&str, &str)]) -> Resul
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (0 when none could be bound).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(0)
 }
 
-/// etcd + kube-apiserver from `KUBEBUILDER_ASSETS`, with an admin token.
-async fn control_plane(dir: &Path) -> Result<(Vec<Child>, PathBuf, String), String> {
-    let assets = PathBuf::from(std::env::var_os("KUBEBUILDER_ASSETS").ok_or(
-        "--real needs KUBEBUILDER_ASSETS (a folder with etcd and kube-apiserver) or --kubeconfig",
-    )?);
-    let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-    let etcd_url = format!("http://127.0.0.1:{client_port}");
-    let peer = format!("http://127.0.0.1:{peer_port}");
-    let etcd = spawn(
-        &assets.join("etcd"),
-        &[
+/// A kubeconfig for `server` (its serving certificate is self-signed) with a bearer token.
+pub fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: local\n  context:\n    cluster: local\n    user: {user}\n    namespace: default\ncurrent-context: local\n"
+    )
+}
+
+/// A local control plane, laid out but not started: etcd and kube-apiserver on free loopback
+/// ports, their data, certificates and service-account keys under one folder, and an admin
+/// (`system:masters`) token. One definition for `bench --real` and the e2e tests
+/// (tests/support/control_plane.rs), which start and watch the processes each their own way.
+pub struct PlaneLayout {
+    /// Arguments of `etcd`.
+    pub etcd_args: Vec<String>,
+    /// Arguments of `kube-apiserver` (start it after etcd).
+    pub apiserver_args: Vec<String>,
+    /// `https://127.0.0.1:<port>`.
+    pub server: String,
+    /// The admin's bearer token.
+    pub token: String,
+    /// A kubeconfig for the admin, written into the folder.
+    pub kubeconfig: PathBuf,
+}
+
+impl PlaneLayout {
+    /// Writes the service-account keys, the token file and the kubeconfig into `dir`.
+    pub fn new(dir: &Path) -> Result<PlaneLayout, String> {
+        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let server = format!("https://127.0.0.1:{api_port}");
+        let token = format!("local-{}", uuid::Uuid::new_v4());
+        let write = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map(|()| path)
+                .map_err(|e| format!("cannot write {name}: {e}"))
+        };
+        // Service-account keys: the API server signs with the private key (PKCS#8 is accepted
+        // there) and verifies with the public key, which it cannot derive from a PKCS#8 file.
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let sa_key = write("sa.key", key.serialize_pem())?;
+        let sa_pub = write("sa.pub", key.public_key_pem())?;
+        let tokens = write(
+            "tokens.csv",
+            format!("{token},admin,admin-uid,\"system:masters\"\n"),
+        )?;
+        let kubeconfig = write("kubeconfig", kubeconfig_yaml(&server, "admin", &token))?;
+        let etcd_args = vec![
             format!("--data-dir={}", dir.join("etcd").display()),
             format!("--listen-client-urls={etcd_url}"),
             format!("--advertise-client-urls={etcd_url}"),
@@ -145,57 +184,54 @@ async fn control_plane(dir: &Path) -> Result<(Vec<Child>, PathBuf, String), Stri
             format!("--initial-cluster=default={peer}"),
             "--log-level=warn".into(),
             "--unsafe-no-fsync".into(),
-        ],
+        ];
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.join("certs").display()),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--authorization-mode=RBAC".into(),
+            format!("--token-auth-file={}", tokens.display()),
+        ];
+        Ok(PlaneLayout {
+            etcd_args,
+            apiserver_args,
+            server,
+            token,
+            kubeconfig,
+        })
+    }
+}
+
+/// etcd + kube-apiserver from `KUBEBUILDER_ASSETS` (see [`PlaneLayout`]), once ready.
+async fn control_plane(dir: &Path) -> Result<(Vec<Child>, PlaneLayout), String> {
+    let assets = PathBuf::from(std::env::var_os("KUBEBUILDER_ASSETS").ok_or(
+        "--real needs KUBEBUILDER_ASSETS (a folder with etcd and kube-apiserver) or --kubeconfig",
+    )?);
+    let layout = PlaneLayout::new(dir)?;
+    let etcd = spawn(
+        &assets.join("etcd"),
+        &layout.etcd_args,
         &dir.join("etcd.log"),
         &[],
     )?;
-    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("sa.key"), key.serialize_pem()).map_err(|e| e.to_string())?;
-    std::fs::write(dir.join("sa.pub"), key.public_key_pem()).map_err(|e| e.to_string())?;
-    let token = format!("bench-{}", uuid::Uuid::new_v4());
-    std::fs::write(
-        dir.join("tokens.csv"),
-        format!("{token},admin,admin,\"system:masters\"\n"),
-    )
-    .map_err(|e| e.to_string())?;
     let apiserver = spawn(
         &assets.join("kube-apiserver"),
-        &[
-            format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={api_port}"),
-            format!("--cert-dir={}", dir.join("certs").display()),
-            format!(
-                "--service-account-key-file={}",
-                dir.join("sa.pub").display()
-            ),
-            format!(
-                "--service-account-signing-key-file={}",
-                dir.join("sa.key").display()
-            ),
-            "--service-account-issuer=https://kubernetes.default.svc".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--authorization-mode=RBAC".into(),
-            format!("--token-auth-file={}", dir.join("tokens.csv").display()),
-        ],
+        &layout.apiserver_args,
         &dir.join("kube-apiserver.log"),
         &[],
     )?;
-    let server = format!("https://127.0.0.1:{api_port}");
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: b\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: b\n  context:\n    cluster: b\n    user: admin\ncurrent-context: b\n"
-        ),
-    )
-    .map_err(|e| e.to_string())?;
     let http = insecure_http()?;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let ok = http
-            .get(format!("{server}/readyz"))
-            .bearer_auth(&token)
+            .get(format!("{}/readyz", layout.server))
+            .bearer_auth(&layout.token)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success());
@@ -207,7 +243,7 @@ async fn control_plane(dir: &Path) -> Result<(Vec<Child>, PathBuf, String), Stri
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    Ok((vec![apiserver, etcd], kubeconfig, token))
+    Ok((vec![apiserver, etcd], layout))
 }
 
 fn insecure_http() -> Result<reqwest::Client, String> {
@@ -388,13 +424,8 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     let (plane, kubeconfig, server, token) = match &opts.kubeconfig {
         Some(k) => (Vec::new(), k.clone(), String::new(), String::new()),
         None => {
-            let (children, kubeconfig, token) = control_plane(dir.path()).await?;
-            let server = std::fs::read_to_string(&kubeconfig)
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_owned))
-                .unwrap_or_default();
-            (children, kubeconfig, server, token)
+            let (children, layout) = control_plane(dir.path()).await?;
+            (children, layout.kubeconfig, layout.server, layout.token)
         }
     };
     let client = kube_client(&kubeconfig).await?;

@@ -12,12 +12,13 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+pub use portkey_budget_operator::bench_real::{PlaneLayout, free_port, kubeconfig_yaml};
 
 /// True when running under CI (`CI=true`): a missing control plane is then a failure.
 pub fn under_ci() -> bool {
@@ -45,14 +46,6 @@ pub fn require_assets(test: &str) -> Option<PathBuf> {
     }
     let _ = writeln!(std::io::stderr(), "{test}: skipped ({what})");
     None
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The last `n` lines of a log file.
@@ -113,61 +106,21 @@ impl ControlPlane {
             .tempdir()
             .unwrap();
         let root = dir.path().to_path_buf();
-        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
-        let etcd_url = format!("http://127.0.0.1:{client_port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let server = format!("https://127.0.0.1:{api_port}");
-        let token = format!("e2e-{}", uuid::Uuid::new_v4());
-        let kubeconfig = root.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, "admin", &token)).unwrap();
+        // The same files and command lines as `bench --real`.
+        let layout = PlaneLayout::new(&root).unwrap();
         let cp = ControlPlane {
             assets: assets.clone(),
             dir,
-            kubeconfig,
-            server,
-            token: token.clone(),
+            kubeconfig: layout.kubeconfig,
+            server: layout.server,
+            token: layout.token,
             procs: Mutex::new(Vec::new()),
         };
-
         let mut etcd = Command::new(assets.join("etcd"));
-        etcd.args([
-            format!("--data-dir={}", root.join("etcd").display()),
-            format!("--listen-client-urls={etcd_url}"),
-            format!("--advertise-client-urls={etcd_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=default={peer_url}"),
-            "--log-level=warn".into(),
-            "--unsafe-no-fsync".into(),
-        ]);
+        etcd.args(&layout.etcd_args);
         cp.spawn("etcd", etcd);
-
-        // Service-account keys: the API server signs with the private key (PKCS#8 is accepted
-        // there) and verifies with the public key, which it cannot derive from a PKCS#8 file.
-        let key = rcgen::KeyPair::generate().unwrap();
-        let (sa_key, sa_pub) = (root.join("sa.key"), root.join("sa.pub"));
-        std::fs::write(&sa_key, key.serialize_pem()).unwrap();
-        std::fs::write(&sa_pub, key.public_key_pem()).unwrap();
-        let tokens = root.join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!("{token},admin,admin-uid,\"system:masters\"\n"),
-        )
-        .unwrap();
         let mut apiserver = Command::new(assets.join("kube-apiserver"));
-        apiserver.args([
-            format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            format!("--secure-port={api_port}"),
-            format!("--cert-dir={}", root.join("certs").display()),
-            format!("--service-account-key-file={}", sa_pub.display()),
-            format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--authorization-mode=RBAC".into(),
-            format!("--token-auth-file={}", tokens.display()),
-        ]);
+        apiserver.args(&layout.apiserver_args);
         cp.spawn("kube-apiserver", apiserver);
         cp.wait_ready(Duration::from_secs(90));
 
@@ -360,12 +313,6 @@ impl ControlPlane {
             ),
         }
     }
-}
-
-fn kubeconfig_yaml(server: &str, user: &str, token: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: e2e\n  context:\n    cluster: e2e\n    user: {user}\n    namespace: default\ncurrent-context: e2e\n"
-    )
 }
 
 /// A kube client from a kubeconfig file.
