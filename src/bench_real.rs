@@ -78,7 +78,8 @@ pub struct RealReport {
     pub settled_kubernetes_requests_per_resource_per_interval: f64,
     pub operator_settled_idle_cpu_percent: f64,
     /// The settled window's Admin API reads per second, made again after the operator stopped:
-    /// evenly spaced `GET`s of the same policies (`include_usage=true`) through the operator's
+    /// `GET`s of the same policies (`include_usage=true`), started in groups on the operator's
+    /// refresh grid (`controller::REFRESH_GRID`) as its refreshes are, through the operator's
     /// client with its rate limit, on one thread running a current-thread runtime like `run`'s,
     /// for one refresh interval. Its CPU (% of a core) is what the reads alone cost on this
     /// machine: a floor under the operator's idle CPU, as the write rate is under convergence.
@@ -672,8 +673,9 @@ pub struct ReadFloor {
     pub cpu_percent: f64,
 }
 
-/// The read floor (see [`RealReport::read_floor_cpu_percent`]): `reads_per_second` evenly
-/// spaced `GET`s (with usage) of the policies of `workspace`, cycling through them, for
+/// The read floor (see [`RealReport::read_floor_cpu_percent`]): `reads_per_second` `GET`s
+/// (with usage) of the policies of `workspace`, started on the refresh grid (each point of it
+/// starts the reads due since the last, which the client's rate limit then spaces), cycling through them, for
 /// `length`, through a client built from `config`, on a thread of its own with a
 /// current-thread runtime; the thread's CPU is measured. The policies are listed first,
 /// outside the measured time.
@@ -699,7 +701,7 @@ pub async fn read_floor(
     if ids.is_empty() || !reads_per_second.is_finite() || reads_per_second <= 0.0 {
         return Err("no policies to read, or no read rate".into());
     }
-    let spacing = Duration::from_secs_f64(1.0 / reads_per_second);
+    let per_step = reads_per_second * crate::controller::REFRESH_GRID.as_secs_f64();
     let answered = |done: Result<
         Result<(), crate::portkey::PortkeyError>,
         tokio::task::JoinError,
@@ -714,24 +716,29 @@ pub async fn read_floor(
         let client = PortkeyClient::new(config).map_err(|e| e.to_string())?;
         let work = async move {
             let client = std::sync::Arc::new(client);
-            let mut ticks = tokio::time::interval(spacing);
+            let mut ticks = tokio::time::interval(crate::controller::REFRESH_GRID);
             let mut pending = tokio::task::JoinSet::new();
-            let mut reads = 0;
+            let (mut reads, mut owed) = (0, 0.0);
+            let mut ids = ids.iter().cycle();
             let (start, cpu) = (Instant::now(), thread_cpu());
-            for id in ids.iter().cycle() {
+            loop {
                 ticks.tick().await;
                 if start.elapsed() >= length {
                     break;
                 }
-                let (client, id) = (client.clone(), id.clone());
-                pending.spawn(async move {
-                    let options = GetOptions {
-                        status: None,
-                        include_usage: true,
-                    };
-                    client.usage_limits().get(&id, options).await.map(drop)
-                });
-                reads += 1;
+                owed += per_step;
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    let (client, id) = (client.clone(), ids.next().cloned().unwrap_or_default());
+                    pending.spawn(async move {
+                        let options = GetOptions {
+                            status: None,
+                            include_usage: true,
+                        };
+                        client.usage_limits().get(&id, options).await.map(drop)
+                    });
+                    reads += 1;
+                }
                 while let Some(done) = pending.try_join_next() {
                     answered(done)?;
                 }

@@ -959,7 +959,12 @@ async fn refresh_requeues_are_never_shorter_than_the_interval() {
     .await;
     let delays: Vec<Duration> = (0..1000).map(|_| env.ctx.refresh_interval(true)).collect();
     assert!(delays.iter().all(|d| *d >= Duration::from_secs(20)));
-    assert!(delays.iter().all(|d| *d <= Duration::from_secs(22)));
+    // Up to 10 % longer, then to the next point of the 250 ms refresh grid.
+    assert!(
+        delays
+            .iter()
+            .all(|d| *d <= Duration::from_secs(22) + Duration::from_millis(250))
+    );
     assert!(
         delays.iter().any(|d| *d > Duration::from_secs(20)),
         "jittered"
@@ -1708,6 +1713,58 @@ mod operations {
             "nothing deferred: the budget's one read a second was taken once"
         );
         assert_eq!(env.condition("monthly", "Ready").0, "True");
+    }
+
+    /// Periodic refreshes start on a 250 ms grid: the refresh interval is lengthened to the
+    /// next point of it, so refreshes due within one step start together (one wake-up).
+    #[test]
+    fn refreshes_start_on_the_grid() {
+        use portkey_budget_operator::controller::{REFRESH_GRID, on_grid};
+        let ms = Duration::from_millis;
+        assert_eq!(REFRESH_GRID, ms(250));
+        assert_eq!(on_grid(ms(0), ms(20_000)), ms(20_000));
+        assert_eq!(on_grid(ms(100), ms(20_000)), ms(20_150));
+        assert_eq!(on_grid(ms(100), ms(20_151)), ms(20_400));
+        assert_eq!(
+            on_grid(Duration::from_nanos(1), ms(1)),
+            ms(250) - Duration::from_nanos(1)
+        );
+        // Never shorter than asked, never a whole step longer.
+        for (since, wait) in [(7, 60_000), (1_234_567, 21_999), (999, 1)] {
+            let got = on_grid(ms(since), ms(wait));
+            assert!(got >= ms(wait) && got < ms(wait) + REFRESH_GRID, "{got:?}");
+            assert_eq!((ms(since) + got).as_millis() % 250, 0);
+        }
+    }
+
+    /// Through the context: refresh intervals asked for at about the same time, with their
+    /// 0 to 10 % jitter, land on at most a few grid points (a 60 s interval jitters over 6 s:
+    /// at most 25 points), not on hundreds of different instants.
+    #[tokio::test]
+    async fn refresh_intervals_land_on_few_instants() {
+        let env = env_with(ControllerConfig {
+            usage_refresh_interval: Duration::from_secs(60),
+            ..test_config()
+        })
+        .await;
+        let start = std::time::Instant::now();
+        let mut dues: Vec<Duration> = (0..500)
+            .map(|_| start.elapsed() + env.ctx.refresh_interval(true))
+            .collect();
+        dues.sort();
+        // Calls microseconds apart: dues within 20 ms of each other are one instant (500
+        // dues spread evenly over the 6 s of jitter would be about 12 ms apart).
+        let instants = 1 + dues
+            .windows(2)
+            .filter(|w| w[1] - w[0] > Duration::from_millis(20))
+            .count();
+        assert!(instants <= 25, "{instants} instants");
+        let interval = env.ctx.refresh_interval(true);
+        assert!(
+            (Duration::from_secs(60)..=Duration::from_secs(66) + Duration::from_millis(250))
+                .contains(&interval),
+            "{interval:?}"
+        );
     }
 
     /// A 409 Conflict (the pass worked from a copy the watch has replaced) is retried within a

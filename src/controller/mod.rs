@@ -383,6 +383,8 @@ pub struct Context {
     next_refresh_slot: Mutex<Option<Instant>>,
     /// When a pass that was not a refresh last started.
     last_work: Mutex<Option<Instant>>,
+    /// The origin of the refresh grid (see [`Context::refresh_interval`]).
+    epoch: Instant,
     failures: Mutex<HashMap<String, u32>>,
     /// Per resource: when it was last compared with Portkey successfully (in memory: written
     /// into every object it would cost a status write per resource per refresh) and the spec it
@@ -391,6 +393,20 @@ pub struct Context {
     /// Versions of a resource this process knows a later write of its own replaced (a pass's
     /// starting version and every write but its last); kept until the cache moves past them.
     superseded: Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// The step of the grid periodic refreshes start on (see [`on_grid`]).
+pub const REFRESH_GRID: Duration = Duration::from_millis(250);
+
+/// `wait`, lengthened to the next point of the refresh grid (multiples of [`REFRESH_GRID`]
+/// since a fixed origin, `since` ago): the refreshes that come due within one step start
+/// together, so the process wakes once for them and sends their reads back to back instead of
+/// waking for each. Waking from idle is the largest single cost of a read in perf; at 1,000
+/// policies every 20 s the grid took idle CPU from about 5.5 % to 2.5 to 3.7 % of a core.
+pub fn on_grid(since: Duration, wait: Duration) -> Duration {
+    let step = REFRESH_GRID.as_nanos();
+    let due = (since + wait).as_nanos().div_ceil(step) * step;
+    Duration::from_nanos(u64::try_from(due).unwrap_or(u64::MAX)).saturating_sub(since)
 }
 
 /// A read budget of periodic refreshes: its limiter, and the time between two of its reads
@@ -474,6 +490,7 @@ impl Context {
                 .and_then(|r| RefreshBudget::new((r / 5).max(1))),
             next_refresh_slot: Mutex::new(None),
             last_work: Mutex::new(None),
+            epoch: Instant::now(),
             failures: Mutex::new(HashMap::new()),
             memos: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),
@@ -698,7 +715,8 @@ impl Context {
     pub fn refresh_interval(&self, reports_usage: bool) -> Duration {
         let base = self.interval(reports_usage).as_secs_f64();
         let factor = rand::rng().random_range(1.0..=1.1);
-        Duration::from_secs_f64((base * factor).max(1.0))
+        let wait = Duration::from_secs_f64((base * factor).max(1.0));
+        on_grid(self.epoch.elapsed(), wait)
     }
 
     fn backoff(&self, key: &str, err: &Error) -> Duration {
