@@ -12,6 +12,7 @@
 //!    the create-pending annotation so a crash cannot make a second policy.
 //! 6. Status (usage, conditions, next reset) is written only when it changed.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -92,7 +93,9 @@ pub trait PolicyResource: Managed + Resource<Scope = NamespaceResourceScope> {
 struct Run<'a, R: PolicyResource> {
     ctx: &'a Context,
     api: Api<R>,
-    obj: R,
+    /// The cached object, copied only once the pass writes it (a refresh that changes nothing
+    /// copies nothing of it).
+    obj: Cow<'a, R>,
     /// `kind/namespace/name`, for the in-memory last-sync times.
     key: String,
     identity: Identity,
@@ -131,7 +134,7 @@ pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Acti
             .identity(R::SHORT, Some(&namespace), &obj.name_any()),
         status: obj.status().cloned().unwrap_or_default(),
         key,
-        obj: obj.clone(),
+        obj: Cow::Borrowed(obj),
         now,
         outcome: None,
         created: false,
@@ -380,29 +383,29 @@ impl<R: PolicyResource> Run<'_, R> {
     }
 
     fn paused(&self) -> bool {
-        is_paused(&self.obj)
+        is_paused(&*self.obj)
     }
 
     async fn flush_status(&mut self) -> Result<(), kube::Error> {
         if self.obj.status() == Some(&self.status) {
             return Ok(());
         }
-        self.obj = kube_ops::apply_status(&self.api, &self.obj, &self.status).await?;
+        self.obj = Cow::Owned(kube_ops::apply_status(&self.api, &*self.obj, &self.status).await?);
         Ok(())
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        self.ctx.event(&self.obj, type_, reason, note).await;
+        self.ctx.event(&*self.obj, type_, reason, note).await;
     }
 
     fn pending_since(&self) -> Option<Timestamp> {
-        super::pending_create(&self.obj, self.psr().create_confirmed.as_deref())
+        super::pending_create(&*self.obj, self.psr().create_confirmed.as_deref())
     }
 
     /// Portkey shows what the pending create made: the status write ending this pass says so.
     fn confirm_create(&mut self) {
         if self.pending_since().is_some() {
-            self.ps().create_confirmed = super::create_stamp(&self.obj);
+            self.ps().create_confirmed = super::create_stamp(&*self.obj);
         }
     }
 
@@ -433,10 +436,12 @@ impl<R: PolicyResource> Run<'_, R> {
         };
         // A policy this resource manages is archived (or released) on deletion: the finalizer
         // goes on before anything is written to it (a create adds it with its pending record).
-        if !observe && remote.is_some() && !kube_ops::has_finalizer(&self.obj) {
-            self.obj = kube_ops::add_finalizer(&self.api, &self.obj)
-                .await
-                .map_err(|e| Error::kube("add the finalizer", e))?;
+        if !observe && remote.is_some() && !kube_ops::has_finalizer(&*self.obj) {
+            self.obj = Cow::Owned(
+                kube_ops::add_finalizer(&self.api, &*self.obj)
+                    .await
+                    .map_err(|e| Error::kube("add the finalizer", e))?,
+            );
         }
         // 4. Plan and 5. execute.
         let options = PlanOptions {
@@ -490,7 +495,7 @@ impl<R: PolicyResource> Run<'_, R> {
     /// The request is recorded in status first; a pass interrupted between the resets and
     /// their record repeats them (Portkey keeps no per-bucket reset time to check against).
     async fn reset_usage(&mut self, policy_id: String) -> Result<bool, Error> {
-        let Some(token) = super::annotation_token(&self.obj, RESET_USAGE_ANNOTATION) else {
+        let Some(token) = super::annotation_token(&*self.obj, RESET_USAGE_ANNOTATION) else {
             return Ok(false);
         };
         let Some(slot) = R::usage_reset(&mut self.status) else {
@@ -555,7 +560,7 @@ impl<R: PolicyResource> Run<'_, R> {
 
     /// Step 1: the admission rules again (a resource may have bypassed admission).
     fn validate(&mut self) -> Step<()> {
-        let errors = self.ctx.admission_errors(R::SHORT, &self.obj);
+        let errors = self.ctx.admission_errors(R::SHORT, &*self.obj);
         if errors.is_empty() {
             return Step::Go(());
         }
@@ -1135,7 +1140,7 @@ impl<R: PolicyResource> Run<'_, R> {
     async fn record_status(&mut self) -> Result<(), kube::Error> {
         match self.flush_status().await {
             Err(e) if kube_ops::is_conflict(&e) => {
-                self.obj = self.api.get(&self.obj.name_any()).await?;
+                self.obj = Cow::Owned(self.api.get(&self.obj.name_any()).await?);
                 self.flush_status().await
             }
             other => other,
@@ -1157,7 +1162,7 @@ impl<R: PolicyResource> Run<'_, R> {
         let created = super::bracketed_create(
             self.ctx,
             &self.api,
-            &mut self.obj,
+            self.obj.to_mut(),
             &stamp,
             "create the policy",
             || policies.create(body),
@@ -1227,7 +1232,7 @@ impl<R: PolicyResource> Run<'_, R> {
     /// carrying its marker), then release the finalizer. A policy Portkey refuses to archive
     /// keeps the finalizer, with a condition saying what a human can do.
     async fn cleanup(&mut self) -> Result<Action, Error> {
-        if !kube_ops::has_finalizer(&self.obj) {
+        if !kube_ops::has_finalizer(&*self.obj) {
             return Ok(Action::await_change());
         }
         if self.paused() {
@@ -1330,7 +1335,7 @@ impl<R: PolicyResource> Run<'_, R> {
             )
             .await;
         }
-        kube_ops::remove_finalizer(&self.api, &self.obj)
+        kube_ops::remove_finalizer(&self.api, &*self.obj)
             .await
             .map_err(|e| Error::kube("remove the finalizer", e))?;
         Ok(Action::await_change())
