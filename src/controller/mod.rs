@@ -372,7 +372,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     crds: HashMap<&'static str, CompiledCrd>,
-    write_limiter: DefaultDirectRateLimiter,
+    write_limiter: crate::portkey::retry::Pacer,
     /// The read budget of periodic refreshes (`ControllerConfig::refresh_read_rate`).
     refresh_budget: Option<RefreshBudget>,
     /// The smaller budget of refreshes while other work (creates, updates, first reads) is
@@ -483,7 +483,7 @@ impl Context {
                 ("wsb", CompiledCrd::new(&WorkspaceBudget::crd())),
                 ("akb", CompiledCrd::new(&ApiKeyBudget::crd())),
             ]),
-            write_limiter: RateLimiter::direct(Quota::per_second(rate)),
+            write_limiter: crate::portkey::retry::Pacer::new(Quota::per_second(rate)),
             refresh_budget: config.refresh_read_rate.and_then(RefreshBudget::new),
             busy_refresh_budget: config
                 .refresh_read_rate
@@ -654,7 +654,7 @@ impl Context {
 
     /// Waits for the shared Admin API write rate limiter.
     pub async fn write_permit(&self) {
-        crate::portkey::retry::until_ready(&self.write_limiter).await;
+        self.write_limiter.until_ready().await;
     }
 
     /// Records an Event on `obj`; a failure to record is logged, never fatal.

@@ -114,7 +114,7 @@ pub struct PortkeyClient {
     retry: RetryPolicy,
     page_size: u32,
     observer: Option<CallObserver>,
-    limiter: Option<Arc<governor::DefaultDirectRateLimiter>>,
+    limiter: Option<Arc<super::retry::Pacer>>,
     /// The key, sent with every request; replaceable at run time (a rotated Secret).
     key: Arc<std::sync::RwLock<HeaderValue>>,
     /// Signalled whenever Portkey answers 401, so the key's source can be read again.
@@ -276,7 +276,7 @@ impl PortkeyClient {
                     // every late wake-up would push all later slots back (200/s fell to 170/s).
                     let burst = std::num::NonZeroU32::MIN.saturating_add(rps.get().div_ceil(500));
                     let quota = governor::Quota::per_second(rps).allow_burst(burst);
-                    Arc::new(governor::RateLimiter::direct(quota))
+                    Arc::new(super::retry::Pacer::new(quota))
                 }),
         })
     }
@@ -355,7 +355,7 @@ impl PortkeyClient {
         let mut attempt = 0u32;
         loop {
             if let Some(limiter) = &self.limiter {
-                super::retry::until_ready(limiter).await;
+                limiter.until_ready().await;
             }
             let started = Instant::now();
             let result = self
