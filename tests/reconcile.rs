@@ -1666,6 +1666,61 @@ mod operations {
         );
     }
 
+    /// Deferred refreshes start on the refresh grid: their slots, spaced at the budget's rate
+    /// (here the busy budget, a fifth of 100 reads a second, as a create just ran: 50 ms
+    /// apart), land on one grid point per quarter second, not on a hundred instants (each
+    /// its own wake-up of the process).
+    #[tokio::test]
+    async fn deferred_refreshes_land_on_the_grid() {
+        let env = env_with(ControllerConfig {
+            refresh_read_rate: Some(100),
+            ..Default::default()
+        })
+        .await;
+        env.kube.apply(&ulp("monthly", spec()));
+        env.reconcile("monthly").await.unwrap();
+        let status = env.obj("monthly").status.unwrap();
+        let settled = || controller::Freshness {
+            generation: env.obj("monthly").metadata.generation,
+            observed_generation: status.common.observed_generation,
+            conditions: &status.common.conditions,
+            last_sync: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)),
+            pending: false,
+            paused: false,
+        };
+        let interval = Duration::from_secs(1);
+        let start = std::time::Instant::now();
+        let mut dues = Vec::new();
+        // The budget's burst goes first; the next hundred are deferred.
+        while dues.len() < 100 {
+            if let Some(action) =
+                controller::gate(&env.ctx, settled(), jiff::Timestamp::now(), interval)
+            {
+                dues.push(start.elapsed() + action_delay(&action));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "never over budget"
+            );
+        }
+        dues.sort();
+        // Calls microseconds apart: dues within 2 ms of each other are one instant.
+        let instants = 1 + dues
+            .windows(2)
+            .filter(|w| w[1] - w[0] > Duration::from_millis(2))
+            .count();
+        let spread = dues[dues.len() - 1] - dues[0];
+        assert!(
+            spread >= Duration::from_millis(750),
+            "still spread at the budget's rate: {spread:?}"
+        );
+        let steps = usize::try_from(spread.as_millis() / 250).unwrap();
+        assert!(
+            instants <= steps + 1 && instants <= 25,
+            "{instants} instants over {spread:?}: {dues:?}"
+        );
+    }
+
     /// The gate is decided once per pass, before the pass starts: a due refresh through the
     /// reconcile entry point takes one read from the budget and reads Portkey once (deciding it
     /// twice would spend a second read of the budget and defer the refresh it had admitted);
