@@ -707,6 +707,8 @@ pub async fn read_floor(
         tokio::task::JoinError,
     >| { done.map_err(|e| e.to_string())?.map_err(|e| e.to_string()) };
     let thread = std::thread::spawn(move || {
+        // The operator's timer slack (set in `run`), so this stays the cost of its reads.
+        crate::portkey::retry::allow_timer_slack();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -441,6 +441,9 @@ fn main() -> ExitCode {
     // runtime with that many workers.
     let single = matches!(cli.command, Command::Run(_))
         && std::env::var_os("TOKIO_WORKER_THREADS").is_none();
+    if matches!(cli.command, Command::Run(_)) {
+        portkey_budget_operator::portkey::retry::allow_timer_slack();
+    }
     let mut runtime = if single {
         tokio::runtime::Builder::new_current_thread()
     } else {

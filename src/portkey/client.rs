@@ -271,10 +271,13 @@ impl PortkeyClient {
                 .map(|rps| {
                     // Requests are spaced evenly, so the server's own limiter (which may allow
                     // bursts) sees at most `burst - 1` more than `rps` in any second. The burst
-                    // covers about 2 ms of requests: a waiter wakes up to a couple of
-                    // milliseconds late (the tokio timer's resolution), and without the slack
-                    // every late wake-up would push all later slots back (200/s fell to 170/s).
-                    let burst = std::num::NonZeroU32::MIN.saturating_add(rps.get().div_ceil(500));
+                    // covers the time a waiter may wake late: the kernel's timer slack (see
+                    // `retry::TIMER_SLACK`) and the tokio timer's resolution (a couple of
+                    // milliseconds). Without it every late wake-up would push all later slots
+                    // back (200/s fell to 170/s).
+                    let late = super::retry::TIMER_SLACK + Duration::from_millis(2);
+                    let spare = (f64::from(rps.get()) * late.as_secs_f64()).ceil() as u32;
+                    let burst = std::num::NonZeroU32::MIN.saturating_add(spare);
                     let quota = governor::Quota::per_second(rps).allow_burst(burst);
                     Arc::new(super::retry::Pacer::new(quota))
                 }),

@@ -17,6 +17,28 @@ use rand::Rng;
 
 use super::error::PortkeyError;
 
+/// How late the kernel may wake this process for a timer (Linux's timer slack, 50 µs by
+/// default): a timer due within this much of another wake-up (a response arriving, another
+/// timer) runs in that wake-up instead of a wake-up of its own. The operator's timers are rate
+/// limiter slots (a few milliseconds apart), refreshes and timeouts (seconds): none needs
+/// better. At 1,000 policies refreshed every 20 s it took idle CPU from 1.07 and 1.12 % of a
+/// core to 0.80 to 0.97 % in runs back to back; 20 ms did no better. The Admin API limiter's
+/// burst covers it (see `PortkeyClient::new`).
+pub const TIMER_SLACK: Duration = Duration::from_millis(5);
+
+/// Sets [`TIMER_SLACK`] for the calling thread and the threads it starts later (Linux only;
+/// elsewhere nothing happens).
+pub fn allow_timer_slack() {
+    #[cfg(target_os = "linux")]
+    {
+        let nanos = libc::c_ulong::try_from(TIMER_SLACK.as_nanos()).unwrap_or(libc::c_ulong::MAX);
+        // SAFETY: PR_SET_TIMERSLACK only sets a scheduling parameter of the calling thread.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, nanos, 0, 0, 0);
+        }
+    }
+}
+
 /// A rate limiter whose waiters queue: they leave in the order they arrived, and only the
 /// one at the head of the queue sleeps, until `governor` admits it.
 ///
@@ -183,6 +205,30 @@ mod tests {
         assert!(sleeps <= 20, "{sleeps} sleeps for 10 waiters");
         // Ten more requests at 200 a second cannot all pass in less than 45 ms.
         assert!(started.elapsed() >= Duration::from_millis(45));
+    }
+
+    /// The slack is set for the calling thread (and the threads it starts), which the kernel
+    /// reports back.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn timer_slack_is_set_for_the_thread() {
+        let slack = || {
+            // SAFETY: PR_GET_TIMERSLACK only reads a parameter of the calling thread.
+            unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) }
+        };
+        let (before, after, child) = std::thread::spawn(move || {
+            // SAFETY: as in `allow_timer_slack`; a value of its own, whatever the default.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1_000_000, 0, 0, 0) };
+            let before = slack();
+            allow_timer_slack();
+            let after = slack();
+            (before, after, std::thread::spawn(slack).join().unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(before, 1_000_000);
+        assert_eq!(after, 5_000_000);
+        assert_eq!(child, 5_000_000, "inherited");
     }
 
     #[test]
