@@ -1478,6 +1478,29 @@ mod operations {
     use super::*;
     use portkey_budget_operator::controller::{rate, workspace};
 
+    /// The gate's input for a resource with `status` as written, at `generation`, last compared
+    /// with Portkey `ago`.
+    fn freshness(
+        status: &portkey_budget_operator::api::common::RemotePolicyStatus,
+        generation: Option<i64>,
+        ago: jiff::SignedDuration,
+    ) -> controller::Freshness<'_> {
+        controller::Freshness {
+            generation,
+            observed_generation: status.observed_generation,
+            conditions: &status.conditions,
+            last_sync: Some(jiff::Timestamp::now() - ago),
+            pending: false,
+            paused: false,
+        }
+    }
+
+    /// How many distinct instants the sorted `dues` hold, counting dues at most `apart` from
+    /// the previous one as the same instant.
+    fn instants(dues: &[Duration], apart: Duration) -> usize {
+        1 + dues.windows(2).filter(|w| w[1] - w[0] > apart).count()
+    }
+
     fn dry_run_config() -> ControllerConfig {
         ControllerConfig {
             dry_run: true,
@@ -1618,13 +1641,12 @@ mod operations {
         env.reconcile("monthly").await.unwrap();
         let obj = env.obj("monthly");
         let status = obj.status.clone().unwrap();
-        let settled = |generation: Option<i64>| controller::Freshness {
-            generation,
-            observed_generation: status.common.observed_generation,
-            conditions: &status.common.conditions,
-            last_sync: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60)),
-            pending: false,
-            paused: false,
+        let settled = |generation: Option<i64>| {
+            freshness(
+                &status.common,
+                generation,
+                jiff::SignedDuration::from_secs(60),
+            )
         };
         let now = jiff::Timestamp::now();
         let interval = Duration::from_secs(1);
@@ -1679,14 +1701,14 @@ mod operations {
         .await;
         env.kube.apply(&ulp("monthly", spec()));
         env.reconcile("monthly").await.unwrap();
-        let status = env.obj("monthly").status.unwrap();
-        let settled = || controller::Freshness {
-            generation: env.obj("monthly").metadata.generation,
-            observed_generation: status.common.observed_generation,
-            conditions: &status.common.conditions,
-            last_sync: Some(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1)),
-            pending: false,
-            paused: false,
+        let obj = env.obj("monthly");
+        let status = obj.status.unwrap();
+        let settled = || {
+            freshness(
+                &status.common,
+                obj.metadata.generation,
+                jiff::SignedDuration::from_hours(1),
+            )
         };
         let interval = Duration::from_secs(1);
         let start = std::time::Instant::now();
@@ -1705,10 +1727,7 @@ mod operations {
         }
         dues.sort();
         // Calls microseconds apart: dues within 2 ms of each other are one instant.
-        let instants = 1 + dues
-            .windows(2)
-            .filter(|w| w[1] - w[0] > Duration::from_millis(2))
-            .count();
+        let instants = instants(&dues, Duration::from_millis(2));
         let spread = dues[dues.len() - 1] - dues[0];
         assert!(
             spread >= Duration::from_millis(750),
@@ -1811,10 +1830,7 @@ mod operations {
         dues.sort();
         // Calls microseconds apart: dues within 20 ms of each other are one instant (500
         // dues spread evenly over the 6 s of jitter would be about 12 ms apart).
-        let instants = 1 + dues
-            .windows(2)
-            .filter(|w| w[1] - w[0] > Duration::from_millis(20))
-            .count();
+        let instants = instants(&dues, Duration::from_millis(20));
         assert!(instants <= 25, "{instants} instants");
         let interval = env.ctx.refresh_interval(true);
         assert!(
