@@ -675,8 +675,8 @@ pub struct ReadFloor {
 
 /// The read floor (see [`RealReport::read_floor_cpu_percent`]): `reads_per_second` `GET`s
 /// (with usage) of the policies of `workspace`, cycling through them, started on the refresh
-/// grid (each point of it starts the reads due since the last, which the client's rate limit
-/// then spaces), for `length`, through a client built from `config`, on a thread of its own
+/// grid (each point of it starts the reads due since the last, together, as the client's rate
+/// limit lets them), for `length`, through a client built from `config`, on a thread of its own
 /// with a current-thread runtime; the thread's CPU is measured. The policies are listed first,
 /// outside the measured time.
 pub async fn read_floor(

@@ -100,7 +100,7 @@ pub struct RunArgs {
     /// Per-request timeout for the Admin API [default: 15s].
     #[arg(long)]
     pub admin_api_timeout: Option<FlagDuration>,
-    /// At most this many Admin API requests per second, reads and writes together (0 or
+    /// At most this many Admin API requests in any second, reads and writes together (0 or
     /// unset: no limit beyond --admin-api-write-rate).
     #[arg(long)]
     pub admin_api_rate_limit: Option<u32>,

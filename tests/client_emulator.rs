@@ -982,6 +982,32 @@ async fn honours_retry_after() {
     );
 }
 
+/// The client's rate limit (at most N requests in any second, sent at once while there is
+/// room) against a server that admits N a second: three seconds' worth of requests at once,
+/// without retries, all answered, none refused with 429.
+#[tokio::test]
+async fn client_rate_limit_stays_under_the_servers() {
+    const RATE: u32 = 20;
+    let (emu, _) = setup().await;
+    let ctl = emu.control();
+    ctl.set_faults(json!({"rate_limit_rps": RATE, "retry_after_s": 1}))
+        .await
+        .unwrap();
+    ctl.clear_requests().await.unwrap();
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = RetryPolicy::none();
+    cfg.max_requests_per_second = Some(RATE);
+    let client = PortkeyClient::new(cfg).unwrap();
+    let started = Instant::now();
+    let answers =
+        futures::future::join_all((0..RATE * 3 - 5).map(|_| client.get_workspace(WS_ID))).await;
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    assert_eq!(ctl.requests().await.unwrap().total, u64::from(RATE * 3 - 5));
+    // Three windows: the third cannot start before two seconds have passed.
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}
+
 #[tokio::test]
 async fn clock_moves_trigger_resets() {
     let (emu, client) = setup().await;

@@ -12,6 +12,9 @@ use serde::de::DeserializeOwned;
 
 use super::error::{PortkeyError, parse_retry_after};
 use super::retry::{Idempotency, RetryPolicy};
+
+/// How much longer than a second the Admin API limiter's window is (see `PortkeyClient::new`).
+pub const WINDOW_MARGIN: Duration = Duration::from_millis(10);
 use super::types::*;
 
 /// Portkey's SaaS Admin API.
@@ -74,8 +77,8 @@ pub struct ClientConfig {
     /// Page size for list calls (all pages are walked).
     pub page_size: u32,
     pub observer: Option<CallObserver>,
-    /// At most this many HTTP attempts per second (reads and writes, retries included), to stay
-    /// under Portkey's own rate limit; `None`: unlimited.
+    /// At most this many HTTP attempts in any second (reads and writes, retries included), to
+    /// stay under Portkey's own rate limit; `None`: unlimited.
     pub max_requests_per_second: Option<u32>,
 }
 
@@ -269,17 +272,15 @@ impl PortkeyClient {
                 .max_requests_per_second
                 .and_then(std::num::NonZeroU32::new)
                 .map(|rps| {
-                    // Requests are spaced evenly, so the server's own limiter (which may allow
-                    // bursts) sees at most `burst - 1` more than `rps` in any second. The burst
-                    // covers the time a waiter may wake late: the kernel's timer slack (see
-                    // `retry::TIMER_SLACK`) and the tokio timer's resolution (a couple of
-                    // milliseconds). Without it every late wake-up would push all later slots
-                    // back (200/s fell to 170/s).
-                    let late = super::retry::TIMER_SLACK + Duration::from_millis(2);
-                    let spare = (f64::from(rps.get()) * late.as_secs_f64()).ceil() as u32;
-                    let burst = std::num::NonZeroU32::MIN.saturating_add(spare);
-                    let quota = governor::Quota::per_second(rps).allow_burst(burst);
-                    Arc::new(super::retry::Pacer::new(quota))
+                    // At most `rps` requests in any second, sent at once while there is room:
+                    // the refreshes that start together on the refresh grid go out together
+                    // and their answers come back together, one wake-up of the process for
+                    // all of them where evenly spaced requests (5 ms apart at 200/s) cost one
+                    // each. The window is widened by `WINDOW_MARGIN` so that a request delayed
+                    // on its way does not land in the server's second with the ones sent a
+                    // second after it.
+                    let window = Duration::from_secs(1) + WINDOW_MARGIN;
+                    Arc::new(super::retry::Pacer::per_window(rps, window))
                 }),
         })
     }

@@ -22,8 +22,9 @@ use super::error::PortkeyError;
 /// timer) runs in that wake-up instead of a wake-up of its own. The operator's timers are rate
 /// limiter slots (a few milliseconds apart), refreshes and timeouts (seconds): none needs
 /// better. At 1,000 policies refreshed every 20 s it took settled idle CPU from 1.07 and
-/// 1.12 % of a core to 0.80 to 0.97 % in runs back to back; 20 ms did no better. The Admin API limiter's
-/// burst covers it (see `PortkeyClient::new`).
+/// 1.12 % of a core to 0.80 to 0.97 % in runs back to back; 20 ms did no better. A late wake-up
+/// costs the Admin API limiter nothing: it counts requests in a window (see
+/// `PortkeyClient::new`).
 pub const TIMER_SLACK: Duration = Duration::from_millis(5);
 
 /// Sets [`TIMER_SLACK`] for the calling thread and the threads it starts later (Linux only;
@@ -40,7 +41,7 @@ pub fn allow_timer_slack() {
 }
 
 /// A rate limiter whose waiters queue: they leave in the order they arrived, and only the
-/// one at the head of the queue sleeps, until `governor` admits it.
+/// one at the head of the queue sleeps, until the limiter admits it.
 ///
 /// Without the queue every waiter slept until the next free slot, all woke together, one got
 /// through and the others slept again: ten waiters slept 55 times (the unit test below), and
@@ -48,14 +49,75 @@ pub fn allow_timer_slack() {
 /// 1.2 with the queue. The limiter decides exactly as before; the queue only decides who asks
 /// it.
 pub struct Pacer {
-    limiter: governor::DefaultDirectRateLimiter,
+    gate: Gate,
     queue: tokio::sync::Mutex<()>,
 }
 
+/// What a [`Pacer`] admits.
+enum Gate {
+    /// `governor`'s cell rate: requests spaced by the quota's period, after its burst.
+    Spaced(governor::DefaultDirectRateLimiter),
+    /// At most `limit` requests in any `window`: the times of the last `limit` admitted.
+    Window {
+        limit: usize,
+        window: Duration,
+        sent: std::sync::Mutex<std::collections::VecDeque<tokio::time::Instant>>,
+    },
+}
+
+impl Gate {
+    /// `None` when a request may go now (and it is counted), else how long until one may.
+    fn admit(&self) -> Option<Duration> {
+        match self {
+            Gate::Spaced(limiter) => {
+                use governor::clock::Clock;
+                // The limiter's own clock: a new `DefaultClock` checks the CPU's counter
+                // support (CPUID, which traps to the hypervisor in a VM) every time.
+                let not_until = limiter.check().err()?;
+                Some(not_until.wait_time_from(limiter.clock().now()))
+            }
+            Gate::Window {
+                limit,
+                window,
+                sent,
+            } => {
+                let now = tokio::time::Instant::now();
+                let mut sent = sent.lock().expect("window lock");
+                while sent.front().is_some_and(|t| now - *t >= *window) {
+                    sent.pop_front();
+                }
+                match sent.front() {
+                    Some(oldest) if sent.len() >= *limit => Some(*oldest + *window - now),
+                    _ => {
+                        sent.push_back(now);
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Pacer {
+    /// Requests at `quota`'s rate, evenly spaced after its burst.
     pub fn new(quota: governor::Quota) -> Self {
         Pacer {
-            limiter: governor::RateLimiter::direct(quota),
+            gate: Gate::Spaced(governor::RateLimiter::direct(quota)),
+            queue: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// At most `limit` requests in any `window` (measured when they leave), at once if there
+    /// is room: a server that admits `limit` a window (counted in fixed or sliding windows, or
+    /// a token bucket holding at least `limit`) admits all of them.
+    pub fn per_window(limit: std::num::NonZeroU32, window: Duration) -> Self {
+        let limit = usize::try_from(limit.get()).unwrap_or(usize::MAX);
+        Pacer {
+            gate: Gate::Window {
+                limit,
+                window,
+                sent: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            },
             queue: tokio::sync::Mutex::new(()),
         }
     }
@@ -68,14 +130,11 @@ impl Pacer {
     /// its own: every wait was two cross-thread wake-ups (a few percent of the operator's idle
     /// CPU).
     pub async fn until_ready(&self) -> u32 {
-        use governor::clock::Clock;
         // The queue is a fair (first in, first out) lock, held while waiting for the limiter.
         let _turn = self.queue.lock().await;
         let mut sleeps = 0;
-        while let Err(not_until) = self.limiter.check() {
-            // The limiter's own clock: a new `DefaultClock` checks the CPU's counter support
-            // (CPUID, which traps to the hypervisor in a VM) every time.
-            tokio::time::sleep(not_until.wait_time_from(self.limiter.clock().now())).await;
+        while let Some(wait) = self.gate.admit() {
+            tokio::time::sleep(wait).await;
             sleeps += 1;
         }
         sleeps
@@ -206,6 +265,44 @@ mod tests {
         assert!(sleeps <= 20, "{sleeps} sleeps for 10 waiters");
         // Ten more requests at 200 a second cannot all pass in less than 45 ms.
         assert!(started.elapsed() >= Duration::from_millis(45));
+    }
+
+    /// The window mode lets its limit through at once and the next request only when the
+    /// oldest of them is a window old: never more than the limit in any window, one sleep per
+    /// window for a queue of waiters (the clock is tokio's, paused: times are exact).
+    #[tokio::test(start_paused = true)]
+    async fn window_admits_its_limit_at_once_and_no_more_in_any_window() {
+        let window = Duration::from_secs(1);
+        let pacer = std::sync::Arc::new(Pacer::per_window(
+            std::num::NonZeroU32::new(5).unwrap(),
+            window,
+        ));
+        let started = tokio::time::Instant::now();
+        let mut waiters = tokio::task::JoinSet::new();
+        for i in 0..12u32 {
+            let pacer = pacer.clone();
+            waiters.spawn(async move {
+                let sleeps = pacer.until_ready().await;
+                (i, started.elapsed(), sleeps)
+            });
+            tokio::task::yield_now().await;
+        }
+        let mut admitted = Vec::new();
+        while let Some(done) = waiters.join_next().await {
+            admitted.push(done.unwrap());
+        }
+        admitted.sort_by_key(|(i, ..)| *i);
+        let at: Vec<u64> = admitted.iter().map(|(_, t, _)| t.as_secs()).collect();
+        assert_eq!(at, [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2], "admitted at (s)");
+        for (_, t, _) in &admitted {
+            let within = admitted
+                .iter()
+                .filter(|(_, u, _)| *u >= *t && *u < *t + window)
+                .count();
+            assert!(within <= 5, "{within} requests within a second of {t:?}");
+        }
+        let sleeps: u32 = admitted.iter().map(|(.., s)| s).sum();
+        assert_eq!(sleeps, 2, "the head of the queue sleeps once a window");
     }
 
     /// The slack is set for the calling thread (and the threads it starts), which the kernel
