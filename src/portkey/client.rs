@@ -12,10 +12,10 @@ use serde::de::DeserializeOwned;
 
 use super::error::{PortkeyError, parse_retry_after};
 use super::retry::{Idempotency, RetryPolicy};
+use super::types::*;
 
 /// How much longer than a second the Admin API limiter's window is (see `PortkeyClient::new`).
 pub const WINDOW_MARGIN: Duration = Duration::from_millis(10);
-use super::types::*;
 
 /// Portkey's SaaS Admin API.
 pub const DEFAULT_BASE_URL: &str = "https://api.portkey.ai/v1";
