@@ -1431,6 +1431,64 @@ async fn api_keys_lifecycle() {
     assert!(err.is_gone() && !err.is_not_found(), "{err:?}");
 }
 
+/// `PUT /api-keys/{id}` takes `scopes` (OpenAPI `UpdateApiKeyObject.scopes`; the SDK samples
+/// send them), validated as on create: a non-empty list of strings, errors naming the field and
+/// nothing changed on a refusal. Other fields and the raw key stay as they were.
+#[tokio::test]
+async fn key_update_replaces_scopes() {
+    let (emu, c) = setup().await;
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "scoped"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    let before = c.get_api_key(&id).await.unwrap();
+    let scopes = vec!["completions.write".to_owned(), "logs.write".to_owned()];
+    assert_ne!(before.scopes, scopes);
+    c.update_api_key(
+        &id,
+        &UpdateApiKey {
+            scopes: Some(scopes.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let after = c.get_api_key(&id).await.unwrap();
+    assert_eq!(after.scopes, scopes);
+    assert_eq!(after.usage_limits, before.usage_limits, "other fields kept");
+    assert_eq!(after.alert_emails, before.alert_emails);
+    assert_eq!(after.masked_key_matches(issued.key.expose()), Some(true));
+    assert!(emu.control().key_works(issued.key.expose()).await.unwrap());
+
+    for (bad, field) in [
+        (json!({"scopes": []}), "scopes"),
+        (json!({"scopes": "completions.write"}), "scopes"),
+        (json!({"scopes": [7]}), "scopes[0]"),
+        (json!({"scopes": null}), "scopes"),
+    ] {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/api-keys/{id}", emu.base_url()))
+            .header(API_KEY_HEADER, KEY)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(field), "{bad}: {text}");
+    }
+    assert_eq!(
+        c.get_api_key(&id).await.unwrap().scopes,
+        scopes,
+        "unchanged"
+    );
+}
+
 /// `bench --real`'s read floor makes the reads it reports, every one a `GET` with usage of a
 /// policy of the workspace, at the rate asked for, and reports the CPU they cost.
 #[tokio::test]
