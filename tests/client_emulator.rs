@@ -1431,6 +1431,86 @@ async fn api_keys_lifecycle() {
     assert!(err.is_gone() && !err.is_not_found(), "{err:?}");
 }
 
+/// Rotation follows the OpenAPI rotate description ("The previous key remains valid during
+/// the transition period and expires at `key_transition_expires_at`": one previous key) and
+/// `RotateApiKeyResponse` (`id`, `key`, `key_transition_expires_at`). What a second rotation
+/// during a transition does is undocumented: the emulator's model (design of issue #28) ends the
+/// first previous key at once. GET's masked key (first 2 + `*****` + last 3, as in the MCP
+/// fixture, reference §8) tells the current raw key from the replaced ones.
+#[tokio::test]
+async fn rotation_keeps_one_previous_key() {
+    let (emu, c) = setup().await;
+    let ctl = emu.control();
+    ctl.set_clock(Some("2026-11-25T10:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "rot"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    let raw0 = issued.key.expose().to_owned();
+    assert_eq!(issued.key_transition_expires_at, None, "create has none");
+    let k = c.get_api_key(&id).await.unwrap();
+    assert_eq!(k.masked_key_matches(&raw0), Some(true));
+
+    let first = c.rotate_api_key(&id, 3_600_000).await.unwrap();
+    let raw1 = first.key.expose().to_owned();
+    assert_eq!(first.id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        first.key_transition_expires_at.unwrap().to_string(),
+        "2026-11-25T11:00:00Z",
+        "now + key_transition_period_ms"
+    );
+    assert!(
+        ctl.key_works(&raw0).await.unwrap(),
+        "previous key in transition"
+    );
+    assert!(ctl.key_works(&raw1).await.unwrap());
+    let k = c.get_api_key(&id).await.unwrap();
+    assert_eq!(k.masked_key_matches(&raw1), Some(true));
+    assert_eq!(
+        k.masked_key_matches(&raw0),
+        Some(false),
+        "the masked key no longer matches the replaced key"
+    );
+
+    // A second rotation during the transition: the first previous key stops at once, the key
+    // it retires gets the new transition.
+    ctl.set_clock(Some("2026-11-25T10:10:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let second = c.rotate_api_key(&id, 1_800_000).await.unwrap();
+    let raw2 = second.key.expose().to_owned();
+    assert_eq!(
+        second.key_transition_expires_at.unwrap().to_string(),
+        "2026-11-25T10:40:00Z"
+    );
+    assert!(
+        !ctl.key_works(&raw0).await.unwrap(),
+        "one previous key: the older one ended at once, before its 11:00 expiry"
+    );
+    assert!(ctl.key_works(&raw1).await.unwrap(), "the newly retired key");
+    assert!(ctl.key_works(&raw2).await.unwrap());
+    let state = ctl.state().await.unwrap();
+    let rec = state.api_keys.iter().find(|r| r.key.id == id).unwrap();
+    assert_eq!(rec.rotations, 2);
+    assert_eq!(rec.previous.as_ref().unwrap().raw, raw1);
+
+    ctl.set_clock(Some("2026-11-25T10:40:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        !ctl.key_works(&raw1).await.unwrap(),
+        "expired at key_transition_expires_at"
+    );
+    assert!(ctl.key_works(&raw2).await.unwrap());
+}
+
 /// `PUT /api-keys/{id}` takes `scopes` (OpenAPI `UpdateApiKeyObject.scopes`; the SDK samples
 /// send them), validated as on create: a non-empty list of strings, errors naming the field and
 /// nothing changed on a refusal. Other fields and the raw key stay as they were.
