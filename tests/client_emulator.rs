@@ -1569,6 +1569,87 @@ async fn key_update_replaces_scopes() {
     );
 }
 
+/// The `path_contains` fault narrows `response_delay_ms` to one kind of request: a rotation
+/// whose answer is held past the client's timeout was still carried out (the key rotated, the
+/// old raw key in its transition, GET's mask on the new key), and a GET, a PUT and a key create
+/// made meanwhile are answered at once.
+#[tokio::test]
+async fn a_lost_rotate_answer_still_rotated_the_key() {
+    let emu = start(default_config()).await;
+    let c = client_for(&emu, fast_retry(4), 100);
+    let ctl = emu.control();
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "lost"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    let raw = issued.key.expose().to_owned();
+    let set = ctl
+        .set_faults(
+            json!({"response_delay_ms": 60000, "method": "POST", "path_contains": "/rotate"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.path_contains.as_deref(), Some("/rotate"));
+
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = fast_retry(4);
+    cfg.timeout = Duration::from_millis(400);
+    let impatient = PortkeyClient::new(cfg).unwrap();
+    let started = Instant::now();
+    let err = impatient.rotate_api_key(&id, 1_800_000).await.unwrap_err();
+    assert!(
+        matches!(err, PortkeyError::Transport { timeout: true, .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "one attempt, no retry"
+    );
+
+    // The answer is still held back; other requests are not.
+    let started = Instant::now();
+    let k = c.get_api_key(&id).await.unwrap();
+    c.update_api_key(
+        &id,
+        &UpdateApiKey {
+            alert_emails: Nullable::Value(vec!["a@example.com".into()]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.create_api_key(
+        ApiKeyType::Workspace,
+        ApiKeySubType::Service,
+        &key_body(WS_SLUG, "other"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "GET, PUT and a create answered at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        k.masked_key_matches(&raw),
+        Some(false),
+        "GET shows the new key's mask"
+    );
+    let state = ctl.state().await.unwrap();
+    let rec = state.api_keys.iter().find(|r| r.key.id == id).unwrap();
+    assert_eq!(rec.rotations, 1, "the rotation was carried out");
+    assert_ne!(rec.raw, raw);
+    assert!(
+        ctl.key_works(&raw).await.unwrap(),
+        "old key in its transition"
+    );
+}
+
 /// `bench --real`'s read floor makes the reads it reports, every one a `GET` with usage of a
 /// policy of the workspace, at the rate asked for, and reports the CPU they cost.
 #[tokio::test]
