@@ -1490,6 +1490,7 @@ mod tests {
             PortkeyError::Forbidden {
                 code: Some("AB03".into()),
                 message: String::new(),
+                operation: None,
             },
             PortkeyError::RateLimited {
                 retry_after: None,
