@@ -614,6 +614,12 @@ fn the_admission_policy_holds_the_allow_list_and_follows_the_values() {
     let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
     assert_eq!(rule["resources"], json!(["apikeybudgets"]));
     assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
+    // A named version, so the API server type-checks the policy against the CRD's schema.
+    use kube::Resource;
+    assert_eq!(
+        rule["apiVersions"],
+        json!([portkey_budget_operator::api::ApiKeyBudget::version(&())])
+    );
     let allowed = &policy["spec"]["variables"][0];
     assert_eq!(allowed["name"], json!("allowedScopes"));
     // A CEL list literal: the JSON of the chart value.
