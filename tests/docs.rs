@@ -9,7 +9,8 @@
 //! - the four kinds are the same set in the CRDs, `Chart.yaml`, the chart's RBAC and NOTES, the
 //!   README, the uninstall commands, and the binary's help;
 //! - every relative link of the README and `docs/` reaches a file and, with `#`, a heading;
-//! - every `--set` in the install instructions names a value the chart has.
+//! - every `--set` in the install instructions names a value the chart has, and they apply
+//!   samples that exist and wait for the resources those samples declare.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::CommandExt;
@@ -631,4 +632,61 @@ fn the_install_instructions_set_only_values_the_chart_has() {
         }
     }
     assert!(seen >= 4, "{seen} --set found");
+}
+
+/// The install instructions apply samples that exist and wait for the resources those samples
+/// declare (kind by short name, name, namespace).
+#[test]
+fn the_install_instructions_wait_for_the_samples_they_apply() {
+    let kinds = kinds();
+    let mut samples = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("config/samples")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let doc: Value = serde_saphyr::from_str(&text).unwrap();
+        let kind = kinds
+            .iter()
+            .find(|k| doc["kind"] == k.kind.as_str())
+            .unwrap_or_else(|| panic!("a sample of an unknown kind: {}", doc["kind"]));
+        samples.insert((
+            kind.short[0].clone(),
+            doc["metadata"]["name"].as_str().unwrap().to_owned(),
+            doc["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        ));
+    }
+    let apply = regex::Regex::new(r"kubectl apply -f (config/samples/[\w.-]+)").unwrap();
+    let wait =
+        regex::Regex::new(r"kubectl wait --for=condition=Ready (\w+)/([\w-]+)(?: -n ([\w-]+))?")
+            .unwrap();
+    let mut waits = 0;
+    for page in [
+        "README.md",
+        "docs/install.md",
+        "charts/portkey-budget-operator/templates/NOTES.txt",
+    ] {
+        let text = read(page);
+        for c in apply.captures_iter(&text) {
+            assert!(
+                root().join(&c[1]).exists(),
+                "{page}: {} does not exist",
+                &c[1]
+            );
+        }
+        for c in wait.captures_iter(&text) {
+            waits += 1;
+            let waited = (
+                c[1].to_owned(),
+                c[2].to_owned(),
+                c.get(3).map_or("", |m| m.as_str()).to_owned(),
+            );
+            assert!(
+                samples.contains(&waited),
+                "{page}: `{}` waits for no sample of config/samples ({samples:?})",
+                &c[0]
+            );
+        }
+    }
+    assert!(waits >= 3, "{waits} waits found");
 }
