@@ -1,7 +1,8 @@
 //! The Helm chart: its CRD templates are generated from the code, its alert rules are the
 //! example PrometheusRule's, every value is typed and documented
 //! in `values.schema.json`, and Helm's own linter (the `helm-sdkpy` package, which embeds Helm's
-//! library) accepts the chart with the defaults plus an API key and rejects bad values. Rendered
+//! library) accepts the chart with the defaults plus an API key and rejects bad values; no image
+//! is published, so `image.repository` is required, with a message saying how to get one. Rendered
 //! (through the same library): Secret RBAC follows `operator.watchNamespaces`, the operator's
 //! config carries the tenancy and key settings and parses, and the admission policy holds the
 //! scope allow-list.
@@ -287,6 +288,14 @@ fn helm_lint_rejects_values_the_schema_forbids() {
             json!({"apiKeys": {"allowUserKeys": "yes"}}),
         ),
         (
+            "an image repository holding a tag",
+            json!({"image": {"repository": "portkey-budget-operator:0.1.0"}}),
+        ),
+        (
+            "an image tag with a slash",
+            json!({"image": {"tag": "0.1/0"}}),
+        ),
+        (
             // Namespaces are rendered into Roles and a namespace selector.
             "a watched namespace that is no DNS label",
             json!({"operator": {"watchNamespaces": ["Team_A"]}}),
@@ -301,6 +310,82 @@ fn helm_lint_rejects_values_the_schema_forbids() {
             "{what}: lint should fail on values.yaml: {result}"
         );
     }
+}
+
+/// What Helm logs while linting the chart with `patch` merged over values.yaml (plus an API
+/// key): in lint mode `required` logs its message instead of failing, so this is where the
+/// message `helm install` would fail with shows up.
+fn lint_log(patch: &Value) -> String {
+    let mut values = values();
+    values["portkey"]["apiKey"] = json!("pk-admin-key-for-lint");
+    merge(&mut values, patch);
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("portkey-budget-operator");
+    copy_dir(&chart(), &copy);
+    std::fs::write(
+        copy.join("values.yaml"),
+        serde_saphyr::to_string(&values).unwrap(),
+    )
+    .unwrap();
+    let script = "import asyncio, sys\n\
+from helm_sdkpy import Configuration, Lint\n\
+asyncio.run(Lint(Configuration()).run(sys.argv[1]))\n";
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&copy)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "Helm's linter could not run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// No image is published: the default `image.repository` is empty and the Deployment template
+/// requires it, with a message saying how to get an image and what to set; once set, the
+/// image is `<repository>:<tag or appVersion>`.
+#[test]
+fn the_image_repository_is_required_with_a_message_saying_how_to_get_one() {
+    assert_eq!(values()["image"]["repository"], json!(""));
+    let log = lint_log(&json!({}));
+    let missing: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("image.repository is required"))
+        .collect();
+    assert!(!missing.is_empty(), "no required-value message: {log}");
+    for needed in [
+        "no portkey-budget-operator image is published",
+        "docker build -t portkey-budget-operator:0.1.0 .",
+        "kind load docker-image portkey-budget-operator:0.1.0",
+        "minikube image load portkey-budget-operator:0.1.0",
+        "push it to your registry",
+        "--set image.repository=",
+        "docs/install.md",
+    ] {
+        assert!(
+            missing[0].contains(needed),
+            "{needed:?} missing: {}",
+            missing[0]
+        );
+    }
+    let set = json!({"image": {"repository": "registry.example.com/platform/pbo"}});
+    assert!(!lint_log(&set).contains("image.repository is required"));
+    let image = |patch: &Value| {
+        let objects = render(patch);
+        named(&objects, "Deployment", FULLNAME).expect("the Deployment")["spec"]["template"]["spec"]
+            ["containers"][0]["image"]
+            .clone()
+    };
+    assert_eq!(
+        image(&set),
+        json!("registry.example.com/platform/pbo:0.1.0")
+    );
+    assert_eq!(
+        image(&json!({"image": {"repository": "pbo", "tag": "dev-1"}})),
+        json!("pbo:dev-1")
+    );
 }
 
 fn merge(target: &mut Value, patch: &Value) {

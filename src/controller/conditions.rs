@@ -46,7 +46,8 @@ pub fn pause_transition(
     }
 }
 
-/// Every condition reason the operator writes (the README's table is checked against it).
+/// Every condition reason the operator writes (docs/reasons.md, one section each, and the
+/// README's table are checked against it).
 pub mod reasons {
     /// Ready: the policy or limits are in force as specified.
     pub const IN_FORCE: &str = "InForce";

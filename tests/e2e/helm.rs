@@ -24,9 +24,32 @@ fn chart_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/portkey-budget-operator")
 }
 
+/// The image the tests name: no image is published, so every install sets one (docs/install.md);
+/// these control planes run no kubelet, so it is never pulled.
+const IMAGE_REPOSITORY: &str = "portkey-budget-operator";
+
 /// A Helm action through Helm's Go library (helm-sdkpy), never waiting for Pods (this control
-/// plane runs no kubelet): `install` / `upgrade` (with `values`) or `uninstall`.
+/// plane runs no kubelet): `install` / `upgrade` (with `values`, plus `image.repository` unless
+/// they name an `image`) or `uninstall`.
 fn helm(kubeconfig: &Path, action: &str, chart: &Path, values: &serde_json::Value) {
+    let mut values = values.clone();
+    if values.get("image").is_none() {
+        values["image"] = serde_json::json!({"repository": IMAGE_REPOSITORY});
+    }
+    if let Err(e) = helm_result(kubeconfig, action, chart, &values) {
+        panic!(
+            "helm {action} failed (helm-sdkpy: pip install --ignore-requires-python helm-sdkpy==0.1.32): {e}"
+        );
+    }
+}
+
+/// A Helm action with `values` exactly as given: Helm's answer, or its error.
+fn helm_result(
+    kubeconfig: &Path,
+    action: &str,
+    chart: &Path,
+    values: &serde_json::Value,
+) -> Result<String, String> {
     let script = "import asyncio, json, sys\n\
 from helm_sdkpy import Configuration, Install, Upgrade, Uninstall\n\
 cfg = Configuration(namespace=sys.argv[2], kubeconfig=sys.argv[1], insecure_skip_tls_verify=True)\n\
@@ -41,12 +64,12 @@ print(json.dumps(asyncio.run(r), default=str)[:2000])\n";
         .arg(values.to_string())
         .output()
         .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "helm {action} failed (helm-sdkpy: pip install --ignore-requires-python helm-sdkpy==0.1.32): {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
 }
 
 fn helm_install(kubeconfig: &Path, values: &serde_json::Value) {
@@ -613,6 +636,70 @@ async fn helm_chart_admission_policy_and_secret_rbac_follow_the_tenancy_values()
                 "a ClusterRole grants Secrets: {role}"
             );
         }
+    })
+    .await;
+}
+
+/// No image is published, so a `helm install` that names none fails before it creates
+/// anything, saying what to set and where the install guide is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_without_an_image_fails_early_saying_what_to_set() {
+    let Some(assets) = crate::support::control_plane::require_assets(
+        "helm_install_without_an_image_fails_early_saying_what_to_set",
+    ) else {
+        return;
+    };
+    bounded("helm_no_image", async {
+        let cp = crate::support::control_plane::ControlPlane::start(assets);
+        let error = helm_result(
+            &cp.kubeconfig,
+            "install",
+            &chart_dir(),
+            &serde_json::json!({"portkey": {"apiKey": "k"}}),
+        )
+        .expect_err("an install without image.repository must fail");
+        for needed in [
+            "image.repository is required",
+            "no portkey-budget-operator image is published",
+            "docker build -t portkey-budget-operator:0.1.0 .",
+            "kind load docker-image",
+            "docs/install.md",
+        ] {
+            assert!(
+                error.contains(needed),
+                "the error lacks {needed:?}: {error}"
+            );
+        }
+        // Nothing was created: no CRD, no release namespace object, no release record.
+        let crds = cp.kubectl(&["get", "crd", "-o", "name"]);
+        assert!(!crds.contains("portkey-operator.io"), "{crds}");
+        let objects = cp.kubectl(&[
+            "get",
+            "all,secrets,configmaps",
+            "-n",
+            RELEASE_NS,
+            "-o",
+            "name",
+        ]);
+        assert!(!objects.contains(RELEASE), "{objects}");
+
+        // The same values with an image install.
+        helm(
+            &cp.kubeconfig,
+            "install",
+            &chart_dir(),
+            &serde_json::json!({"portkey": {"apiKey": "k"}}),
+        );
+        let image = cp.kubectl(&[
+            "get",
+            "deployment",
+            "pbo-portkey-budget-operator",
+            "-n",
+            RELEASE_NS,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}",
+        ]);
+        assert_eq!(image, format!("{IMAGE_REPOSITORY}:0.1.0"));
     })
     .await;
 }

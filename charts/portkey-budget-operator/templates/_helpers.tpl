@@ -49,6 +49,13 @@ app.kubernetes.io/part-of: portkey-budget-operator
 {{- end }}
 {{- end }}
 
+{{/* The operator image. None is published, so the repository must be chosen: fails when it is not. */}}
+{{- define "pbo.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion }}
+{{- $repository := required (printf "image.repository is required: no portkey-budget-operator image is published. Build it from the project's Dockerfile (docker build -t portkey-budget-operator:%s .), load it into the cluster (kind load docker-image portkey-budget-operator:%s, or minikube image load portkey-budget-operator:%s) or push it to your registry, then set image.repository (and image.tag, default the chart's appVersion %s), e.g. --set image.repository=portkey-budget-operator. See docs/install.md" $tag $tag $tag .Chart.AppVersion) .Values.image.repository }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
 {{- define "pbo.secretKey" -}}
 {{- if .Values.portkey.existingSecret }}{{ .Values.portkey.existingSecretKey }}{{ else }}api-key{{ end }}
 {{- end }}
