@@ -20,7 +20,7 @@ pub use workspace_budget::*;
 pub const GROUP: &str = "budgets.portkey-operator.io";
 /// Namespace annotation that pins every policy in the namespace to one workspace (id or slug).
 pub const WORKSPACE_ANNOTATION: &str = "budgets.portkey-operator.io/workspace";
-/// Annotation recording a create that may have reached Portkey (see README "No duplicates").
+/// Annotation recording a create that may have reached Portkey (docs/architecture.md, "No duplicates").
 pub const CREATE_PENDING_ANNOTATION: &str = "budgets.portkey-operator.io/create-pending";
 /// Annotation that stops every write to Portkey for one resource (`"true"`); usage is still
 /// read and reported, and removing it resumes and corrects drift.

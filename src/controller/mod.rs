@@ -962,7 +962,7 @@ where
     (task, ready)
 }
 
-/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget) until `shutdown`
+/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget, ApiKeyBudget) until `shutdown`
 /// resolves; in-flight reconciles finish first. Marks the caches synced in `ctx.health` once
 /// every controller has listed its resources.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {

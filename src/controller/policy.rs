@@ -1,7 +1,7 @@
 //! Reconcile and cleanup of one policy resource (`UsageLimitPolicy`, `RateLimitPolicy`): the
 //! machinery both kinds share; the kind-specific parts are the [`PolicyResource`] trait.
 //!
-//! Order of a reconcile (see README "How the controller works"):
+//! Order of a reconcile (docs/architecture.md):
 //! 1. A recently synced, healthy, unchanged resource is left alone (no Admin API call).
 //! 2. The spec is validated (schema + CEL) and the namespace binding checked: a failure is a
 //!    terminal condition and nothing is sent to Portkey.

@@ -2,7 +2,7 @@
 //!
 //! It serves the Admin API paths the operator uses under `/v1` and behaves as
 //! `docs/admin-api.md` says Portkey does. Test and demo controls live under
-//! `/_emulator/` (not part of Portkey). See README "Emulator".
+//! `/_emulator/` (not part of Portkey). See docs/emulator.md.
 
 pub mod control;
 pub mod keys;

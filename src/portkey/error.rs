@@ -100,7 +100,7 @@ pub fn required_scope(operation: &str) -> &'static str {
         ("usage_limits" | "rate_limits", "update" | "entity_reset") => "policies.update",
         ("usage_limits" | "rate_limits", "delete") => "policies.delete",
         ("usage_limits" | "rate_limits", _) => "policies.read",
-        ("workspaces", "list") => "workspaces.list",
+        ("workspaces", "list") | ("ping", _) => "workspaces.list",
         ("workspaces", "update") => "workspaces.update",
         ("workspaces", _) => "workspaces.read",
         ("api_keys", "create") => "workspace_service_api_keys.create",
