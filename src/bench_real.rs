@@ -460,7 +460,7 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE,
         "annotations": {crate::api::WORKSPACE_ANNOTATION: "bench"}}}))
-        .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?;
     let _ = namespaces.create(&PostParams::default(), &ns).await;
     let ulps: Api<UsageLimitPolicy> = Api::namespaced(client.clone(), NAMESPACE);
     futures::stream::iter(0..opts.policies)

@@ -1,20 +1,32 @@
 use serde::Serialize;
 
 use super::plan::{Exec, Plan};
+use super::problem::{Class, Problem};
+use super::progress::Progress;
 use crate::portkey::*;
 
 /// What `sync` did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
     pub applied: usize,
-    pub errors: Vec<String>,
+    pub errors: Vec<Problem>,
 }
 
 /// Applies the plan's writes. Creates are looked up by marker before they are sent again
 /// (the plan did that), and a failed create is never retried blindly.
-pub async fn apply(client: &PortkeyClient, plan: &Plan) -> SyncReport {
+/// A refused key (401) stops it at once: every further write would be refused too.
+pub async fn apply(client: &PortkeyClient, plan: &Plan, progress: &Progress) -> SyncReport {
     let mut report = SyncReport::default();
+    let writes = plan
+        .items
+        .iter()
+        .filter(|i| !matches!(i.exec, Exec::None))
+        .count();
+    progress.phase("applying", writes);
     for item in &plan.items {
+        if !matches!(item.exec, Exec::None) {
+            progress.step();
+        }
         let result: Result<bool, PortkeyError> = async {
             match &item.exec {
                 Exec::None => return Ok(false),
@@ -48,11 +60,21 @@ pub async fn apply(client: &PortkeyClient, plan: &Plan) -> SyncReport {
         match result {
             Ok(true) => report.applied += 1,
             Ok(false) => {}
+            Err(e) if e.status() == Some(401) => {
+                report.errors.push(Problem::new(
+                    Class::Api,
+                    format!(
+                        "the Admin API key was refused (HTTP 401) while applying; the rest was not sent: {e}"
+                    ),
+                ));
+                break;
+            }
             Err(e) => report
                 .errors
-                .push(format!("{} {}: {e}", item.kind, item.name)),
+                .push(item.problem(Class::Api, format!("writing to Portkey: {e}"))),
         }
     }
+    progress.done();
     report
 }
 

@@ -19,7 +19,14 @@ mod render;
 mod status;
 
 pub use apply::{SyncReport, apply};
-pub use load::*;
+pub use load::{
+    Loaded, Manifests, Resource, Skipped, Source, emulator_seed, load, missing_workspaces,
+};
 pub use plan::{ChangeKind, Plan, PlanItem, PlanSettings, plan};
+pub use problem::{Class, LoadError, Problem, ResourceRef, exit};
 pub use render::render_text;
 pub use status::status_table;
+pub mod command;
+mod lines;
+mod problem;
+pub mod progress;

@@ -3,6 +3,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use super::load::{Loaded, Resource, Source};
+use super::problem::{Class, Problem};
+use super::progress::Progress;
 use crate::api::ApiKeyBudget;
 use crate::plan::api_key::{self as keyplan, DesiredKey};
 use crate::plan::marker::Identity;
@@ -60,11 +62,34 @@ pub struct PlanItem {
     pub(super) exec: Exec,
 }
 
+impl PlanItem {
+    /// A problem about this item's resource.
+    pub fn problem(&self, class: Class, message: impl Into<String>) -> Problem {
+        let (namespace, name) = match self.name.split_once('/') {
+            Some((ns, n)) => (Some(ns.to_owned()), n.to_owned()),
+            None => (None, self.name.clone()),
+        };
+        Problem {
+            file: self.source.as_ref().map(|s| s.file.clone()),
+            line: self.source.as_ref().map(|s| s.line),
+            resource: Some(super::problem::ResourceRef {
+                kind: self.kind.clone(),
+                namespace,
+                name,
+            }),
+            field: None,
+            value: None,
+            message: message.into(),
+            class,
+        }
+    }
+}
+
 /// The whole plan.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub items: Vec<PlanItem>,
-    pub errors: Vec<String>,
+    pub errors: Vec<Problem>,
 }
 
 impl Plan {
@@ -82,8 +107,42 @@ impl Plan {
     }
 
     pub fn has_errors(&self) -> bool {
-        !self.errors.is_empty() || self.count(ChangeKind::Blocked) > 0
+        self.failure().is_some()
     }
+
+    /// What keeps the plan from being applied, the gravest first: an Admin API error, else a
+    /// refusal (errors of that class, or blocked items), else an invalid manifest.
+    pub fn failure(&self) -> Option<Class> {
+        let blocked = (self.count(ChangeKind::Blocked) > 0).then_some(Class::Refused);
+        self.errors.iter().map(|e| e.class).chain(blocked).max()
+    }
+}
+
+/// An Admin API error while planning `loaded` (or the plan as a whole).
+fn api_problem(loaded: Option<&Loaded>, e: &PortkeyError) -> Problem {
+    let message = format!("reading Portkey: {e}");
+    match loaded {
+        Some(l) => l.problem_here(Class::Api, message),
+        None => Problem::new(Class::Api, message),
+    }
+}
+
+/// The one error a refused Admin API key gets (instead of one per resource).
+fn key_refused(e: &PortkeyError, everywhere: bool) -> Problem {
+    let status = e.status().unwrap_or_default();
+    let scope = if status == 403 {
+        if everywhere {
+            " for every request; the key lacks the scopes plan and sync need (workspaces read; usage and rate limit policies read and write; workspaces update for WorkspaceBudgets; api-keys read and update for ApiKeyBudgets)"
+        } else {
+            ""
+        }
+    } else {
+        " (wrong, expired or revoked: check --api-key-file or PORTKEY_API_KEY)"
+    };
+    Problem::new(
+        Class::Api,
+        format!("the Admin API key was refused (HTTP {status}){scope}: {e}"),
+    )
 }
 
 /// Planning knobs.
@@ -102,7 +161,7 @@ pub struct PlanSettings {
 
 #[derive(Default)]
 pub(super) struct RemoteCache {
-    ids: BTreeMap<String, Result<String, String>>,
+    ids: BTreeMap<String, Result<String, PortkeyError>>,
     /// Active policies per (family, workspace): ids, names and ages only, so that one
     /// unexpected field anywhere in a workspace cannot break the listing.
     listed: BTreeMap<(&'static str, String), Vec<PolicySummary>>,
@@ -113,15 +172,11 @@ impl RemoteCache {
         &mut self,
         client: &PortkeyClient,
         reference: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, PortkeyError> {
         if let Some(r) = self.ids.get(reference) {
             return r.clone();
         }
-        let r = match client.resolve_workspace_id(reference).await {
-            Ok(id) => Ok(id),
-            Err(e) if e.is_not_found() => Err(format!("Portkey has no workspace {reference:?}")),
-            Err(e) => Err(e.to_string()),
-        };
+        let r = client.resolve_workspace_id(reference).await;
         self.ids.insert(reference.to_owned(), r.clone());
         r
     }
@@ -377,8 +432,15 @@ pub(super) fn declared_identities(
         .collect()
 }
 
-/// Reads remote state and plans every resource (and, with `prune`, the archives).
-pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanSettings) -> Plan {
+/// Reads remote state and plans every resource (and, with `prune`, the archives). An Admin API
+/// key refused with 401 stops the plan at once with one error; 403 on every resource is one
+/// error too.
+pub async fn plan(
+    client: &PortkeyClient,
+    resources: &[Loaded],
+    settings: &PlanSettings,
+    progress: &Progress,
+) -> Plan {
     let mut cache = RemoteCache::default();
     let mut items = Vec::new();
     let mut errors = Vec::new();
@@ -393,16 +455,44 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
             claims.entry(ws).or_default().push(loaded.qualified());
         }
     }
+    // 403s per resource: when every resource got one, the key is what is refused.
+    let mut forbidden: Option<PortkeyError> = None;
+    let mut forbidden_count = 0;
+    progress.phase("reading", resources.len());
     for loaded in resources {
+        progress.step();
         let identity = loaded.identity(settings);
         let Some(reference) = loaded.workspace().or(settings.default_workspace.as_deref()) else {
-            errors.push(format!("{}: spec.workspace: required (no cluster here to bind namespaces; or pass --default-workspace)", loaded.source));
+            errors.push(loaded.problem(
+                Class::Manifest,
+                "spec.workspace",
+                "is required by plan and sync (no cluster here to bind namespaces to workspaces); set it or pass --default-workspace",
+            ));
             continue;
         };
         let ws = match cache.workspace_id(client, reference).await {
             Ok(id) => id,
+            Err(e) if e.is_not_found() => {
+                let mut p = loaded.problem(
+                    Class::Refused,
+                    "spec.workspace",
+                    "Portkey has no such workspace (a slug or id of a workspace the Admin API key can see)",
+                );
+                p.value = Some(serde_json::Value::String(reference.to_owned()).to_string());
+                errors.push(p);
+                continue;
+            }
+            Err(e) if e.status() == Some(401) => {
+                errors.push(key_refused(&e, false));
+                progress.done();
+                return Plan { items, errors };
+            }
             Err(e) => {
-                errors.push(format!("{}: spec.workspace: {e}", loaded.source));
+                if e.status() == Some(403) {
+                    forbidden_count += 1;
+                    forbidden.get_or_insert(e.clone());
+                }
+                errors.push(api_problem(Some(loaded), &e));
                 continue;
             }
         };
@@ -541,8 +631,29 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
         };
         match result {
             Ok(new) => items.extend(new),
-            Err(e) => errors.push(format!("{}: reading Portkey: {e}", loaded.source)),
+            Err(e) if e.status() == Some(401) => {
+                errors.push(key_refused(&e, false));
+                progress.done();
+                return Plan { items, errors };
+            }
+            Err(e) => {
+                if e.status() == Some(403) {
+                    forbidden_count += 1;
+                    forbidden.get_or_insert(e.clone());
+                }
+                errors.push(api_problem(Some(loaded), &e));
+            }
         }
+    }
+    progress.done();
+    if let Some(e) = forbidden
+        && items.is_empty()
+        && forbidden_count == resources.len()
+    {
+        return Plan {
+            items,
+            errors: vec![key_refused(&e, true)],
+        };
     }
     if settings.prune {
         let mut archives = Vec::new();
@@ -556,7 +667,10 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
             let (usage, rate) = match lists {
                 Ok(l) => l,
                 Err(e) => {
-                    errors.push(format!("reading Portkey for --prune: {e}"));
+                    errors.push(Problem::new(
+                        Class::Api,
+                        format!("reading Portkey for --prune: {e}"),
+                    ));
                     continue;
                 }
             };
@@ -601,10 +715,13 @@ pub async fn plan(client: &PortkeyClient, resources: &[Loaded], settings: &PlanS
             }
         }
         if archives.len() > settings.max_prune {
-            errors.push(format!(
-                "--prune would archive {} policies, more than --max-prune {}; refusing (check the list, then raise --max-prune)",
-                archives.len(),
-                settings.max_prune
+            errors.push(Problem::new(
+                Class::Refused,
+                format!(
+                    "--prune would archive {} policies, more than --max-prune {}; refusing (check the list, then raise --max-prune)",
+                    archives.len(),
+                    settings.max_prune
+                ),
             ));
             for a in &mut archives {
                 a.action = ChangeKind::Blocked;

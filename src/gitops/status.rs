@@ -2,6 +2,7 @@ use std::fmt::Write as _;
 
 use super::load::{Loaded, Resource};
 use super::plan::{PlanSettings, RemoteCache, declared_identities, existing_key, match_remote};
+use super::progress::Progress;
 use crate::plan::api_key as keyplan;
 use crate::plan::report::percent;
 use crate::plan::schedule_text;
@@ -13,6 +14,7 @@ pub async fn status_table(
     client: &PortkeyClient,
     resources: &[Loaded],
     settings: &PlanSettings,
+    progress: &Progress,
 ) -> String {
     let default_workspace = settings.default_workspace.as_deref();
     let declared = declared_identities(resources, settings);
@@ -26,7 +28,9 @@ pub async fn status_table(
         "STATE".into(),
     ]];
     let mut cache = RemoteCache::default();
+    progress.phase("status", resources.len());
     for loaded in resources {
+        progress.step();
         let identity = loaded.identity(settings);
         let reference = loaded
             .workspace()
@@ -229,6 +233,7 @@ pub async fn status_table(
         };
         rows.push(row);
     }
+    progress.done();
     let widths: Vec<usize> = (0..7)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
