@@ -206,6 +206,26 @@ impl Skipped {
 
     /// As an error (`--fail-on-unknown`).
     pub fn problem(&self) -> Problem {
+        let hint = self
+            .hint
+            .as_deref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        let message = match &self.api_version {
+            Some(_) => format!(
+                "is not {}: {}{} is not this tool's, and --fail-on-unknown refuses documents of other API groups{hint}",
+                api::GROUP,
+                self.kind.as_deref().unwrap_or("(no kind)"),
+                self.name
+                    .as_deref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
+            ),
+            None => format!(
+                "is required: {}, and --fail-on-unknown refuses it{hint}",
+                self.what()
+            ),
+        };
         Problem {
             file: Some(self.file.clone()),
             line: Some(self.line),
@@ -215,15 +235,7 @@ impl Skipped {
                 .api_version
                 .as_ref()
                 .map(|v| Value::String(v.clone()).to_string()),
-            message: format!(
-                "{} is not a {} resource and --fail-on-unknown is set{}",
-                self.what(),
-                api::GROUP,
-                self.hint
-                    .as_deref()
-                    .map(|h| format!(" ({h})"))
-                    .unwrap_or_default()
-            ),
+            message,
             class: Class::Manifest,
         }
     }
@@ -515,7 +527,11 @@ fn load_document(
                 None,
                 format!(
                     "malformed YAML: {}",
-                    e.to_string().lines().next().unwrap_or_default()
+                    e.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
                 ),
             );
             if let Some(at) = e.location().filter(|l| l.line() > 0) {

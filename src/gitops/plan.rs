@@ -130,18 +130,31 @@ fn api_problem(loaded: Option<&Loaded>, e: &PortkeyError) -> Problem {
 /// The one error a refused Admin API key gets (instead of one per resource).
 fn key_refused(e: &PortkeyError, everywhere: bool) -> Problem {
     let status = e.status().unwrap_or_default();
-    let scope = if status == 403 {
+    let said = match e {
+        PortkeyError::Unauthorized { message, .. } | PortkeyError::Forbidden { message, .. } => {
+            message.clone()
+        }
+        other => other.to_string(),
+    };
+    let code = e.code().map(|c| format!(" ({c})")).unwrap_or_default();
+    let (scope, hint) = if status == 403 {
         if everywhere {
-            " for every request; the key lacks the scopes plan and sync need (workspaces read; usage and rate limit policies read and write; workspaces update for WorkspaceBudgets; api-keys read and update for ApiKeyBudgets)"
+            (
+                " for every request",
+                "; the key lacks the scopes plan and sync need (workspaces read; usage and rate limit policies read and write; workspaces update for WorkspaceBudgets; API keys read and update for ApiKeyBudgets)",
+            )
         } else {
-            ""
+            ("", "")
         }
     } else {
-        " (wrong, expired or revoked: check --api-key-file or PORTKEY_API_KEY)"
+        (
+            "",
+            "; it is wrong, expired or revoked (check --api-key-file or PORTKEY_API_KEY)",
+        )
     };
     Problem::new(
         Class::Api,
-        format!("the Admin API key was refused (HTTP {status}){scope}: {e}"),
+        format!("the Admin API key was refused (HTTP {status}){scope}: {said}{code}{hint}"),
     )
 }
 
@@ -476,7 +489,7 @@ pub async fn plan(
                 let mut p = loaded.problem(
                     Class::Refused,
                     "spec.workspace",
-                    "Portkey has no such workspace (a slug or id of a workspace the Admin API key can see)",
+                    "is not a workspace in Portkey (a slug or id of a workspace the Admin API key can see)",
                 );
                 p.value = Some(serde_json::Value::String(reference.to_owned()).to_string());
                 errors.push(p);
