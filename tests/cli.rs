@@ -445,6 +445,8 @@ fn built_in_emulator_runs_the_samples() {
         "team-a/checkout",
         "200 cost; 60 requests rpm",
         "skipped (issued in a cluster)",
+        "PEAK USAGE",
+        "0 (0%)",
     ] {
         assert!(table.contains(row), "{table}");
     }

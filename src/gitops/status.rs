@@ -23,7 +23,7 @@ pub async fn status_table(
         "NAME".into(),
         "WORKSPACE".into(),
         "LIMIT".into(),
-        "USAGE".into(),
+        "PEAK USAGE".into(),
         "RESET".into(),
         "STATE".into(),
     ]];
