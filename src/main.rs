@@ -7,18 +7,84 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use portkey_budget_operator::api;
-use portkey_budget_operator::config::{ApiKeySource, OperatorSettings, RunArgs, read_api_key};
+use portkey_budget_operator::config::{OperatorSettings, RunArgs};
 use portkey_budget_operator::controller::manager;
-use portkey_budget_operator::emulator::{self, EmulatorConfig, Faults, SeedWorkspace};
-use portkey_budget_operator::gitops;
-use portkey_budget_operator::portkey::{ApiKey, ClientConfig, PortkeyClient};
+use portkey_budget_operator::emulator::{
+    self, EmulatorConfig, Faults, Seed, SeedApiKey, SeedWorkspace,
+};
+use portkey_budget_operator::gitops::command::{self, Mode};
+use portkey_budget_operator::gitops::exit;
 use portkey_budget_operator::telemetry::{self, LogFormat};
+
+/// The exit codes of `plan` and `sync`, in their help (docs/cli.md "Exit codes").
+const EXIT_CODES: &str = "\
+Exit codes:
+  0   planned (plan) or synced (sync); with plan --detailed-exitcode: nothing to change
+  1   Admin API error: unreachable, the key refused (401/403), 5xx, a write that failed
+  2   plan --detailed-exitcode only: changes pending
+  3   invalid manifests (load or validation errors): nothing read, sent or pruned
+  4   the plan refuses something: a blocked resource, a workspace Portkey lacks, --max-prune
+  64  usage error: a missing or unknown flag, a bad value, no Admin API key";
+
+const PLAN_HELP: &str = "\
+Examples:
+  portkey-budget-operator plan -f config/samples --emulator
+  PORTKEY_API_KEY=... portkey-budget-operator plan -f budgets/ --prune --detailed-exitcode
+  portkey-budget-operator plan -f budgets/ --api-key-file key.txt -o json
+
+Exit codes:
+  0   planned (without --detailed-exitcode, whatever it plans)
+  1   Admin API error: unreachable, the key refused (401/403), 5xx
+  2   --detailed-exitcode only: changes pending (0 then means nothing to change)
+  3   invalid manifests (load or validation errors): nothing read from Portkey
+  4   the plan refuses something: a blocked resource, a workspace Portkey lacks, --max-prune
+  64  usage error: a missing or unknown flag, a bad value, no Admin API key";
+
+const SYNC_HELP: &str = "\
+Examples:
+  portkey-budget-operator sync -f config/samples --emulator
+  PORTKEY_API_KEY=... portkey-budget-operator sync -f budgets/ --prune
+  portkey-budget-operator sync -f budgets/ --admin-api-url http://127.0.0.1:8787/v1 --api-key-file key.txt
+
+Exit codes:
+  0   synced
+  1   Admin API error: unreachable, the key refused (401/403), 5xx, a write that failed
+  3   invalid manifests (load or validation errors): nothing read, sent or pruned
+  4   the plan refuses something (a blocked resource, a workspace Portkey lacks, --max-prune):
+      nothing was changed
+  64  usage error: a missing or unknown flag, a bad value, no Admin API key";
+
+const RUN_HELP: &str = "\
+Examples:
+  PORTKEY_API_KEY=... portkey-budget-operator run --default-workspace team-a
+  portkey-budget-operator run --api-key-secret portkey-admin --admin-api-url http://127.0.0.1:8787/v1";
+
+const EMULATOR_HELP: &str = "\
+Examples:
+  # The samples as they are (config/samples): two workspaces, the key an ApiKeyBudget names.
+  portkey-budget-operator emulator --workspace team-a --workspace marketing \\
+      --workspace-api-key team-a/checkout-service --api-key demo-admin-key
+  PORTKEY_API_KEY=demo-admin-key portkey-budget-operator sync -f config/samples \\
+      --admin-api-url http://127.0.0.1:8787/v1
+  portkey-budget-operator emulator --seed seed.yaml --state-file emulator-state.json
+
+A seed file (--seed):
+  adminApiKeys: [demo-admin-key]
+  workspaces: [team-a, {slug: marketing, id: 2f1d4e8a-1111-4c3b-9d2e-000000000002}]
+  apiKeys: [{workspace: team-a, name: checkout-service}]";
+
+const CRDS_HELP: &str = "\
+Examples:
+  portkey-budget-operator crds | kubectl apply --server-side -f -
+  portkey-budget-operator crds --output-dir crds/";
 
 #[derive(Parser)]
 #[command(
     name = "portkey-budget-operator",
     version,
-    about = "Enforce LLM-gateway budgets declared as Kubernetes resources in Portkey"
+    about = "Enforce LLM-gateway budgets declared as Kubernetes resources in Portkey",
+    long_about = "Enforce LLM-gateway budgets declared as Kubernetes resources in Portkey: UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget and ApiKeyBudget (budgets.portkey-operator.io/v1alpha1).",
+    after_help = EXIT_CODES
 )]
 struct Cli {
     /// Log format [default: text].
@@ -34,16 +100,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show what budget manifests would change in Portkey (exit 0: nothing, 2: changes, 1: error).
-    Plan(GitopsArgs),
-    /// Apply budget manifests to Portkey once, then show what is in force.
+    /// Show what budget manifests (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget,
+    /// ApiKeyBudget) would change in Portkey; read only.
+    #[command(after_help = PLAN_HELP)]
+    Plan(PlanArgs),
+    /// Apply budget manifests (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget,
+    /// ApiKeyBudget) to Portkey once, then show what is in force.
+    #[command(after_help = SYNC_HELP)]
     Sync(GitopsArgs),
-    /// Run the operator: reconcile UsageLimitPolicy, RateLimitPolicy and WorkspaceBudget
-    /// resources against the Portkey Admin API.
+    /// Run the operator: reconcile UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget and
+    /// ApiKeyBudget resources against the Portkey Admin API.
+    #[command(after_help = RUN_HELP)]
     Run(Box<RunArgs>),
-    /// Print the CustomResourceDefinitions as YAML (or write one file per CRD).
+    /// Print the CustomResourceDefinitions of UsageLimitPolicy, RateLimitPolicy,
+    /// WorkspaceBudget and ApiKeyBudget as YAML (or write one file per CRD).
+    #[command(after_help = CRDS_HELP)]
     Crds(CrdsArgs),
-    /// Run a local Portkey Admin API emulator (in-memory, for tests and demos).
+    /// Run a local Portkey Admin API emulator (in-memory, for tests and demos), seeded with
+    /// workspaces and API keys.
+    #[command(after_help = EMULATOR_HELP)]
     Emulator(EmulatorArgs),
     /// Benchmark: converge N generated UsageLimitPolicies against the emulator through the
     /// controller's reconcile and report speed, Admin API calls and memory.
@@ -195,15 +270,26 @@ fn run_crds(args: CrdsArgs) -> Result<(), String> {
 
 #[derive(Args)]
 struct EmulatorArgs {
-    /// Address to listen on.
+    /// Address to listen on (port 0: any free port; the address is printed on stderr).
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: SocketAddr,
-    /// An API key the emulator accepts (repeatable). Without any, every non-empty key is accepted.
-    #[arg(long = "api-key", value_name = "KEY")]
+    /// An Admin API key the emulator accepts (repeatable). Without any, every non-empty key is
+    /// accepted.
+    #[arg(long = "api-key", visible_alias = "admin-api-key", value_name = "KEY")]
     api_keys: Vec<String>,
-    /// A workspace to start with, `ID:SLUG[:NAME]` with ID a UUID (repeatable).
-    #[arg(long = "workspace", value_name = "ID:SLUG[:NAME]")]
+    /// A workspace to start with (repeatable): `SLUG`, `SLUG=UUID`, or `UUID:SLUG[:NAME]`.
+    /// Without a UUID, one is derived from the slug (the same every run).
+    #[arg(long = "workspace", value_name = "SLUG[=UUID]")]
     workspaces: Vec<SeedWorkspace>,
+    /// A workspace API key to start with, by name (repeatable): `WORKSPACE/NAME`, e.g.
+    /// `team-a/checkout-service` for an ApiKeyBudget's `spec.existing.name`. A service key
+    /// with scope completions.write; the workspace must be seeded too.
+    #[arg(long = "workspace-api-key", value_name = "WORKSPACE/NAME")]
+    workspace_api_keys: Vec<SeedApiKey>,
+    /// Seed from this YAML file as well: `adminApiKeys`, `workspaces` (as --workspace, or
+    /// `{slug, id, name}`), `apiKeys` (`{workspace, name, scopes}`).
+    #[arg(long, value_name = "FILE")]
+    seed: Option<PathBuf>,
     /// Keep the state in this JSON file across restarts.
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
@@ -221,11 +307,13 @@ enum OutputFormat {
 
 #[derive(Args)]
 struct GitopsArgs {
-    /// Manifest files or folders (YAML, multi-document; other kinds are ignored). Repeatable.
+    /// Manifest files or folders (YAML or JSON, multi-document; folders are read recursively).
+    /// Repeatable. Documents of budgets.portkey-operator.io must be a kind and version this
+    /// tool knows; documents of other API groups are skipped with a warning.
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true)]
     paths: Vec<PathBuf>,
     /// Run against the built-in Portkey emulator (in-process, seeded with the manifests'
-    /// workspaces) instead of Portkey.
+    /// workspaces and the API keys they name) instead of Portkey.
     #[arg(long)]
     emulator: bool,
     /// Portkey Admin API base URL, including `/v1`.
@@ -234,10 +322,11 @@ struct GitopsArgs {
     /// Read the Admin API key from this file (else from PORTKEY_API_KEY).
     #[arg(long, value_name = "PATH")]
     api_key_file: Option<PathBuf>,
-    /// Workspace for policies that name none.
+    /// Workspace for resources that name none.
     #[arg(long, env = "PORTKEY_DEFAULT_WORKSPACE")]
     default_workspace: Option<String>,
     /// Also archive policies carrying this tool's ownership marker that no manifest declares.
+    /// Nothing is pruned when any manifest fails to load.
     #[arg(long)]
     prune: bool,
     /// Refuse to prune more than this many policies.
@@ -251,158 +340,46 @@ struct GitopsArgs {
     /// Also take over policies marked by this other installation (repeatable).
     #[arg(long = "adopt-from-installation", value_name = "ID", value_parser = installation_id)]
     adopt_from_installations: Vec<String>,
+    /// Documents of other API groups (or no Kubernetes object) are errors (exit 3) instead of
+    /// warnings.
+    #[arg(long)]
+    fail_on_unknown: bool,
+    /// No progress bar (it is drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value = "text")]
     output: OutputFormat,
 }
 
-/// The key for `plan`/`sync`: `--api-key-file`, else `PORTKEY_API_KEY` (the operator's reader).
-fn api_key_from(file: &Option<PathBuf>) -> Result<ApiKey, String> {
-    let source = match file {
-        Some(path) => ApiKeySource::File(path.clone()),
-        None if std::env::var_os("PORTKEY_API_KEY").is_none() => {
-            return Err(
-                "no Admin API key: set PORTKEY_API_KEY or pass --api-key-file (or use --emulator)"
-                    .into(),
-            );
-        }
-        None => ApiKeySource::Env,
-    };
-    read_api_key(&source)
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    common: GitopsArgs,
+    /// Exit 2 when the plan has changes (and 0 when it has none), as `terraform plan
+    /// -detailed-exitcode`. Without it, a successful plan exits 0.
+    #[arg(long)]
+    detailed_exitcode: bool,
 }
 
-/// `plan` and `sync`: 0 no changes (or synced), 2 changes planned, 1 error.
-async fn run_gitops(args: GitopsArgs, sync: bool) -> Result<u8, String> {
-    let manifests = gitops::load(&args.paths);
-    let json = args.output == OutputFormat::Json;
-    if !manifests.errors.is_empty() {
-        if json {
-            let errors: Vec<String> = manifests.errors.iter().map(ToString::to_string).collect();
-            println!("{}", serde_json::json!({"errors": errors, "items": []}));
-        } else {
-            for e in &manifests.errors {
-                eprintln!("error: {e}");
-            }
-            eprintln!(
-                "{} manifest error(s); nothing was read from or sent to Portkey",
-                manifests.errors.len()
-            );
-        }
-        return Ok(1);
-    }
-    if manifests.resources.is_empty() {
-        eprintln!(
-            "no UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget or ApiKeyBudget found in {:?} ({} other documents ignored)",
-            args.paths, manifests.ignored
-        );
-    }
-    let mut _emulator = None;
-    let (client, target) = if args.emulator {
-        let seeds = gitops::workspaces(&manifests.resources, args.default_workspace.as_deref())
-            .into_iter()
-            .map(|w| match uuid::Uuid::parse_str(&w) {
-                Ok(id) => SeedWorkspace {
-                    id: id.to_string(),
-                    slug: format!("ws-{}", &id.to_string()[..8]),
-                    name: w.clone(),
-                },
-                Err(_) => SeedWorkspace::from_slug(&w),
-            })
-            .collect();
-        let handle = emulator::spawn(EmulatorConfig {
-            workspaces: seeds,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| format!("could not start the emulator: {e}"))?;
-        let base = handle.base_url();
-        eprintln!(
-            "Using the built-in Portkey Admin API emulator at {base} — NOT Portkey: nothing is sent to Portkey, and the emulator's state is gone when this command exits."
-        );
-        let client = PortkeyClient::new(ClientConfig::new(base.clone(), ApiKey::new("emulator")))
-            .map_err(|e| e.to_string())?;
-        // The emulator starts without API keys: make the ones the manifests name, so the
-        // ApiKeyBudgets that manage an existing key have one.
-        for (workspace, name) in
-            gitops::named_keys(&manifests.resources, args.default_workspace.as_deref())
-        {
-            let workspace_id = client
-                .resolve_workspace_id(&workspace)
-                .await
-                .map_err(|e| e.to_string())?;
-            let body = portkey_budget_operator::portkey::CreateApiKey {
-                name: name.clone(),
-                workspace_id: Some(workspace_id),
-                scopes: vec!["completions.write".into()],
-                ..Default::default()
-            };
-            client
-                .create_api_key(
-                    portkey_budget_operator::portkey::ApiKeyType::Workspace,
-                    portkey_budget_operator::portkey::ApiKeySubType::Service,
-                    &body,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            eprintln!(
-                "The emulator holds a demo API key {name:?} in workspace {workspace} for the manifests that name it."
-            );
-        }
-        _emulator = Some(handle);
-        (client, format!("the built-in emulator ({base})"))
-    } else {
-        let key = api_key_from(&args.api_key_file)?;
-        let client = PortkeyClient::new(ClientConfig::new(args.admin_api_url.clone(), key))
-            .map_err(|e| e.to_string())?;
-        let target = format!("the Portkey Admin API at {}", client.base_url());
-        (client, target)
-    };
-    let settings = gitops::PlanSettings {
-        installation_id: args.installation_id.clone(),
-        adopt_from_installations: args.adopt_from_installations.clone(),
-        default_workspace: args.default_workspace.clone(),
-        prune: args.prune,
-        max_prune: args.max_prune,
-    };
-    let plan = gitops::plan(&client, &manifests.resources, &settings).await;
-    if json && !sync {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&plan).expect("plans serialize")
-        );
-    } else if !json {
-        print!("{}", gitops::render_text(&plan, &target));
-    }
-    if plan.has_errors() {
-        if sync && !json {
-            eprintln!("the plan has errors; nothing was changed");
-        }
-        if sync && json {
-            println!(
-                "{}",
-                serde_json::json!({"plan": plan, "applied": 0, "errors": plan.errors})
-            );
-        }
-        return Ok(1);
-    }
-    if !sync {
-        return Ok(if plan.has_changes() { 2 } else { 0 });
-    }
-    let report = gitops::apply(&client, &plan).await;
-    let table = gitops::status_table(&client, &manifests.resources, &settings).await;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({"plan": plan, "applied": report.applied, "errors": report.errors})
-        );
-    } else {
-        println!("\nApplied {} change(s).\n", report.applied);
-        print!("{table}");
-        for e in &report.errors {
-            eprintln!("error: {e}");
+impl GitopsArgs {
+    fn options(self, detailed_exitcode: bool) -> command::Options {
+        command::Options {
+            paths: self.paths,
+            emulator: self.emulator,
+            admin_api_url: self.admin_api_url,
+            api_key_file: self.api_key_file,
+            default_workspace: self.default_workspace,
+            prune: self.prune,
+            max_prune: self.max_prune,
+            installation_id: self.installation_id,
+            adopt_from_installations: self.adopt_from_installations,
+            json: self.output == OutputFormat::Json,
+            fail_on_unknown: self.fail_on_unknown,
+            detailed_exitcode,
+            progress: !self.no_progress,
         }
     }
-    Ok(if report.errors.is_empty() { 0 } else { 1 })
 }
 
 fn main_settings(args: &RunArgs) -> Result<OperatorSettings, String> {
@@ -433,7 +410,19 @@ fn limit_malloc_arenas() {}
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE), not clap's 2: `plan --detailed-exitcode` exits 2 for
+    // "changes pending". Help and version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit::USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // `run` waits on the network nearly all the time: one thread does all its work, with no
     // wake-ups across threads (perf showed them as most of the idle CPU: a multi-threaded
     // runtime with one worker still polls the controller on the main thread and the HTTP
@@ -489,14 +478,13 @@ async fn main_async(cli: Cli) -> ExitCode {
     telemetry::init(format, &level);
     let result = match cli.command {
         Command::Run(_) => manager::run(settings.expect("resolved above")).await,
-        Command::Plan(args) => match run_gitops(args, false).await {
-            Ok(code) => return ExitCode::from(code),
-            Err(e) => Err(e),
-        },
-        Command::Sync(args) => match run_gitops(args, true).await {
-            Ok(code) => return ExitCode::from(code),
-            Err(e) => Err(e),
-        },
+        Command::Plan(args) => {
+            let options = args.common.options(args.detailed_exitcode);
+            return ExitCode::from(command::run(options, Mode::Plan).await);
+        }
+        Command::Sync(args) => {
+            return ExitCode::from(command::run(args.options(false), Mode::Sync).await);
+        }
         Command::Crds(args) => run_crds(args),
         Command::Emulator(args) => run_emulator(args).await,
         Command::Bench(args) => run_bench(args).await,
@@ -516,15 +504,31 @@ async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
         }
         None => Faults::default(),
     };
-    let handle = emulator::spawn(EmulatorConfig {
-        listen: args.listen,
-        api_keys: args.api_keys,
+    let mut seed = Seed {
+        admin_api_keys: args.api_keys,
         workspaces: args.workspaces,
+        api_keys: args.workspace_api_keys,
+    };
+    if let Some(path) = &args.seed {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("--seed {}: {e}", path.display()))?;
+        seed.merge(Seed::from_yaml(&text).map_err(|e| format!("--seed {}: {e}", path.display()))?);
+    }
+    let summary = emulator::seed_summary(&seed);
+    let config = EmulatorConfig {
+        listen: args.listen,
         state_file: args.state_file,
         faults,
-    })
-    .await
-    .map_err(|e| format!("could not start the emulator on {}: {e}", args.listen))?;
+        ..Default::default()
+    }
+    .seed(seed);
+    let handle = emulator::spawn(config)
+        .await
+        .map_err(|e| format!("could not start the emulator on {}: {e}", args.listen))?;
+    eprintln!(
+        "Portkey Admin API emulator listening at {} (an emulator, not Portkey; Ctrl-C stops it). {summary}",
+        handle.base_url()
+    );
     let _ = tokio::signal::ctrl_c().await;
     tracing::info!("shutting down the emulator");
     handle.shutdown().await;

@@ -440,7 +440,8 @@ async fn every_bad_manifest_is_rejected_naming_the_field_with_no_admin_api_call(
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{}: {stderr}", file.display());
+        // Exit 3: invalid manifests (docs/cli.md "Exit codes").
+        assert_eq!(out.status.code(), Some(3), "{}: {stderr}", file.display());
         let file_name = file.file_name().unwrap().to_string_lossy();
         let line = stderr
             .lines()

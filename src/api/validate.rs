@@ -78,6 +78,18 @@ impl CompiledCrd {
     /// Validates `object` (a whole resource as JSON): schema first, then, when the schema
     /// holds, the CEL rules (with `old` for transition rules on updates).
     pub fn validate(&self, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
+        self.validate_inner(object, old, false)
+    }
+
+    /// As [`CompiledCrd::validate`], but a CEL rule's error names the field the rule is about
+    /// ([`rule_field`]) rather than the object the rule is declared on (`spec` for rules across
+    /// fields). For the CLI, which points at the offending line; the controller's conditions
+    /// keep [`CompiledCrd::validate`]'s paths (the API server's).
+    pub fn validate_pointing(&self, object: &Value, old: Option<&Value>) -> Vec<FieldError> {
+        self.validate_inner(object, old, true)
+    }
+
+    fn validate_inner(&self, object: &Value, old: Option<&Value>, point: bool) -> Vec<FieldError> {
         let mut errors = Vec::new();
         check(&self.schema, object, "", &mut errors);
         if !errors.is_empty() {
@@ -86,7 +98,12 @@ impl CompiledCrd {
         let cel = VALIDATOR.with(|v| v.validate_compiled(&self.compiled, object, old));
         if let Err(cel) = cel {
             for e in cel.into_vec() {
-                let field = e.field_path.trim_start_matches('.').to_owned();
+                let base = e.field_path.trim_start_matches('.');
+                let field = if point {
+                    rule_field(base, &e.rule, &e.message)
+                } else {
+                    base.to_owned()
+                };
                 errors.push(FieldError {
                     field,
                     message: e.message,
@@ -94,6 +111,46 @@ impl CompiledCrd {
             }
         }
         errors
+    }
+}
+
+/// The field a CEL rule declared on the object at `base` is about: of the fields the rule reads
+/// (`self.x`), the one its message names first, else the first it reads; `base` when it reads
+/// none. A rule declared on a list item (`spec.rateLimits[0]`) keeps the item's path, as the API
+/// server reports it (those messages name the field themselves).
+///
+/// `rule_field("spec", "!has(self.alertThreshold) || …", "alertThreshold must be …")` is
+/// `spec.alertThreshold`.
+pub fn rule_field(base: &str, rule: &str, message: &str) -> String {
+    if base.ends_with(']') {
+        return base.to_owned();
+    }
+    let reads = regex::Regex::new(r"\bself\.([A-Za-z_][A-Za-z0-9_]*)\b(\s*\()?").expect("valid");
+    let mut fields: Vec<&str> = Vec::new();
+    for c in reads.captures_iter(rule) {
+        // `self.all(...)` is a macro on the object itself, not a field.
+        if c.get(2).is_some() {
+            continue;
+        }
+        let name = c.get(1).expect("group 1").as_str();
+        if !fields.contains(&name) {
+            fields.push(name);
+        }
+    }
+    let named_at = |f: &str| {
+        regex::Regex::new(&format!(r"\b{}\b", regex::escape(f)))
+            .ok()
+            .and_then(|re| re.find(message).map(|m| m.start()))
+    };
+    let chosen = fields
+        .iter()
+        .filter_map(|f| named_at(f).map(|at| (at, *f)))
+        .min()
+        .map(|(_, f)| f)
+        .or_else(|| fields.first().copied());
+    match chosen {
+        Some(f) => join(base, f),
+        None => base.to_owned(),
     }
 }
 
@@ -106,6 +163,16 @@ pub fn validate_object(
     old: Option<&Value>,
 ) -> Vec<FieldError> {
     CompiledCrd::new(crd).validate(object, old)
+}
+
+/// [`validate_object`] with the errors of CEL rules pointing at the field each rule is about
+/// ([`CompiledCrd::validate_pointing`]).
+pub fn validate_object_pointing(
+    crd: &CustomResourceDefinition,
+    object: &Value,
+    old: Option<&Value>,
+) -> Vec<FieldError> {
+    CompiledCrd::new(crd).validate_pointing(object, old)
 }
 
 fn err(errors: &mut Vec<FieldError>, path: &str, message: impl Into<String>) {

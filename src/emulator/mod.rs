@@ -39,7 +39,8 @@ use crate::portkey::{
     UsageLimitType, Workspace,
 };
 
-/// A workspace the emulator starts with: `ID:SLUG[:NAME]`, ID a UUID.
+/// A workspace the emulator starts with: `SLUG`, `SLUG=UUID`, or `ID:SLUG[:NAME]` with ID a
+/// UUID. Without an id, the UUID is derived from the slug (stable across runs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SeedWorkspace {
     pub id: String,
@@ -47,24 +48,47 @@ pub struct SeedWorkspace {
     pub name: String,
 }
 
+const WORKSPACE_FORMS: &str = "SLUG, SLUG=UUID or UUID:SLUG[:NAME]";
+
+fn check_slug(s: &str, slug: &str) -> Result<(), String> {
+    if slug.is_empty() || slug.contains(char::is_whitespace) || slug.contains(['/', ':', '=']) {
+        return Err(format!(
+            "workspace {s:?}: the slug {slug:?} must be non-empty, without spaces, '/', ':' or '=' ({WORKSPACE_FORMS})"
+        ));
+    }
+    Ok(())
+}
+
 impl FromStr for SeedWorkspace {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if let Some((slug, id)) = s.split_once('=') {
+            let (slug, id) = (slug.trim(), id.trim());
+            check_slug(s, slug)?;
+            let id = uuid::Uuid::parse_str(id).map_err(|_| {
+                format!("workspace {s:?}: {id:?} is not a UUID ({WORKSPACE_FORMS})")
+            })?;
+            return Ok(SeedWorkspace {
+                id: id.to_string(),
+                slug: slug.to_owned(),
+                name: slug.to_owned(),
+            });
+        }
+        if !s.contains(':') {
+            check_slug(s, s.trim())?;
+            return Ok(SeedWorkspace::from_slug(s.trim()));
+        }
         let mut parts = s.splitn(3, ':');
         let id = parts.next().unwrap_or_default().trim();
         let slug = parts.next().unwrap_or_default().trim();
         let name = parts.next().map(str::trim).unwrap_or(slug);
         if uuid::Uuid::parse_str(id).is_err() {
             return Err(format!(
-                "--workspace {s:?}: ID {id:?} must be a UUID (format ID:SLUG[:NAME])"
+                "workspace {s:?}: ID {id:?} must be a UUID ({WORKSPACE_FORMS})"
             ));
         }
-        if slug.is_empty() || slug.contains(char::is_whitespace) {
-            return Err(format!(
-                "--workspace {s:?}: SLUG must be non-empty without spaces (format ID:SLUG[:NAME])"
-            ));
-        }
+        check_slug(s, slug)?;
         Ok(SeedWorkspace {
             id: id.to_ascii_lowercase(),
             slug: slug.to_owned(),
@@ -83,6 +107,162 @@ impl SeedWorkspace {
             name: slug.to_owned(),
         }
     }
+
+    /// The workspace a manifest names (`spec.workspace`: a slug or a UUID).
+    pub fn from_reference(reference: &str) -> Self {
+        match uuid::Uuid::parse_str(reference) {
+            Ok(id) => SeedWorkspace {
+                id: id.to_string(),
+                slug: format!("ws-{}", &id.to_string()[..8]),
+                name: reference.to_owned(),
+            },
+            Err(_) => SeedWorkspace::from_slug(reference),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SeedWorkspace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            slug: String,
+            id: Option<String>,
+            name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Text(String),
+            Full(Full),
+        }
+        let form = Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "a workspace is a string ({WORKSPACE_FORMS}) or {{slug, id, name}}"
+            ))
+        })?;
+        match form {
+            Form::Text(s) => s.parse().map_err(serde::de::Error::custom),
+            Form::Full(f) => {
+                let mut text = f.slug.clone();
+                if let Some(id) = &f.id {
+                    text = format!("{}={id}", f.slug);
+                }
+                let mut seed: SeedWorkspace = text.parse().map_err(serde::de::Error::custom)?;
+                if let Some(name) = f.name {
+                    seed.name = name;
+                }
+                Ok(seed)
+            }
+        }
+    }
+}
+
+/// An API key the emulator starts with: a workspace service key named `name` in `workspace` (a
+/// slug or id), e.g. the key an `ApiKeyBudget` manages by `spec.existing.name`. On the command
+/// line `WORKSPACE/NAME`. Scopes default to `completions.write`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedApiKey {
+    pub workspace: String,
+    pub name: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+impl FromStr for SeedApiKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('/') {
+            Some((workspace, name)) if !workspace.trim().is_empty() && !name.trim().is_empty() => {
+                Ok(SeedApiKey {
+                    workspace: workspace.trim().to_owned(),
+                    name: name.trim().to_owned(),
+                    scopes: Vec::new(),
+                })
+            }
+            _ => Err(format!(
+                "API key {s:?}: expected WORKSPACE/NAME (e.g. team-a/checkout-service)"
+            )),
+        }
+    }
+}
+
+/// What the emulator starts with besides its state file: workspaces, workspace API keys, and
+/// the Admin API keys it accepts. Built from the `emulator` flags, a `--seed` file (this
+/// struct as YAML: `adminApiKeys`, `workspaces`, `apiKeys`), or by `plan`/`sync --emulator`
+/// from the manifests; [`spawn`] applies it ([`EmulatorConfig::seed`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Seed {
+    /// Admin API keys the emulator accepts; none: every non-empty key.
+    #[serde(default)]
+    pub admin_api_keys: Vec<String>,
+    #[serde(default)]
+    pub workspaces: Vec<SeedWorkspace>,
+    #[serde(default)]
+    pub api_keys: Vec<SeedApiKey>,
+}
+
+impl Seed {
+    /// A seed file (YAML); errors name the field.
+    pub fn from_yaml(text: &str) -> Result<Seed, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Adds `other`'s entries (workspaces and keys already present are kept once).
+    pub fn merge(&mut self, other: Seed) {
+        for k in other.admin_api_keys {
+            if !self.admin_api_keys.contains(&k) {
+                self.admin_api_keys.push(k);
+            }
+        }
+        for w in other.workspaces {
+            if !self
+                .workspaces
+                .iter()
+                .any(|s| s.slug == w.slug || s.id == w.id)
+            {
+                self.workspaces.push(w);
+            }
+        }
+        for k in other.api_keys {
+            if !self.api_keys.contains(&k) {
+                self.api_keys.push(k);
+            }
+        }
+    }
+}
+
+/// One line saying what a seed holds (the accepted Admin API keys are not shown).
+pub fn seed_summary(seed: &Seed) -> String {
+    let list = |items: Vec<String>| {
+        if items.is_empty() {
+            "none".to_owned()
+        } else {
+            items.join(", ")
+        }
+    };
+    format!(
+        "Workspaces: {}. API keys: {}. Admin API keys accepted: {}.",
+        list(
+            seed.workspaces
+                .iter()
+                .map(|w| format!("{} ({})", w.slug, w.id))
+                .collect()
+        ),
+        list(
+            seed.api_keys
+                .iter()
+                .map(|k| format!("{}/{}", k.workspace, k.name))
+                .collect()
+        ),
+        match seed.admin_api_keys.len() {
+            0 => "any non-empty key".to_owned(),
+            n => format!("{n} configured"),
+        }
+    )
 }
 
 /// Emulator settings.
@@ -92,10 +272,29 @@ pub struct EmulatorConfig {
     /// Accepted API keys; empty = any non-empty key.
     pub api_keys: Vec<String>,
     pub workspaces: Vec<SeedWorkspace>,
+    /// Workspace API keys to start with (made once: a key of that name already in the
+    /// workspace, e.g. from the state file, is kept).
+    pub seed_api_keys: Vec<SeedApiKey>,
     /// Keep state across restarts in this JSON file.
     pub state_file: Option<PathBuf>,
     /// Faults in force from the first request (see [`Faults::from_json`]).
     pub faults: Faults,
+}
+
+impl EmulatorConfig {
+    /// Adds a [`Seed`]: its workspaces, API keys and accepted Admin API keys.
+    pub fn seed(mut self, seed: Seed) -> Self {
+        let mut all = Seed {
+            admin_api_keys: std::mem::take(&mut self.api_keys),
+            workspaces: std::mem::take(&mut self.workspaces),
+            api_keys: std::mem::take(&mut self.seed_api_keys),
+        };
+        all.merge(seed);
+        self.api_keys = all.admin_api_keys;
+        self.workspaces = all.workspaces;
+        self.seed_api_keys = all.api_keys;
+        self
+    }
 }
 
 impl Default for EmulatorConfig {
@@ -104,6 +303,7 @@ impl Default for EmulatorConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             api_keys: Vec::new(),
             workspaces: Vec::new(),
+            seed_api_keys: Vec::new(),
             state_file: None,
             faults: Faults::default(),
         }
@@ -394,6 +594,41 @@ fn load_state(config: &EmulatorConfig) -> std::io::Result<State> {
             created_at: Some(now),
             last_updated_at: Some(now),
         });
+    }
+    for seed in &config.seed_api_keys {
+        let invalid = |message: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("API key {}/{}: {message}", seed.workspace, seed.name),
+            )
+        };
+        let workspace = state
+            .workspaces
+            .iter()
+            .find(|w| w.id == seed.workspace || w.slug.as_deref() == Some(seed.workspace.as_str()))
+            .map(|w| w.id.clone())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the emulator has no workspace {:?} (seed it too)",
+                    seed.workspace
+                ))
+            })?;
+        let exists = state.api_keys.iter().any(|r| {
+            r.key.workspace_id.as_deref() == Some(workspace.as_str())
+                && r.key.name.as_deref() == Some(seed.name.as_str())
+        });
+        if exists {
+            continue;
+        }
+        let scopes = if seed.scopes.is_empty() {
+            vec!["completions.write".to_owned()]
+        } else {
+            seed.scopes.clone()
+        };
+        let body = json!({"name": seed.name, "scopes": scopes, "workspace_id": workspace});
+        state
+            .create_api_key("workspace", "service", &body)
+            .map_err(|e| invalid(e.message))?;
     }
     Ok(state)
 }
@@ -1144,6 +1379,64 @@ mod tests {
         assert_eq!(
             SeedWorkspace::from_slug("x").id,
             SeedWorkspace::from_slug("x").id
+        );
+    }
+
+    #[test]
+    fn seed_forms_slug_uuid_keys_and_file() {
+        let s: SeedWorkspace = "team-a".parse().unwrap();
+        assert_eq!(s, SeedWorkspace::from_slug("team-a"));
+        let s: SeedWorkspace = "team-a=2F1D4E8A-1111-4C3B-9D2E-000000000001"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (s.slug.as_str(), s.id.as_str()),
+            ("team-a", "2f1d4e8a-1111-4c3b-9d2e-000000000001")
+        );
+        let err = "team-a=nope".parse::<SeedWorkspace>().unwrap_err();
+        assert!(err.contains("\"nope\" is not a UUID"), "{err}");
+        let k: SeedApiKey = "team-a/checkout-service".parse().unwrap();
+        assert_eq!(
+            (k.workspace.as_str(), k.name.as_str()),
+            ("team-a", "checkout-service")
+        );
+        assert!("checkout-service".parse::<SeedApiKey>().is_err());
+
+        let seed = Seed::from_yaml(
+            "adminApiKeys: [k1]\nworkspaces:\n  - team-a\n  - {slug: marketing, name: Marketing}\napiKeys:\n  - {workspace: team-a, name: checkout-service}\n",
+        )
+        .unwrap();
+        assert_eq!(seed.admin_api_keys, ["k1"]);
+        assert_eq!(seed.workspaces[1].name, "Marketing");
+        assert_eq!(seed.api_keys[0].name, "checkout-service");
+        let err = Seed::from_yaml("apikeys: []\n").unwrap_err();
+        assert!(err.contains("apikeys"), "{err}");
+
+        // Applied once: a restart over the saved state keeps one key.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state.json");
+        let config = EmulatorConfig {
+            state_file: Some(file.clone()),
+            ..EmulatorConfig::default().seed(seed)
+        };
+        let state = load_state(&config).unwrap();
+        assert_eq!(state.api_keys.len(), 1);
+        assert_eq!(
+            state.api_keys[0].key.name.as_deref(),
+            Some("checkout-service")
+        );
+        std::fs::write(&file, serde_json::to_vec(&state).unwrap()).unwrap();
+        let again = load_state(&config).unwrap();
+        assert_eq!(again.api_keys.len(), 1);
+        assert_eq!(again.api_keys[0].key.id, state.api_keys[0].key.id);
+        let bad = EmulatorConfig::default().seed(Seed {
+            api_keys: vec!["nowhere/x".parse().unwrap()],
+            ..Default::default()
+        });
+        let err = load_state(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("API key nowhere/x: the emulator has no workspace"),
+            "{err}"
         );
     }
 

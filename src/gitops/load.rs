@@ -1,0 +1,818 @@
+//! Manifests → resources: every YAML document under the given paths is read; documents of this
+//! API group must be a kind and version this tool knows (else a load error with the nearest
+//! known name), documents of other groups are skipped and reported; resources are validated
+//! with the CRDs' own rules. Errors name file, line, resource, field and value.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use serde_saphyr::Spanned;
+
+use super::lines::{Node, line_of};
+use super::plan::PlanSettings;
+use super::problem::{Class, LoadError, Problem, ResourceRef, shown_value};
+use crate::api::validate::{FieldError, validate_object_pointing};
+use crate::api::{self, ApiKeyBudget, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
+use crate::emulator::{Seed, SeedApiKey, SeedWorkspace};
+use crate::plan::marker::Identity;
+
+/// Where a resource came from: file, 1-based document number, and the line of the document's
+/// first content (after comments).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Source {
+    pub file: PathBuf,
+    pub document: usize,
+    pub line: usize,
+    /// The line of the document's first line (right after its `---`).
+    #[serde(skip)]
+    pub first_line: usize,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A resource read from the manifests.
+#[derive(Debug, Clone)]
+pub enum Resource {
+    Usage(Box<UsageLimitPolicy>),
+    Rate(Box<RateLimitPolicy>),
+    Workspace(Box<WorkspaceBudget>),
+    ApiKey(Box<ApiKeyBudget>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub source: Source,
+    pub resource: Resource,
+    /// The document's nodes with their lines (to point at a field).
+    pub(super) lines: Option<Arc<Spanned<Node>>>,
+}
+
+impl Loaded {
+    /// The resource, for errors.
+    pub fn resource_ref(&self) -> ResourceRef {
+        ResourceRef {
+            kind: self.kind().to_owned(),
+            namespace: self.namespace().map(str::to_owned),
+            name: self.name().to_owned(),
+        }
+    }
+
+    /// The line of `field` in its file (of the document when the field is not found).
+    pub fn line_of(&self, field: &str) -> usize {
+        self.lines
+            .as_deref()
+            .and_then(|root| line_of(root, field))
+            .map(|l| self.source.first_line + l - 1)
+            .unwrap_or(self.source.line)
+    }
+
+    /// A problem about `field` of this resource.
+    pub fn problem(&self, class: Class, field: &str, message: impl Into<String>) -> Problem {
+        Problem {
+            file: Some(self.source.file.clone()),
+            line: Some(self.line_of(field)),
+            resource: Some(self.resource_ref()),
+            field: Some(field.to_owned()),
+            value: None,
+            message: message.into(),
+            class,
+        }
+    }
+
+    /// A problem about this resource as a whole (the line of its document).
+    pub fn problem_here(&self, class: Class, message: impl Into<String>) -> Problem {
+        Problem {
+            file: Some(self.source.file.clone()),
+            line: Some(self.source.line),
+            resource: Some(self.resource_ref()),
+            field: None,
+            value: None,
+            message: message.into(),
+            class,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self.resource {
+            Resource::Usage(_) => "UsageLimitPolicy",
+            Resource::Rate(_) => "RateLimitPolicy",
+            Resource::Workspace(_) => "WorkspaceBudget",
+            Resource::ApiKey(_) => "ApiKeyBudget",
+        }
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        match &self.resource {
+            Resource::Usage(o) => o.metadata.namespace.as_deref(),
+            Resource::Rate(o) => o.metadata.namespace.as_deref(),
+            Resource::Workspace(_) => None,
+            Resource::ApiKey(o) => o.metadata.namespace.as_deref(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match &self.resource {
+            Resource::Usage(o) => o.metadata.name.as_deref(),
+            Resource::Rate(o) => o.metadata.name.as_deref(),
+            Resource::Workspace(o) => o.metadata.name.as_deref(),
+            Resource::ApiKey(o) => o.metadata.name.as_deref(),
+        }
+        .unwrap_or_default()
+    }
+
+    /// `namespace/name` or `name`.
+    pub fn qualified(&self) -> String {
+        match self.namespace() {
+            Some(ns) => format!("{ns}/{}", self.name()),
+            None => self.name().to_owned(),
+        }
+    }
+
+    pub(super) fn identity(&self, settings: &PlanSettings) -> Identity {
+        let short = match self.resource {
+            Resource::Usage(_) => "ulp",
+            Resource::Rate(_) => "rlp",
+            Resource::Workspace(_) => "wsb",
+            Resource::ApiKey(_) => crate::controller::api_key::SHORT,
+        };
+        Identity::new(short, self.namespace(), self.name()).installed(
+            &settings.installation_id,
+            &settings.adopt_from_installations,
+        )
+    }
+
+    pub fn workspace(&self) -> Option<&str> {
+        match &self.resource {
+            Resource::Usage(o) => o.spec.workspace.as_deref(),
+            Resource::Rate(o) => o.spec.workspace.as_deref(),
+            Resource::Workspace(o) => Some(&o.spec.workspace),
+            Resource::ApiKey(o) => o.spec.workspace.as_deref(),
+        }
+    }
+}
+
+/// A document of another API group (or no Kubernetes object at all), skipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Skipped {
+    pub file: PathBuf,
+    pub line: usize,
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// A hint when it looks like one of this tool's kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Skipped {
+    fn what(&self) -> String {
+        match (&self.api_version, &self.kind) {
+            (None, None) => {
+                "a document that is not a Kubernetes object (no apiVersion, no kind)".into()
+            }
+            (av, kind) => format!(
+                "{} {}{}",
+                av.as_deref().unwrap_or("(no apiVersion)"),
+                kind.as_deref().unwrap_or("(no kind)"),
+                self.name
+                    .as_deref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+
+    /// The warning line: `file:line: skipped v1 ConfigMap x: not a budgets.portkey-operator.io resource`.
+    pub fn warning(&self) -> String {
+        format!(
+            "{}:{}: skipped {}: not a {} resource{}",
+            self.file.display(),
+            self.line,
+            self.what(),
+            api::GROUP,
+            self.hint
+                .as_deref()
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// As an error (`--fail-on-unknown`).
+    pub fn problem(&self) -> Problem {
+        let hint = self
+            .hint
+            .as_deref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        let message = match &self.api_version {
+            Some(_) => format!(
+                "is not {}: {}{} is not this tool's, and --fail-on-unknown refuses documents of other API groups{hint}",
+                api::GROUP,
+                self.kind.as_deref().unwrap_or("(no kind)"),
+                self.name
+                    .as_deref()
+                    .map(|n| format!(" {n}"))
+                    .unwrap_or_default()
+            ),
+            None => format!(
+                "is required: {}, and --fail-on-unknown refuses it{hint}",
+                self.what()
+            ),
+        };
+        Problem {
+            file: Some(self.file.clone()),
+            line: Some(self.line),
+            resource: None,
+            field: Some("apiVersion".into()),
+            value: self
+                .api_version
+                .as_ref()
+                .map(|v| Value::String(v.clone()).to_string()),
+            message,
+            class: Class::Manifest,
+        }
+    }
+}
+
+/// What was read from the given paths.
+#[derive(Debug, Default)]
+pub struct Manifests {
+    pub resources: Vec<Loaded>,
+    pub errors: Vec<LoadError>,
+    /// Documents of other API groups (or not Kubernetes objects), skipped.
+    pub skipped: Vec<Skipped>,
+    /// How many were skipped.
+    pub ignored: usize,
+}
+
+fn yaml_files(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        entries.sort();
+        for entry in entries {
+            if entry.is_dir() {
+                yaml_files(&entry, out)?;
+            } else if matches!(
+                entry.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
+                out.push(entry);
+            }
+        }
+    } else {
+        out.push(path.to_owned());
+    }
+    Ok(())
+}
+
+/// Splits a YAML stream into documents (on `---` lines), each with the 1-based line of its
+/// first line.
+fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = vec![(1, String::new())];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push((i + 2, String::new()));
+        } else {
+            let last = &mut docs.last_mut().expect("one document").1;
+            last.push_str(line);
+            last.push('\n');
+        }
+    }
+    docs
+}
+
+/// Levenshtein distance, ASCII case-insensitive.
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
+    let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The known name nearest to `given`, when near enough to be a typo.
+fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (distance(given, k), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion
+        .map(|s| format!(" (did you mean {s}?)"))
+        .unwrap_or_default()
+}
+
+/// The kinds and versions this tool reads: the CRDs'.
+struct Known {
+    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+}
+
+impl Known {
+    fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.crds.iter().map(|c| c.spec.names.kind.as_str())
+    }
+
+    fn versions(&self, kind: &str) -> Vec<&str> {
+        self.crds
+            .iter()
+            .filter(|c| c.spec.names.kind == kind)
+            .flat_map(|c| c.spec.versions.iter().map(|v| v.name.as_str()))
+            .collect()
+    }
+}
+
+/// What a document is: one of this tool's kinds, an error, or skipped.
+enum Verdict<'a> {
+    Ours(&'a str),
+    Error(&'static str, Option<String>, String),
+    Skip(Option<String>),
+}
+
+fn classify<'a>(known: &'a Known, api_version: Option<&str>, kind: Option<&str>) -> Verdict<'a> {
+    let kinds = || known.kinds().collect::<Vec<_>>().join(", ");
+    let quoted = |s: &str| Value::String(s.to_owned()).to_string();
+    let ours_by_name = kind.and_then(|k| nearest(k, known.kinds()));
+    let Some(api_version) = api_version else {
+        return match ours_by_name {
+            Some(k) => Verdict::Error(
+                "apiVersion",
+                None,
+                format!(
+                    "is required: {k} is apiVersion {}/{}",
+                    api::GROUP,
+                    known.versions(k).first().copied().unwrap_or("v1alpha1")
+                ),
+            ),
+            None => Verdict::Skip(None),
+        };
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    if group == api::GROUP {
+        let Some(kind) = kind else {
+            return Verdict::Error("kind", None, format!("is required (one of {})", kinds()));
+        };
+        let Some(ours) = known.kinds().find(|k| *k == kind) else {
+            return Verdict::Error(
+                "kind",
+                Some(quoted(kind)),
+                format!(
+                    "is not a kind of {}{}; the kinds are {}",
+                    api::GROUP,
+                    did_you_mean(ours_by_name),
+                    kinds()
+                ),
+            );
+        };
+        let versions = known.versions(ours);
+        if !versions.contains(&version) {
+            let suggestion = nearest(version, versions.iter().copied())
+                .or(versions.first().copied())
+                .map(|v| format!("{}/{v}", api::GROUP));
+            return Verdict::Error(
+                "apiVersion",
+                Some(quoted(api_version)),
+                format!(
+                    "is not a version of {ours}{}; the versions are {}",
+                    did_you_mean(suggestion.as_deref()),
+                    versions.join(", ")
+                ),
+            );
+        }
+        return Verdict::Ours(ours);
+    }
+    let version_of = |k: &str| {
+        format!(
+            "{}/{}",
+            api::GROUP,
+            known.versions(k).first().copied().unwrap_or("v1alpha1")
+        )
+    };
+    // A near miss of this group (`budget.portkey-operator.io`) is a typo, not another API.
+    if !group.is_empty() && distance(group, api::GROUP) <= 3 {
+        let suggestion = ours_by_name.map(version_of);
+        return Verdict::Error(
+            "apiVersion",
+            Some(quoted(api_version)),
+            format!(
+                "is not an API group this tool knows{}",
+                did_you_mean(suggestion.as_deref().or(Some(api::GROUP)))
+            ),
+        );
+    }
+    Verdict::Skip(ours_by_name.map(|k| {
+        format!(
+            "this tool's {k} is apiVersion {}; a {k} of another API is not read",
+            version_of(k)
+        )
+    }))
+}
+
+fn meta_errors(value: &Value, namespaced: bool) -> Vec<FieldError> {
+    let dns =
+        regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+            .expect("valid");
+    let label = regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").expect("valid");
+    let mut errors = Vec::new();
+    match value["metadata"]["name"].as_str() {
+        Some(n) if n.len() <= 253 && dns.is_match(n) => {}
+        Some(n) => errors.push(FieldError {
+            field: "metadata.name".into(),
+            message: format!(
+                "{n:?} is not a valid name (lowercase letters, digits, '-' and '.', at most 253)"
+            ),
+        }),
+        None => errors.push(FieldError {
+            field: "metadata.name".into(),
+            message: "is required".into(),
+        }),
+    }
+    if namespaced && let Some(ns) = value["metadata"].get("namespace") {
+        match ns.as_str() {
+            Some(n) if n.len() <= 63 && label.is_match(n) => {}
+            _ => errors.push(FieldError {
+                field: "metadata.namespace".into(),
+                message: format!("{ns} is not a valid namespace"),
+            }),
+        }
+    }
+    errors
+}
+
+/// Reads every YAML document under `paths`, keeps the operator's kinds and validates them.
+pub fn load(paths: &[PathBuf]) -> Manifests {
+    let mut out = Manifests::default();
+    let known = Known { crds: api::crds() };
+    let mut seen = BTreeSet::new();
+    for path in paths {
+        let mut files = Vec::new();
+        if let Err(e) = yaml_files(path, &mut files) {
+            let mut p = Problem::new(Class::Manifest, format!("cannot read: {e}"));
+            p.file = Some(path.clone());
+            out.errors.push(p);
+            continue;
+        }
+        for file in files {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => {
+                    let mut p = Problem::new(Class::Manifest, format!("cannot read: {e}"));
+                    p.file = Some(file.clone());
+                    out.errors.push(p);
+                    continue;
+                }
+            };
+            for (i, (first_line, doc)) in documents(&text).into_iter().enumerate() {
+                let Some(offset) = doc
+                    .lines()
+                    .position(|l| !(l.trim().is_empty() || l.trim_start().starts_with('#')))
+                else {
+                    continue;
+                };
+                let source = Source {
+                    file: file.clone(),
+                    document: i + 1,
+                    line: first_line + offset,
+                    first_line,
+                };
+                load_document(&known, &doc, source, &mut seen, &mut out);
+            }
+        }
+    }
+    out.ignored = out.skipped.len();
+    out
+}
+
+fn load_document(
+    known: &Known,
+    doc: &str,
+    source: Source,
+    seen: &mut BTreeSet<(&'static str, String)>,
+    out: &mut Manifests,
+) {
+    let problem = |field: Option<&str>, value: Option<String>, message: String| Problem {
+        file: Some(source.file.clone()),
+        line: Some(source.line),
+        resource: None,
+        field: field.map(str::to_owned),
+        value,
+        message,
+        class: Class::Manifest,
+    };
+    let mut value: Value = match serde_saphyr::from_str(doc) {
+        Ok(v) => v,
+        Err(e) => {
+            let mut p = problem(
+                None,
+                None,
+                format!(
+                    "malformed YAML: {}",
+                    e.to_string()
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .trim_start_matches("error: ")
+                ),
+            );
+            if let Some(at) = e.location().filter(|l| l.line() > 0) {
+                p.line = Some(source.first_line + at.line() as usize - 1);
+            }
+            out.errors.push(p);
+            return;
+        }
+    };
+    let lines = Node::parse(doc).map(Arc::new);
+    let at = |field: &str| {
+        lines
+            .as_deref()
+            .and_then(|root| line_of(root, field))
+            .map(|l| source.first_line + l - 1)
+            .unwrap_or(source.line)
+    };
+    let api_version = value["apiVersion"].as_str().map(str::to_owned);
+    let kind = value["kind"].as_str().map(str::to_owned);
+    let raw_ref = |value: &Value, kind: &str| ResourceRef {
+        kind: kind.to_owned(),
+        namespace: value["metadata"]["namespace"].as_str().map(str::to_owned),
+        name: value["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let kind = match classify(known, api_version.as_deref(), kind.as_deref()) {
+        Verdict::Ours(kind) => kind,
+        Verdict::Error(field, shown, message) => {
+            let mut p = problem(Some(field), shown, message);
+            p.line = Some(at(field));
+            if let Some(k) = &kind {
+                p.resource = Some(raw_ref(&value, k));
+            }
+            out.errors.push(p);
+            return;
+        }
+        Verdict::Skip(hint) => {
+            out.skipped.push(Skipped {
+                file: source.file.clone(),
+                line: source.line,
+                api_version,
+                kind,
+                name: value["metadata"]["name"].as_str().map(str::to_owned),
+                hint,
+            });
+            return;
+        }
+    };
+    let crd = known
+        .crds
+        .iter()
+        .find(|c| c.spec.names.kind == kind)
+        .expect("a known kind");
+    let namespaced = crd.spec.scope == "Namespaced";
+    if namespaced && value["metadata"].get("namespace").is_none() && value["metadata"].is_object() {
+        value["metadata"]["namespace"] = Value::String("default".into());
+    }
+    let mut errors = meta_errors(&value, namespaced);
+    if errors.is_empty() {
+        errors = validate_object_pointing(crd, &value, None);
+    }
+    if !errors.is_empty() {
+        let resource = raw_ref(&value, kind);
+        for e in errors {
+            out.errors.push(Problem {
+                file: Some(source.file.clone()),
+                line: Some(at(&e.field)),
+                resource: Some(resource.clone()),
+                value: shown_value(&value, &e.field),
+                field: Some(e.field),
+                message: e.message,
+                class: Class::Manifest,
+            });
+        }
+        return;
+    }
+    let resource_ref = raw_ref(&value, kind);
+    let resource = match kind {
+        "UsageLimitPolicy" => serde_json::from_value(value).map(|o| Resource::Usage(Box::new(o))),
+        "RateLimitPolicy" => serde_json::from_value(value).map(|o| Resource::Rate(Box::new(o))),
+        "ApiKeyBudget" => serde_json::from_value(value).map(|o| Resource::ApiKey(Box::new(o))),
+        _ => serde_json::from_value(value).map(|o| Resource::Workspace(Box::new(o))),
+    };
+    match resource {
+        Ok(resource) => {
+            let loaded = Loaded {
+                source,
+                resource,
+                lines,
+            };
+            if !seen.insert((loaded.kind(), loaded.qualified())) {
+                let mut p = loaded.problem(
+                    Class::Manifest,
+                    "metadata.name",
+                    format!("{} {} is declared twice", loaded.kind(), loaded.qualified()),
+                );
+                p.value = Some(Value::String(loaded.name().to_owned()).to_string());
+                out.errors.push(p);
+                return;
+            }
+            out.resources.push(loaded);
+        }
+        Err(e) => {
+            let mut p = problem(None, None, e.to_string());
+            p.resource = Some(resource_ref);
+            out.errors.push(p);
+        }
+    }
+}
+
+/// Resources that name no workspace when no `--default-workspace` is given: there is no
+/// cluster here to bind namespaces to workspaces. Checked before anything is read.
+pub fn missing_workspaces(resources: &[Loaded], default_workspace: Option<&str>) -> Vec<Problem> {
+    if default_workspace.is_some() {
+        return Vec::new();
+    }
+    resources
+        .iter()
+        .filter(|r| r.workspace().is_none())
+        .map(|r| {
+            r.problem(
+                Class::Manifest,
+                "spec.workspace",
+                "is required by plan and sync (no cluster here to bind namespaces to workspaces); set it or pass --default-workspace",
+            )
+        })
+        .collect()
+}
+
+/// What `plan`/`sync --emulator` seed the built-in emulator with: the workspaces the manifests
+/// name, and the existing API keys they name by name (the emulator holds no keys of its own).
+pub fn emulator_seed(resources: &[Loaded], default_workspace: Option<&str>) -> Seed {
+    let workspaces: BTreeSet<&str> = resources
+        .iter()
+        .filter_map(|r| r.workspace().or(default_workspace))
+        .collect();
+    let api_keys = resources
+        .iter()
+        .filter_map(|r| match &r.resource {
+            Resource::ApiKey(o) => Some(SeedApiKey {
+                workspace: r.workspace().or(default_workspace)?.to_owned(),
+                name: o.spec.existing.as_ref()?.name.clone()?,
+                scopes: Vec::new(),
+            }),
+            _ => None,
+        })
+        .collect();
+    Seed {
+        admin_api_keys: Vec::new(),
+        workspaces: workspaces
+            .into_iter()
+            .map(SeedWorkspace::from_reference)
+            .collect(),
+        api_keys,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ULP: &str = "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: UsageLimitPolicy\nmetadata:\n  name: monthly\n  namespace: team-a\nspec:\n  workspace: team-a\n  type: cost\n  creditLimit: 100\n  periodicReset: monthly\n  conditions:\n    - key: metadata._team\n      value: team-a\n  groupBy:\n    - key: metadata._user\n";
+
+    fn load_text(text: &str) -> Manifests {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("m.yaml");
+        std::fs::write(&file, text).unwrap();
+        load(&[file])
+    }
+
+    fn only_error(m: &Manifests) -> String {
+        assert_eq!(m.errors.len(), 1, "{:#?}", m.errors);
+        let e = &m.errors[0];
+        let shown = e.to_string();
+        shown[shown.find("m.yaml").unwrap()..].to_owned()
+    }
+
+    #[test]
+    fn a_kind_or_version_of_this_group_that_is_unknown_is_an_error_with_a_suggestion() {
+        let m = load_text(&format!(
+            "# leading comment\n{}",
+            ULP.replace("kind: UsageLimitPolicy", "kind: UsageLimitPolicys")
+        ));
+        assert_eq!(
+            only_error(&m),
+            "m.yaml:3: UsageLimitPolicys team-a/monthly: kind: \"UsageLimitPolicys\" is not a kind of budgets.portkey-operator.io (did you mean UsageLimitPolicy?); the kinds are UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget, ApiKeyBudget"
+        );
+        for version in ["v1", "v1beta1"] {
+            let m = load_text(&ULP.replace("/v1alpha1", &format!("/{version}")));
+            let e = only_error(&m);
+            assert!(
+                e.starts_with(&format!("m.yaml:1: UsageLimitPolicy team-a/monthly: apiVersion: \"budgets.portkey-operator.io/{version}\" is not a version of UsageLimitPolicy (did you mean budgets.portkey-operator.io/v1alpha1?)")),
+                "{e}"
+            );
+            assert!(m.resources.is_empty());
+        }
+        let m =
+            load_text(&ULP.replace("budgets.portkey-operator.io", "budget.portkey-operator.io"));
+        assert!(
+            only_error(&m).contains("apiVersion: \"budget.portkey-operator.io/v1alpha1\" is not an API group this tool knows (did you mean budgets.portkey-operator.io/v1alpha1?)"),
+            "{}",
+            only_error(&m)
+        );
+        let m = load_text(&ULP.replace("apiVersion: budgets.portkey-operator.io/v1alpha1\n", ""));
+        assert!(only_error(&m).contains("apiVersion: is required: UsageLimitPolicy is apiVersion budgets.portkey-operator.io/v1alpha1"), "{}", only_error(&m));
+    }
+
+    #[test]
+    fn other_groups_are_skipped_and_counted_with_a_hint_for_lookalikes() {
+        let m = load_text(&format!(
+            "{ULP}---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n---\napiVersion: kuadrant.io/v1\nkind: RateLimitPolicy\nmetadata:\n  name: r\n---\n# only a comment\n"
+        ));
+        assert!(m.errors.is_empty(), "{:#?}", m.errors);
+        assert_eq!(m.resources.len(), 1);
+        assert_eq!((m.ignored, m.skipped.len()), (2, 2));
+        let w = m.skipped[0].warning();
+        assert!(
+            w.ends_with(
+                "m.yaml:17: skipped v1 ConfigMap x: not a budgets.portkey-operator.io resource"
+            ),
+            "{w}"
+        );
+        let w = m.skipped[1].warning();
+        assert!(
+            w.contains("m.yaml:22: skipped kuadrant.io/v1 RateLimitPolicy r: not a budgets.portkey-operator.io resource (this tool's RateLimitPolicy is apiVersion budgets.portkey-operator.io/v1alpha1"),
+            "{w}"
+        );
+        let p = m.skipped[0].problem();
+        assert_eq!(p.class, Class::Manifest);
+        assert!(p.message.contains("--fail-on-unknown"), "{p}");
+    }
+
+    #[test]
+    fn validation_errors_point_at_the_line_field_and_value() {
+        let m = load_text(&format!(
+            "{ULP}---\n{}",
+            ULP.replace("creditLimit: 100", "creditLimit: -5")
+                .replace("name: monthly", "name: broken")
+        ));
+        assert_eq!(m.resources.len(), 1);
+        assert_eq!(
+            only_error(&m),
+            "m.yaml:25: UsageLimitPolicy team-a/broken: spec.creditLimit: creditLimit must be at least 1 for cost (USD) and requests, and at least 100 for tokens (got -5)"
+        );
+        // A rule across fields names the field it is about, with the value.
+        let m = load_text(&ULP.replace(
+            "  creditLimit: 100\n",
+            "  creditLimit: 100\n  alertThreshold: 150\n",
+        ));
+        let e = only_error(&m);
+        assert!(
+            e.starts_with("m.yaml:10: UsageLimitPolicy team-a/monthly: spec.alertThreshold: alertThreshold must be greater than 0 and less than creditLimit (got 150)"),
+            "{e}"
+        );
+        assert_eq!(m.errors[0].field.as_deref(), Some("spec.alertThreshold"));
+        assert_eq!(m.errors[0].line, Some(10));
+    }
+
+    #[test]
+    fn malformed_yaml_names_the_line_of_the_parser() {
+        let m = load_text(&format!("{ULP}---\nkind: x\nspec:\n  a: [unclosed\n"));
+        let e = only_error(&m);
+        assert!(e.starts_with("m.yaml:"), "{e}");
+        let line = m.errors[0].line.unwrap();
+        assert!((17..=20).contains(&line), "{e}");
+        assert!(e.contains("malformed YAML"), "{e}");
+    }
+
+    #[test]
+    fn nearest_names_only_for_near_misses() {
+        let kinds = [
+            "UsageLimitPolicy",
+            "RateLimitPolicy",
+            "WorkspaceBudget",
+            "ApiKeyBudget",
+        ];
+        assert_eq!(nearest("usagelimitpolicy", kinds), Some("UsageLimitPolicy"));
+        assert_eq!(nearest("ApiKeyBudgets", kinds), Some("ApiKeyBudget"));
+        assert_eq!(nearest("ConfigMap", kinds), None);
+        assert_eq!(distance("kitten", "sitting"), 3);
+    }
+}
