@@ -126,6 +126,15 @@ pub mod reasons {
     pub const PORTKEY_BAD_RESPONSE: &str = "PortkeyBadResponse";
     pub const PORTKEY_CONFIG_ERROR: &str = "PortkeyClientConfig";
 
+    /// The `'static` reason constant equal to `reason` (conditions read back from the API hold
+    /// owned strings); an unknown one reads as `InForce`.
+    pub fn known(reason: &str) -> &'static str {
+        ALL.iter()
+            .find(|r| **r == reason)
+            .copied()
+            .unwrap_or(IN_FORCE)
+    }
+
     /// Every reason above.
     pub const ALL: &[&str] = &[
         IN_FORCE,
@@ -234,21 +243,17 @@ impl Outcome {
         }
     }
 
-    /// A deletion held by the paused annotation: Ready as it was, Synced=False
-    /// ReconciliationPaused.
-    pub fn deletion_paused(ready: bool) -> Outcome {
+    /// A deletion held by the paused annotation: Ready as it was (its status, reason and
+    /// message kept), Synced=False ReconciliationPaused.
+    pub fn deletion_paused(ready: Option<&Condition>) -> Outcome {
         Outcome::Held {
-            ready,
-            ready_reason: if ready {
-                reasons::IN_FORCE
-            } else {
-                reasons::OUT_OF_SYNC
-            },
-            ready_message: String::new(),
+            ready: ready.is_some_and(|c| c.status == TRUE),
+            ready_reason: ready.map_or(reasons::IN_FORCE, |c| reasons::known(&c.reason)),
+            ready_message: ready.map(|c| c.message.clone()).unwrap_or_default(),
             synced: FALSE,
             synced_reason: reasons::RECONCILIATION_PAUSED,
             synced_message: format!(
-                "annotation {} is \"true\": the deletion waits until it is removed",
+                "annotation {} is \"true\": the deletion waits until it is removed (nothing is archived or deleted meanwhile)",
                 crate::api::PAUSED_ANNOTATION
             ),
         }

@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod conditions;
+pub mod engine;
 pub mod kube_ops;
 pub mod manager;
 #[cfg(feature = "bench")]
@@ -769,14 +770,14 @@ where
 }
 
 /// The reconcile entry point for a policy kind.
-pub async fn reconcile_policy<R: PolicyResource>(
+pub async fn reconcile_policy<R: PolicyResource + engine::Reconciler>(
     obj: Arc<R>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     entry(
         obj.as_ref(),
         &ctx,
-        Box::pin(policy::reconcile(obj.as_ref(), &ctx)),
+        Box::pin(engine::reconcile(obj.as_ref(), &ctx)),
     )
     .await
 }

@@ -21,10 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
-use serde::Serialize;
 
-use super::conditions::{self, FALSE, Outcome, TRUE, reasons};
-use super::kube_ops::{self, Managed};
+use super::conditions::{Outcome, TRUE, reasons};
+use super::engine::{self, Pass};
+use super::kube_ops;
 use super::{Context, Error};
 use crate::api::validate::summarize;
 use crate::api::*;
@@ -47,11 +47,81 @@ pub struct CommonSpec {
     pub on_immutable_change: OnImmutableChange,
 }
 
+/// The engine's `Kind` and `Reconciler` of a policy kind (`UsageLimitPolicy`,
+/// `RateLimitPolicy`): its status keeps the shared fields in `common`, its pass is this module's.
+macro_rules! policy_kind {
+    ($kind:ty, $status:ty, $short:literal, $usage:literal) => {
+        impl $crate::controller::engine::Kind for $kind {
+            type Status = $status;
+            const SHORT: &'static str = $short;
+            const USAGE: bool = $usage;
+
+            fn api(client: kube::Client, obj: &Self) -> kube::Api<Self> {
+                kube::Api::namespaced(
+                    client,
+                    &kube::ResourceExt::namespace(obj).unwrap_or_default(),
+                )
+            }
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+            fn conditions(
+                status: &$status,
+            ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+                &status.common.conditions
+            }
+            fn conditions_mut(
+                status: &mut $status,
+            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut status.common.conditions
+            }
+            fn set_observed_generation(status: &mut $status, generation: Option<i64>) {
+                status.common.observed_generation = generation;
+            }
+            fn create_confirmed(status: &$status) -> Option<&str> {
+                status.common.create_confirmed.as_deref()
+            }
+            fn set_create_confirmed(status: &mut $status, stamp: Option<String>) {
+                status.common.create_confirmed = stamp;
+            }
+        }
+
+        impl $crate::controller::engine::Reconciler for $kind {
+            fn gate(
+                obj: &Self,
+                ctx: &$crate::controller::Context,
+                key: &str,
+                now: jiff::Timestamp,
+            ) -> Option<kube::runtime::controller::Action> {
+                $crate::controller::policy::gate(obj, ctx, key, now)
+            }
+            fn apply(
+                pass: &mut $crate::controller::engine::Pass<'_, Self>,
+            ) -> impl std::future::Future<
+                Output = Result<kube::runtime::controller::Action, $crate::controller::Error>,
+            > + Send {
+                pass.apply_policy()
+            }
+            fn cleanup(
+                pass: &mut $crate::controller::engine::Pass<'_, Self>,
+            ) -> impl std::future::Future<
+                Output = Result<kube::runtime::controller::Action, $crate::controller::Error>,
+            > + Send {
+                pass.cleanup_policy()
+            }
+            fn after(obj: &Self, ctx: &$crate::controller::Context, status: &$status) {
+                $crate::controller::policy::report_budget(ctx, obj, status)
+            }
+        }
+    };
+}
+pub(crate) use policy_kind;
+
 /// An Event to record: type, reason, note.
 pub type EventSpec = (EventType, &'static str, String);
 
 /// What differs between the policy kinds.
-pub trait PolicyResource: Managed + Resource<Scope = NamespaceResourceScope> {
+pub trait PolicyResource: engine::Kind + Resource<Scope = NamespaceResourceScope> {
     /// The Admin API family (`/policies/usage-limits` or `/policies/rate-limits`).
     type Kind: PolicyKind;
     /// The resolved desired policy.
@@ -61,15 +131,11 @@ pub trait PolicyResource: Managed + Resource<Scope = NamespaceResourceScope> {
             Update = <Self::Kind as PolicyKind>::Update,
         > + Send
         + Sync;
-    type Status: Default + Clone + PartialEq + Serialize + Send + Sync;
-    /// Short kind in ownership markers (`ulp`, `rlp`).
-    const SHORT: &'static str;
     /// Read policies with `include_usage=true`.
     const INCLUDE_USAGE: bool;
 
     fn common(&self) -> CommonSpec;
     fn desired(&self, identity: &Identity, workspace_id: &str) -> Self::Desired;
-    fn status(&self) -> Option<&Self::Status>;
     fn policy_status(status: &mut Self::Status) -> &mut RemotePolicyStatus;
     fn policy_status_ref(status: &Self::Status) -> &RemotePolicyStatus;
     /// Kind-specific status from the observed policy (`None` when there is none); returns the
@@ -93,92 +159,8 @@ pub trait PolicyResource: Managed + Resource<Scope = NamespaceResourceScope> {
     }
 }
 
-struct Run<'a, R: PolicyResource> {
-    ctx: &'a Context,
-    api: Api<R>,
-    /// The cached object, copied only once the pass writes it (a refresh that changes nothing
-    /// copies nothing of it).
-    obj: Cow<'a, R>,
-    /// `kind/namespace/name`, for the in-memory last-sync times.
-    key: String,
-    identity: Identity,
-    status: R::Status,
-    now: Timestamp,
-    /// What this pass concluded (for the readiness metrics).
-    outcome: Option<Outcome>,
-    /// A policy was created this pass: its id must reach the status.
-    created: bool,
-    /// A create's Event, recorded when the pass ends beside its status write (see
-    /// [`Run::finish`]).
-    held_event: Option<(EventType, String, String)>,
-}
-
-/// Reconciles one resource (or cleans it up when it is being deleted).
-pub async fn reconcile<R: PolicyResource>(obj: &R, ctx: &Context) -> Result<Action, Error> {
-    let namespace = obj.namespace().unwrap_or_default();
-    let key = super::key_of(obj);
-    let now = Timestamp::now();
-    // A pass the freshness gate or the refresh budget turns away does nothing but requeue:
-    // decided before the object and its status are copied for the pass (at 10,000 resources
-    // about a fifth of all passes are refreshes deferred for the budget).
-    if obj.meta().deletion_timestamp.is_none() {
-        let unset = R::Status::default();
-        let status = obj.status().unwrap_or(&unset);
-        if let Some(action) = gate(ctx, obj, status, &key, now) {
-            report_budget(ctx, obj, status);
-            return Ok(action);
-        }
-    }
-    let mut run = Run {
-        ctx,
-        api: Api::namespaced(ctx.client.clone(), &namespace),
-        identity: ctx
-            .config
-            .identity(R::SHORT, Some(&namespace), &obj.name_any()),
-        status: obj.status().cloned().unwrap_or_default(),
-        key,
-        obj: Cow::Borrowed(obj),
-        now,
-        outcome: None,
-        created: false,
-        held_event: None,
-    };
-    let kind = R::kind(&());
-    let name = obj.name_any();
-    if obj.meta().deletion_timestamp.is_some() {
-        ctx.metrics.forget(&kind, &namespace, &name);
-        ctx.forget_sync(&run.key);
-        return run.cleanup().await;
-    }
-    let result = run.apply().await;
-    if let Err(e) = &result
-        && !e.is_conflict()
-    {
-        run.failed(e);
-    }
-    let flushed = run.finish().await;
-    let conditions = &R::policy_status_ref(&run.status).conditions;
-    if let Some(outcome) = &run.outcome {
-        ctx.metrics
-            .outcome(&kind, &namespace, &name, outcome, conditions);
-    }
-    match (result, flushed) {
-        (Ok(action), Ok(())) => {
-            report_budget(ctx, obj, &run.status);
-            Ok(action)
-        }
-        (Ok(_), Err(e)) => Err(Error::kube("write the status", e)),
-        (Err(e), flushed) => {
-            if let Err(status_err) = flushed {
-                tracing::warn!(error = %status_err, "could not record the failure in status");
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Sets the budget metrics of `obj` from `status` (or drops them when it reports none).
-fn report_budget<R: PolicyResource>(ctx: &Context, obj: &R, status: &R::Status) {
+pub(crate) fn report_budget<R: PolicyResource>(ctx: &Context, obj: &R, status: &R::Status) {
     let (kind, namespace, name) = (
         R::kind(&()),
         obj.namespace().unwrap_or_default(),
@@ -190,15 +172,16 @@ fn report_budget<R: PolicyResource>(ctx: &Context, obj: &R, status: &R::Status) 
     }
 }
 
-/// The freshness gate and the refresh read budget (`super::gate`) for a resource whose status
-/// is `status`: `Some` when this pass should not read Portkey now.
-fn gate<R: PolicyResource>(
-    ctx: &Context,
+/// The freshness gate and the refresh read budget (`super::gate`) for a policy resource:
+/// `Some` when this pass should not read Portkey now.
+pub(crate) fn gate<R: PolicyResource>(
     obj: &R,
-    status: &R::Status,
+    ctx: &Context,
     key: &str,
     now: Timestamp,
 ) -> Option<Action> {
+    let unset = R::Status::default();
+    let status = obj.status().unwrap_or(&unset);
     let ps = R::policy_status_ref(status);
     let last_sync = ctx.last_sync(key);
     super::gate(
@@ -224,18 +207,8 @@ fn gate<R: PolicyResource>(
             paused: is_paused(obj),
         },
         now,
-        ctx.interval(R::INCLUDE_USAGE),
+        ctx.interval(R::USAGE),
     )
-}
-
-/// The `'static` reason constant equal to `reason` (conditions read back from the API hold
-/// owned strings).
-fn reason_const(reason: &str) -> &'static str {
-    reasons::ALL
-        .iter()
-        .find(|r| **r == reason)
-        .copied()
-        .unwrap_or(reasons::IN_FORCE)
 }
 
 /// The tenancy settings of the operator's configuration.
@@ -338,11 +311,7 @@ pub(crate) fn definitely_not_created(e: &PortkeyError) -> bool {
     }
 }
 
-impl<R: PolicyResource> Run<'_, R> {
-    fn generation(&self) -> Option<i64> {
-        self.obj.meta().generation
-    }
-
+impl<R: PolicyResource> Pass<'_, R> {
     /// The status fields every policy kind shares.
     fn ps(&mut self) -> &mut RemotePolicyStatus {
         R::policy_status(&mut self.status)
@@ -356,57 +325,9 @@ impl<R: PolicyResource> Run<'_, R> {
         self.ctx.portkey.policies::<R::Kind>()
     }
 
-    /// Sets the conditions and `observedGeneration` from what this pass concluded.
-    fn conclude(&mut self, outcome: Outcome) {
-        let generation = self.generation();
-        let now = self.now;
-        conditions::apply(&mut self.ps().conditions, &outcome, generation, now);
-        self.ps().observed_generation = generation;
-        self.outcome = Some(outcome);
-    }
-
-    /// A state only a human can fix (Stalled); no Admin API write is made.
-    fn terminal(&mut self, reason: &'static str, message: &str) {
-        self.conclude(Outcome::Stalled {
-            reason,
-            message: message.to_owned(),
-        });
-    }
-
-    fn failed(&mut self, e: &Error) {
-        self.conclude(e.outcome());
-    }
-
-    fn paused(&self) -> bool {
-        is_paused(&*self.obj)
-    }
-
-    async fn flush_status(&mut self) -> Result<(), kube::Error> {
-        if self.obj.status() == Some(&self.status) {
-            return Ok(());
-        }
-        self.obj = Cow::Owned(kube_ops::apply_status(&self.api, &*self.obj, &self.status).await?);
-        Ok(())
-    }
-
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
-        self.ctx.event(&*self.obj, type_, reason, note).await;
-    }
-
-    fn pending_since(&self) -> Option<Timestamp> {
-        super::pending_create(&*self.obj, self.psr().create_confirmed.as_deref())
-    }
-
-    /// Portkey shows what the pending create made: the status write ending this pass says so.
-    fn confirm_create(&mut self) {
-        if self.pending_since().is_some() {
-            self.ps().create_confirmed = super::create_stamp(&*self.obj);
-        }
-    }
-
-    /// The pass proper; `reconcile` has let it through the gate (see [`gate`]).
-    async fn apply(&mut self) -> Result<Action, Error> {
-        let refresh = Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE));
+    /// The pass proper; the engine has let it through the gate (see [`gate`]).
+    pub(crate) async fn apply_policy(&mut self) -> Result<Action, Error> {
+        let refresh = Action::requeue(self.ctx.refresh_interval(R::USAGE));
         let spec = self.obj.common();
         let observe = spec.management_policy == ManagementPolicy::Observe;
 
@@ -445,7 +366,7 @@ impl<R: PolicyResource> Run<'_, R> {
         };
         let decision = plan(&desired, remote.as_ref(), options);
         let paused = self.paused();
-        self.announce_pause(paused).await;
+        self.announce_pause(paused, "Portkey is").await;
         let mut held = Held::Nothing;
         if self.ctx.config.dry_run
             && let Decision::Apply(action) = &decision
@@ -541,16 +462,6 @@ impl<R: PolicyResource> Run<'_, R> {
         )
         .await;
         Ok(true)
-    }
-
-    /// An Event when the paused annotation was just set or removed (the Synced reason says
-    /// whether the last pass was paused).
-    async fn announce_pause(&self, paused: bool) {
-        if let Some((reason, note)) =
-            conditions::pause_transition(&self.psr().conditions, paused, "Portkey is")
-        {
-            self.event(EventType::Normal, reason, note).await;
-        }
     }
 
     /// Step 1: the admission rules again (a resource may have bypassed admission).
@@ -1178,43 +1089,6 @@ impl<R: PolicyResource> Run<'_, R> {
         Ok(())
     }
 
-    /// The write that ends a pass: the status (with the id of a policy just created, which a
-    /// conflict cannot lose, and the create it confirms).
-    ///
-    /// The Event held back by the pass (a create's) is recorded at the same time as that write,
-    /// not before it: one Kubernetes round trip fewer on the path of every create. It is
-    /// recorded whether or not the pass or the write failed.
-    async fn finish(&mut self) -> Result<(), kube::Error> {
-        let held = (self.held_event.take()).map(|event| (self.obj.object_ref(&()), event));
-        let ctx = self.ctx;
-        let record = async {
-            if let Some((regarding, (type_, reason, note))) = held {
-                ctx.event_on(&regarding, type_, &reason, note).await;
-            }
-        };
-        let write = async {
-            if self.created {
-                self.record_status().await
-            } else {
-                self.flush_status().await
-            }
-        };
-        let (written, ()) = tokio::join!(write, record);
-        written
-    }
-
-    /// Writes status; on a 409 (someone else wrote the object meanwhile) re-reads it and writes
-    /// again, so the `policyId` of a policy just created is never lost.
-    async fn record_status(&mut self) -> Result<(), kube::Error> {
-        match self.flush_status().await {
-            Err(e) if kube_ops::is_conflict(&e) => {
-                self.obj = Cow::Owned(self.api.get(&self.obj.name_any()).await?);
-                self.flush_status().await
-            }
-            other => other,
-        }
-    }
-
     /// Creates the policy, bracketed by the create-pending annotation (confirmed in status only
     /// once Portkey shows the policy); records the id in status before anything else. `Stop` while
     /// Portkey does not show the new policy yet.
@@ -1323,33 +1197,9 @@ impl<R: PolicyResource> Run<'_, R> {
     /// Deletion: archive (or retain) every policy of this resource (the recorded one and any
     /// carrying its marker), then release the finalizer. A policy Portkey refuses to archive
     /// keeps the finalizer, with a condition saying what a human can do.
-    async fn cleanup(&mut self) -> Result<Action, Error> {
+    pub(crate) async fn cleanup_policy(&mut self) -> Result<Action, Error> {
         if !kube_ops::has_finalizer(&*self.obj) {
             return Ok(Action::await_change());
-        }
-        if self.paused() {
-            // Paused: no writes, deletion included; it finishes once the annotation is gone.
-            self.announce_pause(true).await;
-            let ready = conditions::is_true(&self.psr().conditions, conditions::READY);
-            let message = format!(
-                "annotation {PAUSED_ANNOTATION} is \"true\": the deletion waits until it is removed (nothing is archived meanwhile)"
-            );
-            self.conclude(Outcome::Held {
-                ready,
-                ready_reason: conditions::get(&self.psr().conditions, conditions::READY)
-                    .map(|c| reason_const(&c.reason))
-                    .unwrap_or(reasons::IN_FORCE),
-                ready_message: conditions::get(&self.psr().conditions, conditions::READY)
-                    .map(|c| c.message.clone())
-                    .unwrap_or_default(),
-                synced: FALSE,
-                synced_reason: reasons::RECONCILIATION_PAUSED,
-                synced_message: message,
-            });
-            self.flush_status()
-                .await
-                .map_err(|e| Error::kube("write the status", e))?;
-            return Ok(Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE)));
         }
         let spec = self.obj.common();
         let archive = spec.deletion_policy == DeletionPolicy::Archive
@@ -1451,7 +1301,7 @@ impl<R: PolicyResource> Run<'_, R> {
         self.flush_status()
             .await
             .map_err(|e| Error::kube("write the status", e))?;
-        Ok(Action::requeue(self.ctx.refresh_interval(R::INCLUDE_USAGE)))
+        Ok(Action::requeue(self.ctx.refresh_interval(R::USAGE)))
     }
 }
 

@@ -3,18 +3,18 @@
 
 use kube::runtime::controller::Action;
 
-use super::policy::{self, CommonSpec, EventSpec, PolicyResource};
+use super::policy::{CommonSpec, EventSpec, PolicyResource};
 use super::{Context, Error};
 use crate::api::*;
 use crate::plan::Identity;
 use crate::plan::rate::DesiredRatePolicy;
 use crate::portkey::{RateLimits, RateLimitsPolicy};
 
+super::policy::policy_kind!(RateLimitPolicy, RateLimitPolicyStatus, "rlp", false);
+
 impl PolicyResource for RateLimitPolicy {
     type Kind = RateLimits;
     type Desired = DesiredRatePolicy;
-    type Status = RateLimitPolicyStatus;
-    const SHORT: &'static str = "rlp";
     const INCLUDE_USAGE: bool = false;
 
     fn common(&self) -> CommonSpec {
@@ -29,10 +29,6 @@ impl PolicyResource for RateLimitPolicy {
 
     fn desired(&self, identity: &Identity, workspace_id: &str) -> DesiredRatePolicy {
         DesiredRatePolicy::from_spec(&self.spec, identity, workspace_id)
-    }
-
-    fn status(&self) -> Option<&RateLimitPolicyStatus> {
-        self.status.as_ref()
     }
 
     fn policy_status(status: &mut RateLimitPolicyStatus) -> &mut RemotePolicyStatus {
@@ -55,5 +51,5 @@ impl PolicyResource for RateLimitPolicy {
 
 /// Reconciles one `RateLimitPolicy`.
 pub async fn reconcile(obj: &RateLimitPolicy, ctx: &Context) -> Result<Action, Error> {
-    policy::reconcile(obj, ctx).await
+    super::engine::reconcile(obj, ctx).await
 }

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::policy::{self, CommonSpec, EventSpec, PolicyResource};
+use super::policy::{CommonSpec, EventSpec, PolicyResource};
 use super::{Context, Error};
 use std::str::FromStr;
 
@@ -18,11 +18,11 @@ use crate::plan::usage::DesiredUsagePolicy;
 use crate::plan::{Identity, schedule_text};
 use crate::portkey::{UsageLimits, UsageLimitsPolicy};
 
+super::policy::policy_kind!(UsageLimitPolicy, UsageLimitPolicyStatus, "ulp", true);
+
 impl PolicyResource for UsageLimitPolicy {
     type Kind = UsageLimits;
     type Desired = DesiredUsagePolicy;
-    type Status = UsageLimitPolicyStatus;
-    const SHORT: &'static str = "ulp";
     const INCLUDE_USAGE: bool = true;
 
     fn common(&self) -> CommonSpec {
@@ -37,10 +37,6 @@ impl PolicyResource for UsageLimitPolicy {
 
     fn desired(&self, identity: &Identity, workspace_id: &str) -> DesiredUsagePolicy {
         DesiredUsagePolicy::from_spec(&self.spec, identity, workspace_id)
-    }
-
-    fn status(&self) -> Option<&UsageLimitPolicyStatus> {
-        self.status.as_ref()
     }
 
     fn policy_status(status: &mut UsageLimitPolicyStatus) -> &mut RemotePolicyStatus {
@@ -152,5 +148,5 @@ impl PolicyResource for UsageLimitPolicy {
 
 /// Reconciles one `UsageLimitPolicy`.
 pub async fn reconcile(obj: &UsageLimitPolicy, ctx: &Context) -> Result<Action, Error> {
-    policy::reconcile(obj, ctx).await
+    super::engine::reconcile(obj, ctx).await
 }

@@ -1,15 +1,19 @@
 //! Reconcile and cleanup of one `WorkspaceBudget` (cluster-scoped).
 //!
-//! Reuses the policy machinery's pieces: finalizer, conditions, Events, the shared write rate
-//! limiter, status patching, the freshness gate and the pure planner (`plan::workspace`).
+//! A kind of the reconcile engine (`super::engine`): the engine runs the pass (conditions,
+//! Events, pause, status); this module is the workspace's gate, apply and cleanup, over the
+//! pure planner (`plan::workspace`).
+
+use std::borrow::Cow;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::{Api, Resource, ResourceExt};
+use kube::{Api, ResourceExt};
 
-use super::conditions::{self, Outcome, TRUE, reasons};
+use super::conditions::{Outcome, TRUE, reasons};
+use super::engine::Pass;
 use super::kube_ops;
 use super::policy::is_paused;
 use super::{Context, Error};
@@ -20,55 +24,61 @@ use crate::plan::ownership::{self, Claimant};
 use crate::plan::workspace::{self as plan, DesiredWorkspaceLimits};
 use crate::portkey::Workspace;
 
-struct Run<'a> {
-    ctx: &'a Context,
-    api: Api<WorkspaceBudget>,
-    obj: WorkspaceBudget,
-    key: String,
-    status: WorkspaceBudgetStatus,
-    now: Timestamp,
-    outcome: Option<Outcome>,
+impl super::engine::Kind for WorkspaceBudget {
+    type Status = WorkspaceBudgetStatus;
+    const SHORT: &'static str = "wsb";
+    const USAGE: bool = true;
+
+    fn api(client: kube::Client, _: &Self) -> Api<Self> {
+        Api::all(client)
+    }
+    fn status(&self) -> Option<&WorkspaceBudgetStatus> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &WorkspaceBudgetStatus) -> &[Condition] {
+        &status.conditions
+    }
+    fn conditions_mut(status: &mut WorkspaceBudgetStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+    fn set_observed_generation(status: &mut WorkspaceBudgetStatus, generation: Option<i64>) {
+        status.observed_generation = generation;
+    }
+}
+
+impl super::engine::Reconciler for WorkspaceBudget {
+    fn gate(obj: &Self, ctx: &Context, key: &str, now: Timestamp) -> Option<Action> {
+        let unset = WorkspaceBudgetStatus::default();
+        let status = obj.status.as_ref().unwrap_or(&unset);
+        super::gate(
+            ctx,
+            super::Freshness {
+                generation: obj.metadata.generation,
+                observed_generation: status.observed_generation,
+                conditions: &status.conditions,
+                last_sync: ctx.last_sync(key),
+                pending: false,
+                paused: is_paused(obj),
+            },
+            now,
+            ctx.interval(true),
+        )
+    }
+    fn apply(
+        pass: &mut Pass<'_, Self>,
+    ) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+        pass.apply_workspace()
+    }
+    fn cleanup(
+        pass: &mut Pass<'_, Self>,
+    ) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+        pass.cleanup_workspace()
+    }
 }
 
 /// Reconciles one `WorkspaceBudget` (or cleans up when it is being deleted).
 pub async fn reconcile(obj: &WorkspaceBudget, ctx: &Context) -> Result<Action, Error> {
-    let mut run = Run {
-        ctx,
-        api: Api::all(ctx.client.clone()),
-        key: super::key_of(obj),
-        status: obj.status.clone().unwrap_or_default(),
-        obj: obj.clone(),
-        now: Timestamp::now(),
-        outcome: None,
-    };
-    let kind = WorkspaceBudget::kind(&());
-    let name = obj.name_any();
-    if obj.metadata.deletion_timestamp.is_some() {
-        ctx.metrics.forget(&kind, "", &name);
-        ctx.forget_sync(&run.key);
-        return run.cleanup().await;
-    }
-    let result = run.apply().await;
-    if let Err(e) = &result
-        && !e.is_conflict()
-    {
-        run.conclude(e.outcome());
-    }
-    let flushed = run.flush_status().await;
-    if let Some(outcome) = &run.outcome {
-        ctx.metrics
-            .outcome(&kind, "", &name, outcome, &run.status.conditions);
-    }
-    match (result, flushed) {
-        (Ok(action), Ok(())) => Ok(action),
-        (Ok(_), Err(e)) => Err(Error::kube("write the status", e)),
-        (Err(e), flushed) => {
-            if let Err(status_err) = flushed {
-                tracing::warn!(error = %status_err, "could not record the failure in status");
-            }
-            Err(e)
-        }
-    }
+    super::engine::reconcile(obj, ctx).await
 }
 
 /// Which resource owns a workspace among those naming it, by the rule the CLI shares
@@ -88,46 +98,7 @@ fn owner(candidates: &[WorkspaceBudget]) -> Option<&WorkspaceBudget> {
     candidates.iter().find(|c| c.name_any() == winner)
 }
 
-impl Run<'_> {
-    fn generation(&self) -> Option<i64> {
-        self.obj.metadata.generation
-    }
-
-    /// Sets the conditions and `observedGeneration` from what this pass concluded.
-    fn conclude(&mut self, outcome: Outcome) {
-        let generation = self.generation();
-        conditions::apply(&mut self.status.conditions, &outcome, generation, self.now);
-        self.status.observed_generation = generation;
-        self.outcome = Some(outcome);
-    }
-
-    /// A state only a human can fix (Stalled); nothing is written to Portkey.
-    fn terminal(&mut self, reason: &'static str, message: &str) {
-        self.conclude(Outcome::Stalled {
-            reason,
-            message: message.to_owned(),
-        });
-    }
-
-    /// An Event when the paused annotation was just set or removed.
-    async fn announce_pause(&self, paused: bool) {
-        if let Some((reason, note)) =
-            conditions::pause_transition(&self.status.conditions, paused, "the workspace is")
-        {
-            self.ctx
-                .event(&self.obj, EventType::Normal, reason, note)
-                .await;
-        }
-    }
-
-    async fn flush_status(&mut self) -> Result<(), kube::Error> {
-        if self.obj.status.as_ref() == Some(&self.status) {
-            return Ok(());
-        }
-        self.obj = kube_ops::apply_status(&self.api, &self.obj, &self.status).await?;
-        Ok(())
-    }
-
+impl Pass<'_, WorkspaceBudget> {
     /// Another, older `WorkspaceBudget` already manages this workspace: one whose spec names
     /// it, or names the same workspace another way (slug vs UUID, compared after resolving each
     /// spec through the workspace cache; status plays no part).
@@ -160,31 +131,16 @@ impl Run<'_> {
             .map(|o| o.name_any()))
     }
 
-    async fn apply(&mut self) -> Result<Action, Error> {
-        let paused = is_paused(&self.obj);
-        if let Some(action) = super::gate(
-            self.ctx,
-            super::Freshness {
-                generation: self.generation(),
-                observed_generation: self.status.observed_generation,
-                conditions: &self.status.conditions,
-                last_sync: self.ctx.last_sync(&self.key),
-                pending: false,
-                paused,
-            },
-            self.now,
-            self.ctx.interval(true),
-        ) {
-            return Ok(action);
-        }
+    async fn apply_workspace(&mut self) -> Result<Action, Error> {
+        let paused = self.paused();
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
-        let errors = self.ctx.admission_errors("wsb", &self.obj);
+        let errors = self.ctx.admission_errors("wsb", &*self.obj);
         if !errors.is_empty() {
             self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
             return Ok(Action::await_change());
         }
-        if !kube_ops::has_finalizer(&self.obj) {
-            self.obj = kube_ops::add_finalizer(&self.api, &self.obj).await?;
+        if !kube_ops::has_finalizer(&*self.obj) {
+            self.obj = Cow::Owned(kube_ops::add_finalizer(&self.api, &*self.obj).await?);
         }
         let workspace = self.obj.spec.workspace.clone();
         // Conflicts by name first: the loser makes no Admin API call at all.
@@ -218,7 +174,7 @@ impl Run<'_> {
 
         let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
         let planned = plan::plan(&desired, &ws);
-        self.announce_pause(paused).await;
+        self.announce_pause(paused, "the workspace is").await;
         if paused {
             let differences = planned
                 .as_ref()
@@ -238,7 +194,7 @@ impl Run<'_> {
                 FieldChange::summary(&update.changes)
             );
             self.ctx
-                .event(&self.obj, EventType::Normal, "WouldUpdate", note.clone())
+                .event(&*self.obj, EventType::Normal, "WouldUpdate", note.clone())
                 .await;
             self.report_figures(&ws, &desired);
             self.conclude(Outcome::Held {
@@ -269,7 +225,7 @@ impl Run<'_> {
             };
             self.ctx
                 .event(
-                    &self.obj,
+                    &*self.obj,
                     EventType::Normal,
                     reason,
                     format!("{what}: {}", FieldChange::summary(&update.changes)),
@@ -318,19 +274,9 @@ impl Run<'_> {
         }
     }
 
-    async fn cleanup(&mut self) -> Result<Action, Error> {
-        if !kube_ops::has_finalizer(&self.obj) {
+    async fn cleanup_workspace(&mut self) -> Result<Action, Error> {
+        if !kube_ops::has_finalizer(&*self.obj) {
             return Ok(Action::await_change());
-        }
-        if is_paused(&self.obj) {
-            // Paused: no writes, deletion included; it finishes once the annotation is gone.
-            self.announce_pause(true).await;
-            let ready = conditions::is_true(&self.status.conditions, conditions::READY);
-            self.conclude(Outcome::deletion_paused(ready));
-            self.flush_status()
-                .await
-                .map_err(|e| Error::kube("write the status", e))?;
-            return Ok(Action::requeue(self.ctx.refresh_interval(true)));
         }
         let resolved = self
             .ctx
@@ -353,7 +299,7 @@ impl Run<'_> {
                     {
                         self.ctx
                             .event(
-                                &self.obj,
+                                &*self.obj,
                                 EventType::Normal,
                                 "WouldUpdate",
                                 format!(
@@ -370,7 +316,7 @@ impl Run<'_> {
                             .await?;
                         self.ctx
                             .event(
-                                &self.obj,
+                                &*self.obj,
                                 EventType::Normal,
                                 "Cleared",
                                 format!(
@@ -387,14 +333,14 @@ impl Run<'_> {
         } else if owns {
             self.ctx
                 .event(
-                    &self.obj,
+                    &*self.obj,
                     EventType::Normal,
                     "Retained",
                     "left the workspace limits in force (deletionPolicy Retain)".into(),
                 )
                 .await;
         }
-        kube_ops::remove_finalizer(&self.api, &self.obj).await?;
+        kube_ops::remove_finalizer(&self.api, &*self.obj).await?;
         Ok(Action::await_change())
     }
 }

@@ -14,8 +14,9 @@ use kube::{Api, ResourceExt};
 
 use super::super::Error;
 use super::super::conditions::reasons;
+use super::super::engine::Pass;
 use super::super::policy::{Step, resolve_workspace};
-use super::{Run, SHORT};
+use super::SHORT;
 use crate::api::*;
 use crate::plan::api_key::{self as plan, DesiredKey};
 use crate::plan::ownership::{self, Refusal};
@@ -30,7 +31,7 @@ fn not_found(message: String) -> Refusal {
     }
 }
 
-impl Run<'_> {
+impl Pass<'_, ApiKeyBudget> {
     /// The key `spec.existing` names, or why there is none this resource may use.
     async fn find_existing(
         &self,

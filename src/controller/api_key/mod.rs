@@ -16,17 +16,19 @@
 mod existing;
 mod secret;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::prelude::ToPrimitive;
 
-use super::conditions::{self, Outcome, TRUE, reasons};
+use super::conditions::{Outcome, TRUE, reasons};
+use super::engine::Pass;
 use super::kube_ops;
 use super::policy::{Step, is_paused, resolve_workspace};
 use super::{Context, Error, annotation_token as token, one_shot_due};
@@ -35,159 +37,97 @@ use crate::api::*;
 use crate::metrics::BudgetFigures;
 use crate::plan::FieldChange;
 use crate::plan::api_key::{self as plan, DesiredKey};
-use crate::plan::marker::Identity;
 use crate::plan::ownership;
 use crate::plan::trust::{Basis, Expected, RemoteFacts, verify_recorded};
 use crate::portkey::{ApiKeyObject, ApiKeyStatus, ApiKeyType, UpdateApiKey};
+
+impl super::engine::Kind for ApiKeyBudget {
+    type Status = ApiKeyBudgetStatus;
+    const SHORT: &'static str = SHORT;
+    const USAGE: bool = true;
+
+    fn api(client: kube::Client, obj: &Self) -> Api<Self> {
+        Api::namespaced(client, &obj.namespace().unwrap_or_default())
+    }
+    fn status(&self) -> Option<&ApiKeyBudgetStatus> {
+        self.status.as_ref()
+    }
+    fn conditions(status: &ApiKeyBudgetStatus) -> &[Condition] {
+        &status.conditions
+    }
+    fn conditions_mut(status: &mut ApiKeyBudgetStatus) -> &mut Vec<Condition> {
+        &mut status.conditions
+    }
+    fn set_observed_generation(status: &mut ApiKeyBudgetStatus, generation: Option<i64>) {
+        status.observed_generation = generation;
+    }
+    fn create_confirmed(status: &ApiKeyBudgetStatus) -> Option<&str> {
+        status.create_confirmed.as_deref()
+    }
+    fn set_create_confirmed(status: &mut ApiKeyBudgetStatus, stamp: Option<String>) {
+        status.create_confirmed = stamp;
+    }
+}
+
+impl super::engine::Reconciler for ApiKeyBudget {
+    fn gate(obj: &Self, ctx: &Context, key: &str, now: Timestamp) -> Option<Action> {
+        gate(obj, ctx, key, now)
+    }
+    fn apply(
+        pass: &mut Pass<'_, Self>,
+    ) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+        pass.apply_key()
+    }
+    fn cleanup(
+        pass: &mut Pass<'_, Self>,
+    ) -> impl std::future::Future<Output = Result<Action, Error>> + Send {
+        pass.cleanup_key()
+    }
+}
 
 /// Field manager of the Secrets the operator writes.
 const SECRET_MANAGER: &str = "portkey-budget-operator";
 /// Short kind in markers.
 pub const SHORT: &str = "akb";
 
-struct Run<'a> {
-    ctx: &'a Context,
-    api: Api<ApiKeyBudget>,
-    obj: ApiKeyBudget,
-    key: String,
-    status: ApiKeyBudgetStatus,
-    identity: Identity,
-    now: Timestamp,
-    outcome: Option<Outcome>,
-}
-
 /// Reconciles one `ApiKeyBudget` (or cleans up when it is being deleted).
 pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Error> {
-    let namespace = obj.namespace().unwrap_or_default();
-    let mut run = Run {
-        ctx,
-        api: Api::namespaced(ctx.client.clone(), &namespace),
-        key: super::key_of(obj),
-        status: obj.status.clone().unwrap_or_default(),
-        identity: ctx
-            .config
-            .identity(SHORT, Some(&namespace), &obj.name_any()),
-        obj: obj.clone(),
-        now: Timestamp::now(),
-        outcome: None,
-    };
-    let kind = ApiKeyBudget::kind(&());
-    let name = obj.name_any();
-    if obj.metadata.deletion_timestamp.is_some() {
-        ctx.metrics.forget(&kind, &namespace, &name);
-        ctx.forget_sync(&run.key);
-        return run.cleanup().await;
-    }
-    let result = run.apply().await;
-    if let Err(e) = &result
-        && !e.is_conflict()
-    {
-        run.conclude(e.outcome());
-    }
-    let flushed = run.finish().await;
-    if let Some(outcome) = &run.outcome {
-        ctx.metrics
-            .outcome(&kind, &namespace, &name, outcome, &run.status.conditions);
-    }
-    match (result, flushed) {
-        (Ok(action), Ok(())) => Ok(action),
-        (Ok(_), Err(e)) => Err(Error::kube("write the status", e)),
-        (Err(e), flushed) => {
-            if let Err(status_err) = flushed {
-                tracing::warn!(error = %status_err, "could not record the failure in status");
-            }
-            Err(e)
-        }
-    }
+    super::engine::reconcile(obj, ctx).await
 }
 
-impl Run<'_> {
-    fn generation(&self) -> Option<i64> {
-        self.obj.metadata.generation
-    }
+/// The freshness gate (`super::gate`) of an `ApiKeyBudget`: a pending create or one-shot
+/// (rotation, usage reset) is never turned away.
+fn gate(obj: &ApiKeyBudget, ctx: &Context, key: &str, now: Timestamp) -> Option<Action> {
+    let unset = ApiKeyBudgetStatus::default();
+    let status = obj.status.as_ref().unwrap_or(&unset);
+    let rotate = token(obj, ROTATE_ANNOTATION);
+    let reset = token(obj, RESET_USAGE_ANNOTATION);
+    super::gate(
+        ctx,
+        super::Freshness {
+            generation: obj.metadata.generation,
+            observed_generation: status.observed_generation,
+            conditions: &status.conditions,
+            last_sync: ctx.last_sync(key),
+            pending: super::pending_create(obj, status.create_confirmed.as_deref()).is_some()
+                || one_shot_due(rotate.as_deref(), status.rotation.as_ref())
+                || one_shot_due(reset.as_deref(), status.usage_reset.as_ref()),
+            paused: is_paused(obj),
+        },
+        now,
+        ctx.interval(true),
+    )
+}
 
+impl Pass<'_, ApiKeyBudget> {
     fn issue(&self) -> Option<&IssueKey> {
         self.obj.spec.issue.as_ref()
     }
 
-    fn conclude(&mut self, outcome: Outcome) {
-        let generation = self.generation();
-        conditions::apply(&mut self.status.conditions, &outcome, generation, self.now);
-        self.status.observed_generation = generation;
-        self.outcome = Some(outcome);
-    }
-
-    fn terminal(&mut self, reason: &'static str, message: &str) {
-        self.conclude(Outcome::Stalled {
-            reason,
-            message: message.to_owned(),
-        });
-    }
-
-    async fn event(&self, type_: EventType, reason: &str, note: String) {
-        self.ctx.event(&self.obj, type_, reason, note).await;
-    }
-
-    fn pending_since(&self) -> Option<Timestamp> {
-        super::pending_create(&self.obj, self.status.create_confirmed.as_deref())
-    }
-
-    /// Portkey shows the key the pending create made: the status write ending this pass says so.
-    fn confirm_create(&mut self) {
-        if self.pending_since().is_some() {
-            self.status.create_confirmed = super::create_stamp(&self.obj);
-        }
-    }
-
-    /// Writes the status if it changed; on a 409 re-reads and writes again (a key id just
-    /// recorded is never lost).
-    async fn flush_status(&mut self) -> Result<(), kube::Error> {
-        if self.obj.status.as_ref() == Some(&self.status) {
-            return Ok(());
-        }
-        match kube_ops::apply_status(&self.api, &self.obj, &self.status).await {
-            Ok(obj) => self.obj = obj,
-            Err(e) if kube_ops::is_conflict(&e) => {
-                self.obj = self.api.get(&self.obj.name_any()).await?;
-                self.obj = kube_ops::apply_status(&self.api, &self.obj, &self.status).await?;
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(())
-    }
-
-    /// The write that ends a pass: the status (with the create it confirms).
-    async fn finish(&mut self) -> Result<(), kube::Error> {
-        self.flush_status().await
-    }
-
-    fn fresh(&self) -> Option<Action> {
-        let rotate = token(&self.obj, ROTATE_ANNOTATION);
-        let reset = token(&self.obj, RESET_USAGE_ANNOTATION);
-        super::gate(
-            self.ctx,
-            super::Freshness {
-                generation: self.generation(),
-                observed_generation: self.status.observed_generation,
-                conditions: &self.status.conditions,
-                last_sync: self.ctx.last_sync(&self.key),
-                pending: self.pending_since().is_some()
-                    || one_shot_due(rotate.as_deref(), self.status.rotation.as_ref())
-                    || one_shot_due(reset.as_deref(), self.status.usage_reset.as_ref()),
-                paused: is_paused(&self.obj),
-            },
-            self.now,
-            self.ctx.interval(true),
-        )
-    }
-
-    async fn apply(&mut self) -> Result<Action, Error> {
-        if let Some(action) = self.fresh() {
-            return Ok(action);
-        }
+    async fn apply_key(&mut self) -> Result<Action, Error> {
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
         // validate
-        let errors = self.ctx.admission_errors(SHORT, &self.obj);
+        let errors = self.ctx.admission_errors(SHORT, &*self.obj);
         if !errors.is_empty() {
             self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
             return Ok(Action::await_change());
@@ -207,10 +147,12 @@ impl Run<'_> {
             }
             .into(),
         );
-        if !kube_ops::has_finalizer(&self.obj) {
-            self.obj = kube_ops::add_finalizer(&self.api, &self.obj)
-                .await
-                .map_err(|e| Error::kube("add the finalizer", e))?;
+        if !kube_ops::has_finalizer(&*self.obj) {
+            self.obj = Cow::Owned(
+                kube_ops::add_finalizer(&self.api, &*self.obj)
+                    .await
+                    .map_err(|e| Error::kube("add the finalizer", e))?,
+            );
         }
         // resolve
         let workspace_id = match self.resolve(refresh.clone()).await? {
@@ -218,8 +160,8 @@ impl Run<'_> {
             Step::Stop(action) => return Ok(action),
         };
         self.status.workspace_id = Some(workspace_id.clone());
-        let paused = is_paused(&self.obj);
-        self.announce_pause(paused).await;
+        let paused = is_paused(&*self.obj);
+        self.announce_pause(paused, "the key is").await;
         // observe
         let key = match self.observe(&workspace_id, paused, refresh.clone()).await? {
             Step::Go(key) => key,
@@ -258,14 +200,6 @@ impl Run<'_> {
         // report
         self.report(&key, &desired).await;
         Ok(refresh)
-    }
-
-    async fn announce_pause(&self, paused: bool) {
-        if let Some((reason, note)) =
-            conditions::pause_transition(&self.status.conditions, paused, "the key is")
-        {
-            self.event(EventType::Normal, reason, note).await;
-        }
     }
 
     /// Step 2: the workspace UUID the key must belong to.
@@ -405,7 +339,7 @@ impl Run<'_> {
             .unwrap_or(owned.keep);
         all.retain(|k| *k != keep);
         // Dry-run and pause never delete: the duplicates are only reported.
-        if is_paused(&self.obj) || self.ctx.config.dry_run {
+        if is_paused(&*self.obj) || self.ctx.config.dry_run {
             for duplicate in &all {
                 self.event(
                     EventType::Normal,
@@ -453,7 +387,7 @@ impl Run<'_> {
         let issued = super::bracketed_create(
             self.ctx,
             &self.api,
-            &mut self.obj,
+            self.obj.to_mut(),
             &stamp,
             "issue the API key",
             || portkey.create_api_key(ApiKeyType::Workspace, sub_type, &body),
@@ -468,6 +402,8 @@ impl Run<'_> {
             ));
         };
         self.status.key_id = Some(id.clone());
+        // The id must reach the status: the pass's last write retries it on a conflict.
+        self.created = true;
         // A rotation in flight was of a key that is gone: the new key starts with a clean slate.
         self.status.rotation_in_flight = None;
         self.event(
@@ -509,7 +445,7 @@ impl Run<'_> {
     /// in status before the PUT; a pass that finds it recorded but not confirmed asks Portkey
     /// (`last_reset_at` at or after the request) instead of resetting twice.
     async fn usage_reset(&mut self, key: &ApiKeyObject) -> Result<bool, Error> {
-        let Some(t) = token(&self.obj, RESET_USAGE_ANNOTATION) else {
+        let Some(t) = token(&*self.obj, RESET_USAGE_ANNOTATION) else {
             return Ok(false);
         };
         if !one_shot_due(Some(&t), self.status.usage_reset.as_ref()) {
@@ -529,7 +465,7 @@ impl Run<'_> {
             requested_at: Time(self.now),
             completed_at: None,
         });
-        self.flush_status()
+        self.record_status()
             .await
             .map_err(|e| Error::kube("record the usage-reset request", e))?;
         self.ctx.write_permit().await;
@@ -705,18 +641,9 @@ impl Run<'_> {
         self.ctx.synced(&self.key, self.now);
     }
 
-    async fn cleanup(&mut self) -> Result<Action, Error> {
-        if !kube_ops::has_finalizer(&self.obj) {
+    async fn cleanup_key(&mut self) -> Result<Action, Error> {
+        if !kube_ops::has_finalizer(&*self.obj) {
             return Ok(Action::await_change());
-        }
-        if is_paused(&self.obj) {
-            self.announce_pause(true).await;
-            let ready = conditions::is_true(&self.status.conditions, conditions::READY);
-            self.conclude(Outcome::deletion_paused(ready));
-            self.flush_status()
-                .await
-                .map_err(|e| Error::kube("write the status", e))?;
-            return Ok(Action::requeue(self.ctx.refresh_interval(true)));
         }
         let policy = self.obj.spec.effective_deletion_policy();
         let key_id = self.key_for_cleanup().await?;
@@ -777,7 +704,7 @@ impl Run<'_> {
             }
             _ => {}
         }
-        kube_ops::remove_finalizer(&self.api, &self.obj)
+        kube_ops::remove_finalizer(&self.api, &*self.obj)
             .await
             .map_err(|e| Error::kube("remove the finalizer", e))?;
         Ok(Action::await_change())

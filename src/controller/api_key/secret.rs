@@ -24,9 +24,9 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 
 use super::super::conditions::reasons;
+use super::super::engine::Pass;
 use super::super::policy::definitely_not_created;
 use super::super::{Error, annotation_token as token, one_shot_due};
-use super::Run;
 use crate::api::*;
 use crate::portkey::{ApiKeyObject, IssuedApiKey};
 
@@ -86,7 +86,7 @@ impl Why {
     }
 }
 
-impl Run<'_> {
+impl Pass<'_, ApiKeyBudget> {
     pub(super) fn secrets(&self) -> Api<Secret> {
         Api::namespaced(
             self.ctx.client.clone(),
@@ -312,7 +312,7 @@ impl Run<'_> {
         issue: &IssueKey,
         secret: Option<&Secret>,
     ) -> Result<Option<Why>, Action> {
-        let rotate = token(&self.obj, ROTATE_ANNOTATION);
+        let rotate = token(&*self.obj, ROTATE_ANNOTATION);
         let due = one_shot_due(rotate.as_deref(), self.status.rotation.as_ref());
         if let Some(f) = self.status.rotation_in_flight.clone() {
             if secret.is_some_and(|s| {
@@ -389,7 +389,7 @@ impl Run<'_> {
         key: &ApiKeyObject,
     ) -> Result<Option<Action>, Error> {
         let Some(issue) = self.issue().cloned() else {
-            self.refuse_rotation(token(&self.obj, ROTATE_ANNOTATION))
+            self.refuse_rotation(token(&*self.obj, ROTATE_ANNOTATION))
                 .await;
             return Ok(None);
         };
@@ -427,7 +427,7 @@ impl Run<'_> {
             attempts,
             token: asked_by.clone(),
         });
-        self.flush_status()
+        self.record_status()
             .await
             .map_err(|e| Error::kube("record the rotation before it is sent", e))?;
         self.ctx.write_permit().await;
