@@ -399,10 +399,10 @@ impl Metrics {
         kind: &str,
         namespace: &str,
         name: &str,
-        outcome: &crate::controller::conditions::Outcome,
+        outcome: &crate::api::conditions::Outcome,
         conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
     ) {
-        use crate::controller::conditions::{READY, TRUE, get};
+        use crate::api::conditions::{READY, TRUE, get};
         let ready = get(conditions, READY);
         let reason = ready.map_or("Unknown", |c| c.reason.as_str());
         self.reconcile_outcomes
@@ -720,7 +720,7 @@ mod tests {
 
     #[test]
     fn exposition_has_the_documented_names_and_labels() {
-        use crate::controller::conditions::{self, Outcome, reasons};
+        use crate::api::conditions::{self, Outcome, reasons};
         let m = Metrics::new();
         m.reconciled("UsageLimitPolicy", Duration::from_millis(30), None);
         m.reconciled(

@@ -2,6 +2,7 @@
 
 pub mod api_key_budget;
 pub mod common;
+pub mod conditions;
 pub mod rate_limit_policy;
 pub mod usage_limit_policy;
 pub mod validate;

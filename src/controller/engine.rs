@@ -88,7 +88,10 @@ pub struct Pass<'a, K: Kind> {
 /// Reconciles one resource of any kind (or cleans it up when it is being deleted).
 pub async fn reconcile<K: Reconciler>(obj: &K, ctx: &Context) -> Result<Action, Error> {
     let key = super::key_of(obj);
-    let now = Timestamp::now();
+    // Whole seconds, as the API server keeps the times a status holds: a time with more
+    // precision would make every pass write the status again (a write that changes nothing).
+    let now =
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
     if obj.meta().deletion_timestamp.is_none()
         && let Some(action) = K::gate(obj, ctx, &key, now)
     {

@@ -1,7 +1,6 @@
 //! kube-runtime wiring: the shared context, errors, per-object backoff and the controller loop.
 
 pub mod api_key;
-pub mod conditions;
 pub mod engine;
 pub mod kube_ops;
 pub mod manager;
@@ -11,6 +10,10 @@ pub mod policy;
 pub mod rate;
 pub mod usage;
 pub mod workspace;
+
+/// The condition vocabulary lives below the controller (`api::conditions`), for the metrics,
+/// the planner and the CLI alike.
+pub use crate::api::conditions;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -591,16 +594,15 @@ impl Context {
 
     /// After a pass that wrote the resource: its starting version and all but its last write
     /// are replaced.
-    fn record_writes(&self, key: &str, start: Option<String>, mut written: Vec<String>) {
-        if written.is_empty() {
+    fn record_writes(&self, key: &str, start: Option<String>, written: Vec<String>) {
+        let replaced = superseded_versions(start, written);
+        if replaced.is_empty() {
             return;
         }
-        written.pop();
-        written.extend(start);
         self.superseded
             .lock()
             .expect("superseded lock")
-            .insert(key.to_owned(), written);
+            .insert(key.to_owned(), replaced);
     }
 
     /// For a periodic refresh (see [`Freshness::settled`]): `None` when it may read Portkey now,
@@ -730,6 +732,18 @@ impl Context {
             self.failures.lock().expect("failures lock").remove(key);
         }
     }
+}
+
+/// The versions a pass's writes replaced: its starting version and every write but the last,
+/// never the last one itself (a write that changed nothing answers with the version it was
+/// given: taking that for replaced left the resource waiting for a watch event that never came).
+fn superseded_versions(start: Option<String>, mut written: Vec<String>) -> Vec<String> {
+    let Some(last) = written.pop() else {
+        return Vec::new();
+    };
+    written.extend(start);
+    written.retain(|v| *v != last);
+    written
 }
 
 fn key_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
@@ -1264,3 +1278,27 @@ pub fn object_name<K: Resource<DynamicType = ()>>(obj: &K) -> String {
 }
 
 pub use kube::runtime::events::EventType as EventKind;
+
+#[cfg(test)]
+mod tests {
+    use super::superseded_versions;
+
+    fn v(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_last_write_is_never_taken_for_replaced() {
+        assert_eq!(superseded_versions(Some("1".into()), v(&[])), v(&[]));
+        assert_eq!(
+            superseded_versions(Some("1".into()), v(&["2", "3"])),
+            v(&["2", "1"])
+        );
+        // A write that changed nothing answers with the version it started from.
+        assert_eq!(superseded_versions(Some("7".into()), v(&["7"])), v(&[]));
+        assert_eq!(
+            superseded_versions(Some("7".into()), v(&["8", "8"])),
+            v(&["7"])
+        );
+    }
+}
