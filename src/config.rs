@@ -13,6 +13,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::plan::marker::validate_installation_id;
+pub use crate::plan::trust::{DATA_PLANE_SCOPES, KeyScopePolicy};
 use crate::portkey::{ApiKey, DEFAULT_BASE_URL};
 use crate::telemetry::LogFormat;
 
@@ -94,6 +95,23 @@ pub struct RunArgs {
     /// annotation [default: false].
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub require_namespace_binding: Option<bool>,
+    /// In namespaces without a binding, take `spec.workspace` as it is: for clusters where
+    /// everyone who writes budgets may use every workspace. Off, an unbound namespace gets only
+    /// `--default-workspace` (or nothing) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub single_tenant: Option<bool>,
+    /// A scope an issued API key (`spec.issue.scopes`) may ask for (repeatable) [default: the
+    /// data-plane scopes completions.write, logs.write, prompts.render, mcp.invoke,
+    /// agents.invoke, guardrails.invoke].
+    #[arg(long = "allowed-key-scope", value_name = "SCOPE")]
+    pub allowed_key_scopes: Vec<String>,
+    /// Allow issuing `user` keys (`spec.issue.subType: user`) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_user_keys: Option<bool>,
+    /// Allow `spec.existing` to manage keys holding scopes beyond the allowed ones (management
+    /// keys) [default: false].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_broad_existing_keys: Option<bool>,
     /// Admin API writes per second, shared by all resources [default: 10].
     #[arg(long)]
     pub admin_api_write_rate: Option<u32>,
@@ -154,6 +172,10 @@ pub struct FileConfig {
     pub concurrency: Option<u16>,
     pub namespaces: Option<Vec<String>>,
     pub require_namespace_binding: Option<bool>,
+    pub single_tenant: Option<bool>,
+    pub allowed_key_scopes: Option<Vec<String>>,
+    pub allow_user_keys: Option<bool>,
+    pub allow_broad_existing_keys: Option<bool>,
     pub admin_api_write_rate: Option<u32>,
     pub admin_api_timeout: Option<FlagDuration>,
     pub admin_api_rate_limit: Option<u32>,
@@ -355,6 +377,24 @@ impl RunArgs {
                 .require_namespace_binding
                 .or(file.require_namespace_binding)
                 .unwrap_or(false),
+            single_tenant: self.single_tenant.or(file.single_tenant).unwrap_or(false),
+            key_scopes: KeyScopePolicy {
+                allowed: if self.allowed_key_scopes.is_empty() {
+                    file.allowed_key_scopes.clone().unwrap_or_else(|| {
+                        DATA_PLANE_SCOPES.iter().map(|s| (*s).to_owned()).collect()
+                    })
+                } else {
+                    self.allowed_key_scopes.clone()
+                },
+                allow_user_keys: self
+                    .allow_user_keys
+                    .or(file.allow_user_keys)
+                    .unwrap_or(false),
+                allow_broad_existing_keys: self
+                    .allow_broad_existing_keys
+                    .or(file.allow_broad_existing_keys)
+                    .unwrap_or(false),
+            },
             create_pending_grace: pick_d(
                 self.create_pending_grace,
                 file.create_pending_grace,
@@ -455,6 +495,10 @@ pub struct ControllerConfig {
     /// Drift-check period of resources without usage (RateLimitPolicy).
     pub resync_interval: Duration,
     pub require_namespace_binding: bool,
+    /// Unbound namespaces may name any workspace in `spec.workspace` (`--single-tenant`).
+    pub single_tenant: bool,
+    /// What issued and existing API keys may hold.
+    pub key_scopes: KeyScopePolicy,
     pub create_pending_grace: Duration,
     pub concurrency: u16,
     pub namespaces: Vec<String>,
@@ -489,6 +533,8 @@ impl Default for ControllerConfig {
             usage_refresh_interval: Duration::from_secs(60),
             resync_interval: Duration::from_secs(600),
             require_namespace_binding: false,
+            single_tenant: false,
+            key_scopes: KeyScopePolicy::default(),
             create_pending_grace: Duration::from_secs(30),
             concurrency: 4,
             namespaces: Vec::new(),

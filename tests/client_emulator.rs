@@ -1431,6 +1431,225 @@ async fn api_keys_lifecycle() {
     assert!(err.is_gone() && !err.is_not_found(), "{err:?}");
 }
 
+/// Rotation follows the OpenAPI rotate description ("The previous key remains valid during
+/// the transition period and expires at `key_transition_expires_at`": one previous key) and
+/// `RotateApiKeyResponse` (`id`, `key`, `key_transition_expires_at`). What a second rotation
+/// during a transition does is undocumented: the emulator's model (design of issue #28) ends the
+/// first previous key at once. GET's masked key (first 2 + `*****` + last 3, as in the MCP
+/// fixture, reference §8) tells the current raw key from the replaced ones.
+#[tokio::test]
+async fn rotation_keeps_one_previous_key() {
+    let (emu, c) = setup().await;
+    let ctl = emu.control();
+    ctl.set_clock(Some("2026-11-25T10:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "rot"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    let raw0 = issued.key.expose().to_owned();
+    assert_eq!(issued.key_transition_expires_at, None, "create has none");
+    let k = c.get_api_key(&id).await.unwrap();
+    assert_eq!(k.masked_key_matches(&raw0), Some(true));
+
+    let first = c.rotate_api_key(&id, 3_600_000).await.unwrap();
+    let raw1 = first.key.expose().to_owned();
+    assert_eq!(first.id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        first.key_transition_expires_at.unwrap().to_string(),
+        "2026-11-25T11:00:00Z",
+        "now + key_transition_period_ms"
+    );
+    assert!(
+        ctl.key_works(&raw0).await.unwrap(),
+        "previous key in transition"
+    );
+    assert!(ctl.key_works(&raw1).await.unwrap());
+    let k = c.get_api_key(&id).await.unwrap();
+    assert_eq!(k.masked_key_matches(&raw1), Some(true));
+    assert_eq!(
+        k.masked_key_matches(&raw0),
+        Some(false),
+        "the masked key no longer matches the replaced key"
+    );
+
+    // A second rotation during the transition: the first previous key stops at once, the key
+    // it retires gets the new transition.
+    ctl.set_clock(Some("2026-11-25T10:10:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let second = c.rotate_api_key(&id, 1_800_000).await.unwrap();
+    let raw2 = second.key.expose().to_owned();
+    assert_eq!(
+        second.key_transition_expires_at.unwrap().to_string(),
+        "2026-11-25T10:40:00Z"
+    );
+    assert!(
+        !ctl.key_works(&raw0).await.unwrap(),
+        "one previous key: the older one ended at once, before its 11:00 expiry"
+    );
+    assert!(ctl.key_works(&raw1).await.unwrap(), "the newly retired key");
+    assert!(ctl.key_works(&raw2).await.unwrap());
+    let state = ctl.state().await.unwrap();
+    let rec = state.api_keys.iter().find(|r| r.key.id == id).unwrap();
+    assert_eq!(rec.rotations, 2);
+    assert_eq!(rec.previous.as_ref().unwrap().raw, raw1);
+
+    ctl.set_clock(Some("2026-11-25T10:40:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    assert!(
+        !ctl.key_works(&raw1).await.unwrap(),
+        "expired at key_transition_expires_at"
+    );
+    assert!(ctl.key_works(&raw2).await.unwrap());
+}
+
+/// `PUT /api-keys/{id}` takes `scopes` (OpenAPI `UpdateApiKeyObject.scopes`; the SDK samples
+/// send them), validated as on create: a non-empty list of strings, errors naming the field and
+/// nothing changed on a refusal. Other fields and the raw key stay as they were.
+#[tokio::test]
+async fn key_update_replaces_scopes() {
+    let (emu, c) = setup().await;
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "scoped"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    let before = c.get_api_key(&id).await.unwrap();
+    let scopes = vec!["completions.write".to_owned(), "logs.write".to_owned()];
+    assert_ne!(before.scopes, scopes);
+    c.update_api_key(
+        &id,
+        &UpdateApiKey {
+            scopes: Some(scopes.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let after = c.get_api_key(&id).await.unwrap();
+    assert_eq!(after.scopes, scopes);
+    assert_eq!(after.usage_limits, before.usage_limits, "other fields kept");
+    assert_eq!(after.alert_emails, before.alert_emails);
+    assert_eq!(after.masked_key_matches(issued.key.expose()), Some(true));
+    assert!(emu.control().key_works(issued.key.expose()).await.unwrap());
+
+    for (bad, field) in [
+        (json!({"scopes": []}), "scopes"),
+        (json!({"scopes": "completions.write"}), "scopes"),
+        (json!({"scopes": [7]}), "scopes[0]"),
+        (json!({"scopes": null}), "scopes"),
+    ] {
+        let resp = reqwest::Client::new()
+            .put(format!("{}/api-keys/{id}", emu.base_url()))
+            .header(API_KEY_HEADER, KEY)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let text = resp.text().await.unwrap();
+        assert!(text.contains(field), "{bad}: {text}");
+    }
+    assert_eq!(
+        c.get_api_key(&id).await.unwrap().scopes,
+        scopes,
+        "unchanged"
+    );
+}
+
+/// The `path_contains` fault narrows `response_delay_ms` to one kind of request: a rotation
+/// whose answer is held past the client's timeout was still carried out (the key rotated, the
+/// old raw key in its transition, GET's mask on the new key), and a GET, a PUT and a key create
+/// made meanwhile are answered at once.
+#[tokio::test]
+async fn a_lost_rotate_answer_still_rotated_the_key() {
+    let emu = start(default_config()).await;
+    let c = client_for(&emu, fast_retry(4), 100);
+    let ctl = emu.control();
+    let issued = c
+        .create_api_key(
+            ApiKeyType::Workspace,
+            ApiKeySubType::Service,
+            &key_body(WS_SLUG, "lost"),
+        )
+        .await
+        .unwrap();
+    let id = issued.id.clone().unwrap();
+    let raw = issued.key.expose().to_owned();
+    let set = ctl
+        .set_faults(
+            json!({"response_delay_ms": 60000, "method": "POST", "path_contains": "/rotate"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set.path_contains.as_deref(), Some("/rotate"));
+
+    let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new(KEY));
+    cfg.retry = fast_retry(4);
+    cfg.timeout = Duration::from_millis(400);
+    let impatient = PortkeyClient::new(cfg).unwrap();
+    let started = Instant::now();
+    let err = impatient.rotate_api_key(&id, 1_800_000).await.unwrap_err();
+    assert!(
+        matches!(err, PortkeyError::Transport { timeout: true, .. }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "one attempt, no retry"
+    );
+
+    // The answer is still held back; other requests are not.
+    let started = Instant::now();
+    let k = c.get_api_key(&id).await.unwrap();
+    c.update_api_key(
+        &id,
+        &UpdateApiKey {
+            alert_emails: Nullable::Value(vec!["a@example.com".into()]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    c.create_api_key(
+        ApiKeyType::Workspace,
+        ApiKeySubType::Service,
+        &key_body(WS_SLUG, "other"),
+    )
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "GET, PUT and a create answered at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        k.masked_key_matches(&raw),
+        Some(false),
+        "GET shows the new key's mask"
+    );
+    let state = ctl.state().await.unwrap();
+    let rec = state.api_keys.iter().find(|r| r.key.id == id).unwrap();
+    assert_eq!(rec.rotations, 1, "the rotation was carried out");
+    assert_ne!(rec.raw, raw);
+    assert!(
+        ctl.key_works(&raw).await.unwrap(),
+        "old key in its transition"
+    );
+}
+
 /// `bench --real`'s read floor makes the reads it reports, every one a `GET` with usage of a
 /// policy of the workspace, at the rate asked for, and reports the CPU they cost.
 #[tokio::test]

@@ -238,6 +238,33 @@ impl ApiKeyBudgetSpec {
     }
 }
 
+/// A rotation request recorded before it was sent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationInFlight {
+    /// When the last attempt was sent.
+    pub requested_at: Time,
+    /// Attempts sent without a seen-through answer (at most 2).
+    #[schemars(range(min = 1, max = 2))]
+    pub attempts: i32,
+    /// The rotate annotation's token that asked for it (absent: the Secret needed a key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub token: Option<String>,
+}
+
+/// The value of the `budgets.portkey-operator.io/api-key-budget` label on an issued key's Secret:
+/// the resource's name, or for names longer than a label value may be (63 characters) its first
+/// 46 characters and a hash of the whole name.
+pub fn owner_label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    // Resource names are ASCII (DNS subdomain names).
+    let head = name[..46].trim_end_matches(['-', '.']);
+    format!("{head}-{:016x}", fnv1a64(name.as_bytes()))
+}
+
 /// Observed state of an `ApiKeyBudget`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -279,6 +306,16 @@ pub struct ApiKeyBudgetStatus {
     /// The last rotation (annotation `budgets.portkey-operator.io/rotate`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<OneShot>,
+    /// A rotation sent to Portkey whose answer this resource has not seen through (recorded
+    /// before the request is sent): a pass that finds it rotates at most once more, then stops
+    /// with `RotationResultUnknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_in_flight: Option<RotationInFlight>,
+    /// When the operator last rotated the key because the Secret's key no longer matched
+    /// Portkey's (a rotation made outside the operator); at most one such repair per rotation
+    /// transition period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_repaired_at: Option<Time>,
     /// The last usage reset (annotation `budgets.portkey-operator.io/reset-usage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage_reset: Option<OneShot>,

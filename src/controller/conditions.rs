@@ -96,6 +96,20 @@ pub mod reasons {
     pub const AMBIGUOUS_KEY_NAME: &str = "AmbiguousKeyName";
     /// Stalled: `issue.secretName` names a Secret this resource does not own.
     pub const SECRET_CONFLICT: &str = "SecretConflict";
+    /// Stalled: an id recorded in status (`status.policyId`, `status.keyId`) names an object
+    /// this resource may not act on (another workspace, without this resource's marker, not the
+    /// declared id or name); nothing is written to it (status is never authority).
+    pub const RECORDED_ID_MISMATCH: &str = "RecordedIdMismatch";
+    /// Stalled: `spec.issue.scopes` asks for a scope outside the operator's allow-list.
+    pub const SCOPE_NOT_ALLOWED: &str = "ScopeNotAllowed";
+    /// Stalled: `spec.issue.subType: user` while the operator does not allow user keys.
+    pub const KEY_TYPE_NOT_ALLOWED: &str = "KeyTypeNotAllowed";
+    /// Stalled: `spec.existing` names a key holding scopes beyond the allow-list.
+    pub const KEY_SCOPES_TOO_BROAD: &str = "KeyScopesTooBroad";
+    /// Stalled: `spec.existing` names the key the operator authenticates with.
+    pub const OPERATOR_KEY_REFUSED: &str = "OperatorKeyRefused";
+    /// Stalled: two rotations in a row got no answer; no further one until a new rotate token.
+    pub const ROTATION_RESULT_UNKNOWN: &str = "RotationResultUnknown";
     /// Retrying: a Kubernetes API call failed.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
     /// From Admin API errors (see `PortkeyError::reason`): retrying or stalled.
@@ -137,6 +151,12 @@ pub mod reasons {
         KEY_NOT_FOUND,
         AMBIGUOUS_KEY_NAME,
         SECRET_CONFLICT,
+        RECORDED_ID_MISMATCH,
+        SCOPE_NOT_ALLOWED,
+        KEY_TYPE_NOT_ALLOWED,
+        KEY_SCOPES_TOO_BROAD,
+        OPERATOR_KEY_REFUSED,
+        ROTATION_RESULT_UNKNOWN,
         KUBERNETES_API_ERROR,
         PORTKEY_VALIDATION_ERROR,
         PORTKEY_UNAUTHORIZED,

@@ -31,6 +31,9 @@ use crate::api::*;
 use crate::metrics::BudgetFigures;
 use crate::plan::ownership;
 use crate::plan::policy::{Decision, PlanOptions, PolicyAction, PolicyDiff, plan};
+use crate::plan::trust::{
+    Basis, Expected, RemoteFacts, TenancyConfig, choose_workspace, verify_recorded,
+};
 use crate::plan::{FieldChange, Identity};
 use crate::portkey::*;
 
@@ -235,37 +238,12 @@ fn reason_const(reason: &str) -> &'static str {
         .unwrap_or(reasons::IN_FORCE)
 }
 
-/// The workspace a resource may use: its own `spec.workspace` if the namespace binding allows
-/// it, else the binding, else `--default-workspace`. A refusal is its Stalled reason and message
-/// (and `Some(action)` when only a spec change can help).
-pub(crate) fn choose_workspace(
-    spec_workspace: Option<&String>,
-    binding: Option<String>,
-    namespace: &str,
-    config: &crate::config::ControllerConfig,
-) -> Result<String, Refused> {
-    match (spec_workspace, binding) {
-        (Some(w), Some(b)) if !w.eq_ignore_ascii_case(&b) => Err((
-            reasons::WORKSPACE_NOT_ALLOWED,
-            format!(
-                "spec.workspace {w:?} is not allowed: namespace {namespace} is bound to workspace {b:?} (annotation {WORKSPACE_ANNOTATION})"
-            ),
-            None,
-        )),
-        (_, None) if config.require_namespace_binding => Err((
-            reasons::NAMESPACE_NOT_BOUND,
-            format!(
-                "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding)"
-            ),
-            None,
-        )),
-        (Some(w), _) => Ok(w.clone()),
-        (None, Some(b)) => Ok(b),
-        (None, None) => config.default_workspace.clone().ok_or((
-            reasons::INVALID_SPEC,
-            "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)".into(),
-            Some(Action::await_change()),
-        )),
+/// The tenancy settings of the operator's configuration.
+fn tenancy(config: &crate::config::ControllerConfig) -> TenancyConfig<'_> {
+    TenancyConfig {
+        default_workspace: config.default_workspace.as_deref(),
+        require_binding: config.require_namespace_binding,
+        single_tenant: config.single_tenant,
     }
 }
 
@@ -274,7 +252,8 @@ pub(crate) fn choose_workspace(
 pub(crate) type Refused = (&'static str, String, Option<Action>);
 
 /// The resolve step of the namespaced kinds: the workspace a resource of `namespace` may use
-/// (the namespace's binding, `spec.workspace`, the default: [`choose_workspace`]), then its UUID.
+/// (the namespace's binding, `spec.workspace`, the default: `plan::trust::choose_workspace`), as
+/// a UUID. A `spec.workspace` that is not literally allowed is resolved and compared by UUID.
 /// `Ok(Err(_))` is a refusal only a human can lift (the resource is Stalled).
 pub(crate) async fn resolve_workspace(
     ctx: &Context,
@@ -285,15 +264,47 @@ pub(crate) async fn resolve_workspace(
         .namespace_binding(namespace)
         .await
         .map_err(|e| Error::kube("read the namespace binding", e))?;
-    let workspace = match choose_workspace(spec_workspace, binding, namespace, &ctx.config) {
-        Ok(w) => w,
+    let choice = match choose_workspace(
+        spec_workspace.map(String::as_str),
+        binding.as_deref(),
+        namespace,
+        tenancy(&ctx.config),
+    ) {
+        Ok(c) => c,
+        Err(refused) => {
+            let action = (refused.reason == reasons::INVALID_SPEC).then(Action::await_change);
+            return Ok(Err((refused.reason, refused.message, action)));
+        }
+    };
+    let id = match resolve_reference(ctx, &choice.reference).await? {
+        Ok(id) => id,
         Err(refused) => return Ok(Err(refused)),
     };
-    match ctx.workspaces.resolve(&ctx.portkey, &workspace).await {
+    if choice.literally_allowed() {
+        return Ok(Ok(id));
+    }
+    for allowed in choice.one_of.iter().flatten() {
+        if let Ok(allowed_id) = resolve_reference(ctx, allowed).await?
+            && allowed_id.eq_ignore_ascii_case(&id)
+        {
+            return Ok(Ok(id));
+        }
+    }
+    let refused = choice.not_allowed(namespace, binding.is_some());
+    Ok(Err((reasons::WORKSPACE_NOT_ALLOWED, refused.message, None)))
+}
+
+/// A workspace id or slug as its UUID (cached), or the refusal when Portkey has no such
+/// workspace.
+async fn resolve_reference(
+    ctx: &Context,
+    reference: &str,
+) -> Result<Result<String, Refused>, Error> {
+    match ctx.workspaces.resolve(&ctx.portkey, reference).await {
         Ok(id) => Ok(Ok(id)),
         Err(e) if e.is_gone() => Ok(Err((
             reasons::WORKSPACE_NOT_FOUND,
-            format!("Portkey has no workspace {workspace:?}"),
+            format!("Portkey has no workspace {reference:?}"),
             None,
         ))),
         Err(e) => Err(Error::portkey("resolve the workspace", e)),
@@ -604,6 +615,11 @@ impl<R: PolicyResource> Run<'_, R> {
             lost = true;
             match self.lookup(&id).await? {
                 Lookup::Active(p) => {
+                    // Status is not authority: the recorded policy must be this resource's.
+                    if let Err(refused) = self.verify_recorded(&p, spec, workspace_id) {
+                        self.terminal(refused.reason, &refused.message);
+                        return Ok(Step::Stop(refresh));
+                    }
                     lost = false;
                     remote = Some(p);
                 }
@@ -914,6 +930,38 @@ impl<R: PolicyResource> Run<'_, R> {
         }
     }
 
+    /// The shared verification rule (`plan::trust::verify_recorded`) for a policy whose id was
+    /// read from `status.policyId`: in this resource's workspace, and carrying its marker or
+    /// being the one `spec.adoptPolicyId` names.
+    fn verify_recorded(
+        &self,
+        p: &Policy<R>,
+        spec: &CommonSpec,
+        workspace_id: &str,
+    ) -> Result<(), ownership::Refusal> {
+        let basis = match spec.adopt_policy_id.as_deref() {
+            Some(id) => Basis::DeclaredId {
+                field: "spec.adoptPolicyId",
+                id,
+            },
+            None => Basis::Created,
+        };
+        verify_recorded(
+            &Expected {
+                field: "status.policyId",
+                object: "Portkey policy",
+                workspace_id,
+                identity: &self.identity,
+                basis,
+            },
+            &RemoteFacts {
+                id: p.id(),
+                workspace_id: Some(p.workspace_id()),
+                name: p.name(),
+            },
+        )
+    }
+
     /// The policies of the workspace carrying this resource's marker, as `(id, name, created)`.
     /// `fresh`: a new listing; else the shared [`OwnedIndex`] listing (see there why that is
     /// safe).
@@ -1205,27 +1253,51 @@ impl<R: PolicyResource> Run<'_, R> {
         Ok(Step::Stop(Action::requeue(Duration::from_secs(2))))
     }
 
-    /// The workspace UUID to clean up in: the recorded one, else (a create may have been cut
-    /// short before it was recorded) the one the spec resolves to.
-    async fn cleanup_workspace(&self) -> Option<String> {
-        if let Some(ws) = self.psr().workspace_id.clone() {
-            return Some(ws);
-        }
+    /// The workspace UUID to clean up in: the one the resource may use now (its binding, spec
+    /// and the operator's configuration), never the one recorded in status.
+    async fn cleanup_workspace(&self) -> Result<Option<String>, Error> {
         let spec = self.obj.common();
         let namespace = self.obj.namespace().unwrap_or_default();
-        let binding = self.ctx.namespace_binding(&namespace).await.ok().flatten();
-        let reference = choose_workspace(
-            spec.workspace.as_ref(),
-            binding,
-            &namespace,
-            &self.ctx.config,
+        Ok(
+            resolve_workspace(self.ctx, &namespace, spec.workspace.as_ref())
+                .await?
+                .ok(),
         )
-        .ok()?;
-        self.ctx
-            .workspaces
-            .resolve(&self.ctx.portkey, &reference)
-            .await
-            .ok()
+    }
+
+    /// The policy `status.policyId` names, if it is still active and verified as this
+    /// resource's; a policy that fails the check is left alone, with a Warning Event.
+    async fn recorded_for_cleanup(
+        &self,
+        workspace_id: Option<&str>,
+    ) -> Result<Option<String>, Error> {
+        let Some(id) = self.psr().policy_id.clone() else {
+            return Ok(None);
+        };
+        let Some(ws) = workspace_id else {
+            self.event(
+                EventType::Warning,
+                "RecordedIdRejected",
+                format!("status.policyId: Portkey policy {id} was not archived: the workspace this resource may use could not be resolved, so the policy cannot be verified as this resource's"),
+            )
+            .await;
+            return Ok(None);
+        };
+        let Some(p) = self.get_policy(&id).await? else {
+            return Ok(None);
+        };
+        match self.verify_recorded(&p, &self.obj.common(), ws) {
+            Ok(()) => Ok(Some(id)),
+            Err(refused) => {
+                self.event(
+                    EventType::Warning,
+                    "RecordedIdRejected",
+                    format!("not archived: {}", refused.message),
+                )
+                .await;
+                Ok(None)
+            }
+        }
     }
 
     /// Deletion: archive (or retain) every policy of this resource (the recorded one and any
@@ -1263,8 +1335,13 @@ impl<R: PolicyResource> Run<'_, R> {
         let archive = spec.deletion_policy == DeletionPolicy::Archive
             && spec.management_policy == ManagementPolicy::Manage;
         if archive {
-            let mut ids: Vec<String> = self.psr().policy_id.iter().cloned().collect();
-            if let Some(ws) = self.cleanup_workspace().await {
+            let workspace = self.cleanup_workspace().await?;
+            let mut ids: Vec<String> = self
+                .recorded_for_cleanup(workspace.as_deref())
+                .await?
+                .into_iter()
+                .collect();
+            if let Some(ws) = workspace {
                 match self.marked(&ws, true).await {
                     Ok(entries) => {
                         for e in entries {

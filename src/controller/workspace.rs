@@ -128,8 +128,9 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Another, older `WorkspaceBudget` already manages this workspace (by what its spec names,
-    /// or by the UUID it resolved).
+    /// Another, older `WorkspaceBudget` already manages this workspace: one whose spec names
+    /// it, or names the same workspace another way (slug vs UUID, compared after resolving each
+    /// spec through the workspace cache; status plays no part).
     async fn conflicting_owner(&self, workspace_id: Option<&str>) -> Result<Option<String>, Error> {
         let ours = self.obj.spec.workspace.to_ascii_lowercase();
         let all = self
@@ -137,22 +138,23 @@ impl Run<'_> {
             .workspace_budgets()
             .await
             .map_err(|e| Error::kube("read the other WorkspaceBudgets", e))?;
-        let same: Vec<WorkspaceBudget> = all
-            .into_iter()
-            .filter(|w| {
-                let theirs = w.spec.workspace.to_ascii_lowercase();
-                let their_id = w
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.workspace_id.clone())
-                    .map(|s| s.to_ascii_lowercase());
-                theirs == ours
-                    || their_id.as_deref() == Some(ours.as_str())
-                    || (workspace_id.is_some()
-                        && their_id.as_deref()
-                            == workspace_id.map(str::to_ascii_lowercase).as_deref())
-            })
-            .collect();
+        let mut same: Vec<WorkspaceBudget> = Vec::new();
+        for w in all {
+            let theirs = w.spec.workspace.to_ascii_lowercase();
+            let same_workspace = theirs == ours
+                || match workspace_id {
+                    Some(id) => self
+                        .ctx
+                        .workspaces
+                        .resolve(&self.ctx.portkey, &theirs)
+                        .await
+                        .is_ok_and(|their_id| their_id.eq_ignore_ascii_case(id)),
+                    None => false,
+                };
+            if same_workspace {
+                same.push(w);
+            }
+        }
         Ok(owner(&same)
             .filter(|o| o.uid() != self.obj.uid())
             .map(|o| o.name_any()))
@@ -330,13 +332,16 @@ impl Run<'_> {
                 .map_err(|e| Error::kube("write the status", e))?;
             return Ok(Action::requeue(self.ctx.refresh_interval(true)));
         }
-        let owns = self
-            .conflicting_owner(self.status.workspace_id.as_deref())
-            .await?
-            .is_none();
+        let resolved = self
+            .ctx
+            .workspaces
+            .resolve(&self.ctx.portkey, &self.obj.spec.workspace)
+            .await
+            .ok();
+        let owns = self.conflicting_owner(resolved.as_deref()).await?.is_none();
         if self.obj.spec.deletion_policy == WorkspaceDeletionPolicy::Clear
             && owns
-            && self.status.workspace_id.is_some()
+            && resolved.is_some()
         {
             let workspace = self.obj.spec.workspace.clone();
             match self.ctx.portkey.get_workspace(&workspace).await {

@@ -83,7 +83,10 @@ impl EmulatorControl {
         self.call(reqwest::Method::POST, "usage", Some(body)).await
     }
 
-    /// Sets faults from a JSON body (see [`Faults`]); `{}` clears.
+    /// Sets faults from a JSON body (see [`Faults`]); `{}` clears. `method` and
+    /// `path_contains` narrow `error_rate`, `fail_next` and `response_delay_ms` to matching
+    /// requests: `{"response_delay_ms": 60000, "method": "POST", "path_contains": "/rotate"}`
+    /// lets rotations happen while their answers are lost, and nothing else is slowed.
     pub async fn set_faults(&self, faults: Value) -> Result<Faults, String> {
         self.call(reqwest::Method::POST, "faults", Some(faults))
             .await

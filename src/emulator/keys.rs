@@ -1,7 +1,8 @@
 //! `/api-keys` in the emulator (docs/admin-api.md §8, §16): workspace and organisation keys of
 //! both sub-types, the inline budget (one `usage_limits` object, weekly on Sunday), rate limits
-//! (`rps` to `rpw`), alert e-mails, `reset_usage` on PUT, rotation with a transition period, a
-//! masked key on every read, and `status: exhausted` once usage reaches the budget.
+//! (`rps` to `rpw`), alert e-mails, `reset_usage` and `scopes` on PUT, rotation with a transition
+//! period (one previous key at a time), a masked key on every read, and `status: exhausted` once
+//! usage reaches the budget.
 
 use jiff::Timestamp;
 use rust_decimal::Decimal;
@@ -23,9 +24,10 @@ pub struct ApiKeyRecord {
     pub key: ApiKeyObject,
     /// The raw key in force.
     pub raw: String,
-    /// Keys replaced by a rotation that still work until the given time.
-    #[serde(default)]
-    pub retired: Vec<(String, Timestamp)>,
+    /// The key the last rotation replaced, working until its `expires_at` (Portkey keeps one
+    /// previous key per transition; see [`State::rotate_api_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousKey>,
     #[serde(default, with = "crate::portkey::wire::decimal")]
     pub usage: Decimal,
     /// How many times the key was rotated (for tests).
@@ -34,6 +36,14 @@ pub struct ApiKeyRecord {
     /// How many times `reset_usage` was applied (for tests).
     #[serde(default)]
     pub usage_resets: u32,
+}
+
+/// The raw key a rotation replaced and when it stops being accepted
+/// (`key_transition_expires_at` of the rotate answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousKey {
+    pub raw: String,
+    pub expires_at: Timestamp,
 }
 
 /// `ab*****xyz`: the first two and last three characters.
@@ -298,7 +308,7 @@ impl State {
         self.api_keys.push(ApiKeyRecord {
             key,
             raw: raw.clone(),
-            retired: Vec::new(),
+            previous: None,
             usage: Decimal::ZERO,
             rotations: 0,
             usage_resets: 0,
@@ -384,7 +394,13 @@ impl State {
         Ok(())
     }
 
-    /// `POST /api-keys/{id}/rotate`: a new raw key; the old one works for the transition period.
+    /// `POST /api-keys/{id}/rotate`: a new raw key and `key_transition_expires_at`.
+    ///
+    /// Portkey (OpenAPI, rotate): "The previous key remains valid during the transition period
+    /// and expires at `key_transition_expires_at`": one previous key. What a second rotation
+    /// during a transition does is not documented; the emulator takes the strict reading: the
+    /// key retired by the first rotation stops working at once, and the key retired now gets the
+    /// new transition period.
     pub fn rotate_api_key(&mut self, id: &str, body: &Value) -> ApiResult<Value> {
         let idx = self.key_index(id)?;
         let transition = match object(body)?.get("key_transition_period_ms") {
@@ -398,21 +414,31 @@ impl State {
         let raw = new_raw_key();
         let rec = &mut self.api_keys[idx];
         let old = std::mem::replace(&mut rec.raw, raw.clone());
-        rec.retired.retain(|(_, t)| *t > now);
-        rec.retired.push((old, until));
+        rec.previous = Some(PreviousKey {
+            raw: old,
+            expires_at: until,
+        });
         rec.key.key = Some(mask(&raw));
         rec.rotations += 1;
         rec.key.last_updated_at = Some(now);
-        Ok(serde_json::json!({ "id": id, "key": raw, "object": "api-key" }))
+        Ok(serde_json::json!({
+            "id": id,
+            "key": raw,
+            "object": "api-key",
+            "key_transition_expires_at": until,
+        }))
     }
 
-    /// True when `raw` is a key that works now (the current one, or a rotated one in its
-    /// transition period). For tests: does the Secret hold a working key?
+    /// True when `raw` is a key that works now (the current one, or the previous one before
+    /// its `key_transition_expires_at`). For tests: does the Secret hold a working key?
     pub fn key_works(&self, raw: &str) -> bool {
         let now = self.now();
-        self.api_keys
-            .iter()
-            .any(|r| r.raw == raw || r.retired.iter().any(|(k, until)| k == raw && *until > now))
+        self.api_keys.iter().any(|r| {
+            r.raw == raw
+                || r.previous
+                    .as_ref()
+                    .is_some_and(|p| p.raw == raw && p.expires_at > now)
+        })
     }
 
     /// `POST /_emulator/key-usage` `{key_id, amount}`: adds usage to a key's budget.
@@ -439,5 +465,59 @@ mod tests {
     fn masks_keep_only_the_ends() {
         assert_eq!(mask("pk-emu-0123456789abcdef"), "pk*****def");
         assert_eq!(mask("short"), "*****");
+    }
+
+    fn at(t: &str) -> Timestamp {
+        t.parse().unwrap()
+    }
+
+    /// One previous key per transition (OpenAPI rotate description); a second rotation during
+    /// the transition ends the first previous key at once (undocumented: the emulator's model).
+    #[test]
+    fn a_rotation_keeps_one_previous_key() {
+        let mut st = State {
+            clock: Some(at("2026-11-25T10:00:00Z")),
+            ..Default::default()
+        };
+        let created = st
+            .create_api_key(
+                "organisation",
+                "service",
+                &serde_json::json!({"name": "k", "scopes": ["completions.write"]}),
+            )
+            .unwrap();
+        let id = created["id"].as_str().unwrap().to_owned();
+        let raw0 = created["key"].as_str().unwrap().to_owned();
+
+        let first = st
+            .rotate_api_key(
+                &id,
+                &serde_json::json!({"key_transition_period_ms": 3_600_000}),
+            )
+            .unwrap();
+        let raw1 = first["key"].as_str().unwrap().to_owned();
+        assert_eq!(first["key_transition_expires_at"], "2026-11-25T11:00:00Z");
+        assert!(st.key_works(&raw0) && st.key_works(&raw1));
+
+        st.clock = Some(at("2026-11-25T10:10:00Z"));
+        let second = st.rotate_api_key(&id, &serde_json::json!({})).unwrap();
+        let raw2 = second["key"].as_str().unwrap().to_owned();
+        assert_eq!(
+            second["key_transition_expires_at"], "2026-11-25T10:40:00Z",
+            "the default transition is Portkey's minimum, 30 minutes"
+        );
+        assert!(!st.key_works(&raw0), "the first previous key ended at once");
+        assert!(
+            st.key_works(&raw1),
+            "the newly retired key is in its transition"
+        );
+        assert!(st.key_works(&raw2));
+        let rec = &st.api_keys[0];
+        assert_eq!(rec.rotations, 2);
+        assert_eq!(rec.previous.as_ref().unwrap().raw, raw1);
+
+        st.clock = Some(at("2026-11-25T10:40:00Z"));
+        assert!(!st.key_works(&raw1), "expired at key_transition_expires_at");
+        assert!(st.key_works(&raw2));
     }
 }

@@ -132,6 +132,13 @@ pub struct Faults {
     /// `response_delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Only requests whose path (with its `/v1` prefix, without the query) contains this text
+    /// get `error_rate`, `fail_next` and `response_delay_ms`; combined with `method` (both must
+    /// match). `{"response_delay_ms": 60000, "method": "POST", "path_contains": "/rotate"}`
+    /// carries out rotations whose answers never arrive within a client timeout, while every
+    /// other request is answered at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_contains: Option<String>,
     /// Serve at most this many items per list page, whatever `page_size` asks for (a real
     /// server's silent cap); `total` still counts every item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +158,20 @@ pub struct Faults {
     /// backends before 1.18.0 (GET by id still has them).
     #[serde(default)]
     pub list_without_reset: bool,
+}
+
+impl Faults {
+    /// Whether the request-filtered faults (`error_rate`, `fail_next`, `response_delay_ms`)
+    /// apply to a request with this method and path.
+    fn targets(&self, method: &str, path: &str) -> bool {
+        self.method
+            .as_deref()
+            .is_none_or(|m| m.eq_ignore_ascii_case(method))
+            && self
+                .path_contains
+                .as_deref()
+                .is_none_or(|p| path.contains(p))
+    }
 }
 
 /// One Admin API request as the emulator saw it.
@@ -676,18 +697,13 @@ async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let response = match s.gate(&key, &method).await {
+    let response = match s.gate(&key, &method, &path).await {
         Err(e) => e.into_response(),
         Ok(()) => next.run(req).await,
     };
     let delay = {
         let f = lock(&s.faults);
-        let targeted = f
-            .faults
-            .method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(&method));
-        if targeted {
+        if f.faults.targets(&method, &path) {
             f.faults.response_delay_ms
         } else {
             0
@@ -712,7 +728,7 @@ async fn admin_api_gate(AxState(s): Shr, req: Request, next: Next) -> Response {
 }
 
 impl Shared {
-    async fn gate(&self, key: &str, method: &str) -> ApiResult<()> {
+    async fn gate(&self, key: &str, method: &str, path: &str) -> ApiResult<()> {
         let unauthorized = {
             let keys = lock(&self.api_keys);
             key.is_empty() || (!keys.is_empty() && !keys.iter().any(|k| k == key))
@@ -741,12 +757,7 @@ impl Shared {
                 retry_after_s: Some(retry_after),
             });
         }
-        let targeted = f
-            .faults
-            .method
-            .as_deref()
-            .is_none_or(|m| m.eq_ignore_ascii_case(method));
-        let injected = if !targeted {
+        let injected = if !f.faults.targets(method, path) {
             false
         } else if f.faults.fail_next > 0 {
             f.faults.fail_next -= 1;
@@ -797,6 +808,7 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         "fail_next",
         "response_delay_ms",
         "method",
+        "path_contains",
         "page_size_cap",
         "read_after_write_lag_ms",
         "stale_read_ms",
@@ -859,6 +871,16 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
                 return Err(ApiError::invalid(
                     "method",
                     "must be one of: GET, POST, PUT, DELETE",
+                ));
+            }
+        },
+        path_contains: match obj.get("path_contains") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= 256 => Some(p.clone()),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "path_contains",
+                    "must be a non-empty string of at most 256 characters",
                 ));
             }
         },
@@ -1136,5 +1158,25 @@ mod tests {
         assert!(e.message.starts_with("error_rate:"), "{}", e.message);
         let e = parse_faults(&json!({"latency": 5})).unwrap_err();
         assert!(e.message.contains("unknown fault"), "{}", e.message);
+        let e = parse_faults(&json!({"path_contains": ""})).unwrap_err();
+        assert!(e.message.starts_with("path_contains:"), "{}", e.message);
+        let e = parse_faults(&json!({"path_contains": 3})).unwrap_err();
+        assert!(e.message.starts_with("path_contains:"), "{}", e.message);
+    }
+
+    #[test]
+    fn faults_target_by_method_and_path() {
+        let f = parse_faults(
+            &json!({"response_delay_ms": 60000, "method": "post", "path_contains": "/rotate"}),
+        )
+        .unwrap();
+        assert_eq!(f.path_contains.as_deref(), Some("/rotate"));
+        assert!(f.targets("POST", "/v1/api-keys/abc/rotate"));
+        assert!(!f.targets("GET", "/v1/api-keys/abc/rotate"), "method too");
+        assert!(!f.targets("POST", "/v1/api-keys/workspace/service"));
+        let any = parse_faults(&json!({"path_contains": "/api-keys"})).unwrap();
+        assert!(any.targets("GET", "/v1/api-keys/abc") && any.targets("PUT", "/v1/api-keys/x"));
+        assert!(!any.targets("GET", "/v1/policies/usage-limits"));
+        assert!(Faults::default().targets("DELETE", "/v1/anything"));
     }
 }

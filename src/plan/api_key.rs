@@ -22,6 +22,8 @@ pub struct DesiredKey {
     pub budget: Option<Option<WorkspaceUsageLimit>>,
     pub rate_limits: Option<Vec<KeyRateLimit>>,
     pub alert_emails: Option<Vec<String>>,
+    /// The scopes of an issued key (an existing key's scopes are never changed).
+    pub scopes: Option<Vec<String>>,
 }
 
 fn budget(b: &KeyBudget) -> WorkspaceUsageLimit {
@@ -63,6 +65,7 @@ impl DesiredKey {
                 (None, true) => Some(Vec::new()),
                 (None, false) => None,
             },
+            scopes: spec.issue.as_ref().map(|i| i.scopes.clone()),
         }
     }
 
@@ -77,6 +80,9 @@ impl DesiredKey {
         }
         if self.alert_emails.is_some() {
             fields.push("alertEmails");
+        }
+        if self.scopes.is_some() {
+            fields.push("scopes");
         }
         if fields.is_empty() {
             "(none)".into()
@@ -210,7 +216,33 @@ pub fn plan(desired: &DesiredKey, remote: &ApiKeyObject) -> Option<KeyUpdate> {
             body.alert_emails = Nullable::Value(want.clone());
         }
     }
+    if let Some(want) = &desired.scopes {
+        let have = &remote.scopes;
+        if sorted_scopes(want) != sorted_scopes(have) {
+            changes.push(FieldChange::new(
+                "scopes",
+                describe_scopes(have),
+                describe_scopes(want),
+            ));
+            body.scopes = Some(sorted_scopes(want));
+        }
+    }
     (!changes.is_empty()).then_some(KeyUpdate { body, changes })
+}
+
+fn sorted_scopes(list: &[String]) -> Vec<String> {
+    let mut v = list.to_vec();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn describe_scopes(list: &[String]) -> String {
+    if list.is_empty() {
+        "(none)".into()
+    } else {
+        sorted_scopes(list).join(", ")
+    }
 }
 
 /// The create request of an issued key: `(sub-type, body)`, its name carrying the marker.
@@ -372,6 +404,24 @@ mod tests {
         assert!(
             update.body.usage_limits.is_absent(),
             "the budget is unchanged"
+        );
+    }
+
+    #[test]
+    fn issued_key_scopes_are_reconciled_and_existing_ones_never() {
+        let desired = DesiredKey::from_spec(&spec(true));
+        let update = plan(&desired, &remote()).expect("the remote key has logs.view too");
+        assert_eq!(
+            update.body.scopes,
+            Some(vec!["completions.write".to_owned()])
+        );
+        assert!(update.changes.iter().any(|c| c.field == "scopes"));
+        let existing = DesiredKey::from_spec(&spec(false));
+        assert_eq!(existing.scopes, None);
+        assert_eq!(
+            plan(&existing, &remote()),
+            None,
+            "an existing key's scopes stay"
         );
     }
 

@@ -15,6 +15,8 @@
 //! Which remote objects are ours (markers, adoption, duplicates, conflicts) is decided in
 //! [`super::ownership`], for the controller and the CLI alike.
 
+use crate::api::fnv1a64;
+
 /// Longest remote `name` Portkey accepts.
 pub const MAX_REMOTE_NAME: usize = 255;
 /// Identities longer than this are hashed to keep the marker short.
@@ -176,16 +178,6 @@ pub fn marker_in(remote_name: &str) -> Option<&str> {
     let name = remote_name.trim_end();
     marker_of(name)?;
     name.rfind("[k8s:").map(|start| &name[start..])
-}
-
-/// 64-bit FNV-1a: a stable, dependency-free hash for long identities.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]

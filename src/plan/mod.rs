@@ -9,6 +9,7 @@ pub mod ownership;
 pub mod policy;
 pub mod rate;
 pub mod report;
+pub mod trust;
 pub mod usage;
 pub mod workspace;
 

@@ -301,6 +301,13 @@ impl PortkeyClient {
         Ok(changed)
     }
 
+    /// Calls `f` with the key this client authenticates with (e.g. to tell whether a listed key
+    /// is the operator's own). `f` must not keep, log or return the key.
+    pub fn with_api_key<T>(&self, f: impl FnOnce(&str) -> T) -> T {
+        let current = self.key.read().expect("key lock");
+        f(current.to_str().unwrap_or_default())
+    }
+
     /// Notified whenever Portkey refuses the key (401).
     pub fn key_refused(&self) -> Arc<tokio::sync::Notify> {
         self.key_refused.clone()

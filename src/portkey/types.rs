@@ -521,6 +521,30 @@ pub struct ApiKeyObject {
     pub last_updated_at: Option<Timestamp>,
 }
 
+impl ApiKeyObject {
+    /// Whether `raw` could be the key behind the masked `key` this object shows (Portkey masks
+    /// it as the first and last characters around a run of `*`, e.g. `z1*****3AX`).
+    ///
+    /// `None` when nothing can be compared: no masked key, a mask that is not prefix + one run
+    /// of `*` + suffix, or a mask of stars only. Otherwise `Some(true)` when `raw` starts with
+    /// the prefix, ends with the suffix and has at least one character between them. A
+    /// `Some(false)` means the key was rotated (or replaced) since `raw` was issued.
+    pub fn masked_key_matches(&self, raw: &str) -> Option<bool> {
+        let masked = self.key.as_deref()?;
+        let start = masked.find('*')?;
+        let end = masked.rfind('*')? + 1;
+        let (prefix, stars, suffix) = (&masked[..start], &masked[start..end], &masked[end..]);
+        if !stars.bytes().all(|b| b == b'*') || (prefix.is_empty() && suffix.is_empty()) {
+            return None;
+        }
+        Some(
+            raw.starts_with(prefix)
+                && raw.ends_with(suffix)
+                && prefix.len() + suffix.len() < raw.len(),
+        )
+    }
+}
+
 /// Body of `POST /api-keys/{type}/{sub-type}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreateApiKey {
@@ -550,6 +574,9 @@ pub struct UpdateApiKey {
     pub rate_limits: Nullable<Vec<KeyRateLimit>>,
     #[serde(default, skip_serializing_if = "Nullable::is_absent")]
     pub alert_emails: Nullable<Vec<String>>,
+    /// Replaces the key's scopes (OpenAPI `UpdateApiKeyObject.scopes`); not nullable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reset_usage: Option<bool>,
 }
@@ -566,6 +593,10 @@ pub struct IssuedApiKey {
     #[serde(default)]
     pub id: Option<String>,
     pub key: super::client::ApiKey,
+    /// Rotate only (OpenAPI `RotateApiKeyResponse`): when the previous key stops being
+    /// accepted.
+    #[serde(default)]
+    pub key_transition_expires_at: Option<Timestamp>,
 }
 
 #[cfg(test)]
@@ -622,5 +653,92 @@ mod tests {
         );
         assert!(!u.touches_reset_schedule());
         assert!(UpdateUsageLimitsPolicy::default().is_empty());
+    }
+
+    #[test]
+    fn key_update_sends_scopes_only_when_set() {
+        let u = UpdateApiKey {
+            scopes: Some(vec!["completions.write".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_value(&u).unwrap(),
+            serde_json::json!({"scopes": ["completions.write"]})
+        );
+        assert_eq!(
+            serde_json::to_value(UpdateApiKey::default()).unwrap(),
+            serde_json::json!({})
+        );
+        assert!(!u.is_empty());
+    }
+
+    fn masked(key: Option<&str>) -> ApiKeyObject {
+        serde_json::from_value(serde_json::json!({"id": "k", "key": key})).unwrap()
+    }
+
+    #[test]
+    fn masked_key_matches_the_mcp_fixture_form() {
+        // The MCP fixture's masked key: first 2 + `*****` + last 3.
+        let k = masked(Some("z1*****3AX"));
+        assert_eq!(k.masked_key_matches("z1abcdef3AX"), Some(true));
+        assert_eq!(k.masked_key_matches("z1x3AX"), Some(true));
+        assert_eq!(
+            k.masked_key_matches("z13AX"),
+            Some(false),
+            "nothing between the ends"
+        );
+        assert_eq!(k.masked_key_matches("z1AX"), Some(false), "ends overlap");
+        assert_eq!(
+            k.masked_key_matches("z1abcdef3AY"),
+            Some(false),
+            "other tail"
+        );
+        assert_eq!(
+            k.masked_key_matches("y1abcdef3AX"),
+            Some(false),
+            "other head"
+        );
+        assert_eq!(k.masked_key_matches(""), Some(false));
+        // The emulator's own mask of a raw key matches that key.
+        let raw = "pk-emu-0123456789abcdef";
+        let k = masked(Some(&crate::emulator::keys::mask(raw)));
+        assert_eq!(k.masked_key_matches(raw), Some(true));
+        assert_eq!(k.masked_key_matches("pk-emu-0123456789abcdeg"), Some(false));
+    }
+
+    #[test]
+    fn masked_key_matches_is_none_when_nothing_is_comparable() {
+        assert_eq!(masked(None).masked_key_matches("abc"), None, "no key");
+        assert_eq!(masked(Some("")).masked_key_matches("abc"), None, "empty");
+        assert_eq!(
+            masked(Some("z1abc3AX")).masked_key_matches("z1abc3AX"),
+            None,
+            "no stars: not a mask"
+        );
+        assert_eq!(
+            masked(Some("*****")).masked_key_matches("anything"),
+            None,
+            "stars only (the emulator's mask of a short key)"
+        );
+        assert_eq!(
+            masked(Some("z1**x**3AX")).masked_key_matches("z1aaxaa3AX"),
+            None,
+            "two runs of stars"
+        );
+    }
+
+    #[test]
+    fn masked_key_matches_never_panics_on_unicode() {
+        // Multi-byte characters next to the stars and in the raw key: only char boundaries.
+        let k = masked(Some("é€*****ü🔑"));
+        assert_eq!(k.masked_key_matches("é€xyzü🔑"), Some(true));
+        assert_eq!(k.masked_key_matches("é€ü🔑"), Some(false));
+        assert_eq!(k.masked_key_matches("é"), Some(false));
+        assert_eq!(k.masked_key_matches("🔑🔑🔑"), Some(false));
+        let k = masked(Some("z1*****3AX"));
+        assert_eq!(k.masked_key_matches("z1€3AX"), Some(true));
+        assert_eq!(k.masked_key_matches("€"), Some(false));
+        assert_eq!(masked(Some("🔑*")).masked_key_matches("🔑"), Some(false));
+        assert_eq!(masked(Some("*🔑")).masked_key_matches("x🔑"), Some(true));
     }
 }

@@ -5,17 +5,21 @@
 //! the Secret holds a working raw key, else the key is rotated to get one) → one-shots (rotation
 //! and usage-reset annotations) → plan and execute (the declared fields) → report.
 //!
+//! Status is never authority: a `status.keyId` is re-verified (workspace, and this resource's
+//! marker for an issued key; `existing.rs` for existing keys) before anything is written,
+//! rotated or deleted through it. Scopes and key types are the operator's allow-list's.
+//!
 //! The raw key exists only in the answer to a create or a rotate, in memory, and in the Secret.
 //! A key created whose Secret could not be written is found again by its marker and rotated: a
 //! second key is never created for the same resource.
 
-use std::collections::BTreeMap;
+mod existing;
+mod secret;
+
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -33,7 +37,8 @@ use crate::plan::FieldChange;
 use crate::plan::api_key::{self as plan, DesiredKey};
 use crate::plan::marker::Identity;
 use crate::plan::ownership;
-use crate::portkey::{ApiKeyObject, ApiKeyStatus, ApiKeyType, IssuedApiKey, UpdateApiKey};
+use crate::plan::trust::{Basis, Expected, RemoteFacts, verify_recorded};
+use crate::portkey::{ApiKeyObject, ApiKeyStatus, ApiKeyType, UpdateApiKey};
 
 /// Field manager of the Secrets the operator writes.
 const SECRET_MANAGER: &str = "portkey-budget-operator";
@@ -94,21 +99,6 @@ pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Erro
             Err(e)
         }
     }
-}
-
-fn secret_holds(secret: &Secret, key_id: &str, data_key: &str) -> bool {
-    let annotated = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SECRET_KEY_ID_ANNOTATION))
-        .is_some_and(|id| id == key_id);
-    let filled = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(data_key))
-        .is_some_and(|v| !v.0.is_empty());
-    annotated && filled
 }
 
 impl Run<'_> {
@@ -200,6 +190,13 @@ impl Run<'_> {
         let errors = self.ctx.admission_errors(SHORT, &self.obj);
         if !errors.is_empty() {
             self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
+            return Ok(Action::await_change());
+        }
+        // the operator's allow-list: what a tenant may have issued
+        if let Some(issue) = self.issue()
+            && let Err(refused) = self.ctx.config.key_scopes.check_issue(issue)
+        {
+            self.terminal(refused.reason, &refused.message);
             return Ok(Action::await_change());
         }
         self.status.mode = Some(
@@ -299,7 +296,14 @@ impl Run<'_> {
         // An issued key: the recorded one, else the one carrying the marker.
         if let Some(id) = self.status.key_id.clone() {
             match self.ctx.portkey.get_api_key(&id).await {
-                Ok(key) => return Ok(Step::Go(key)),
+                Ok(key) => {
+                    // Status is not authority: the recorded key must be this resource's.
+                    if let Err(refused) = self.verify_issued(&key, workspace_id) {
+                        self.terminal(refused.reason, &refused.message);
+                        return Ok(Step::Stop(refresh));
+                    }
+                    return Ok(Step::Go(key));
+                }
                 Err(e) if e.is_gone() => {
                     tracing::info!(key = %id, "the issued API key is gone; looking for it by marker");
                     self.status.key_id = None;
@@ -358,126 +362,27 @@ impl Run<'_> {
         self.create(workspace_id).await
     }
 
-    /// An existing key: by id or by name, in this workspace, not issued for another resource,
-    /// not managed by an older `ApiKeyBudget`.
-    async fn observe_existing(
-        &mut self,
-        existing: &ExistingKey,
+    /// The shared verification rule (`plan::trust::verify_recorded`) for an issued key whose id
+    /// was read from `status.keyId`: in this resource's workspace, carrying its marker.
+    fn verify_issued(
+        &self,
+        key: &ApiKeyObject,
         workspace_id: &str,
-        refresh: Action,
-    ) -> Result<Step<ApiKeyObject>, Error> {
-        let key = match (&existing.id, &existing.name) {
-            (Some(id), _) => match self.ctx.portkey.get_api_key(id).await {
-                Ok(k) => k,
-                Err(e) if e.is_gone() => {
-                    self.terminal(
-                        reasons::KEY_NOT_FOUND,
-                        &format!("spec.existing.id: Portkey has no API key {id}"),
-                    );
-                    return Ok(Step::Stop(refresh));
-                }
-                Err(e) => return Err(Error::portkey("read the API key", e)),
+    ) -> Result<(), ownership::Refusal> {
+        verify_recorded(
+            &Expected {
+                field: "status.keyId",
+                object: "Portkey API key",
+                workspace_id,
+                identity: &self.identity,
+                basis: Basis::Created,
             },
-            (None, Some(name)) => {
-                let keys = self.workspace_keys(workspace_id).await?;
-                match plan::find_by_name(&keys, name) {
-                    Ok(k) => k.clone(),
-                    Err(refusal) => {
-                        let reason = if refusal.reason == reasons::AMBIGUOUS_KEY_NAME {
-                            reasons::AMBIGUOUS_KEY_NAME
-                        } else {
-                            reasons::KEY_NOT_FOUND
-                        };
-                        self.terminal(reason, &refusal.message);
-                        return Ok(Step::Stop(refresh));
-                    }
-                }
-            }
-            (None, None) => unreachable!("admission requires id or name"),
-        };
-        let refusal = match plan::check_existing(&key, workspace_id, &self.identity) {
-            Ok(None) => None,
-            Ok(Some(marked)) if self.marked_resource_exists(&marked).await? => {
-                Some(plan::issued_elsewhere(&marked, &key.id))
-            }
-            Ok(Some(_)) => None,
-            Err(refusal) => Some(refusal),
-        };
-        if let Some(refusal) = refusal {
-            let reason = match refusal.reason {
-                "WorkspaceNotAllowed" => reasons::WORKSPACE_NOT_ALLOWED,
-                "OwnedByAnotherInstallation" => reasons::OWNED_BY_ANOTHER_INSTALLATION,
-                _ => reasons::ADOPT_TARGET_OWNED,
-            };
-            self.terminal(reason, &refusal.message);
-            return Ok(Step::Stop(refresh));
-        }
-        if let Some(other) = self.conflicting_owner(&key.id).await? {
-            self.terminal(
-                reasons::CONFLICT,
-                &format!("API key {} is already managed by the older ApiKeyBudget {other}; this one makes no changes", key.id),
-            );
-            return Ok(Step::Stop(refresh));
-        }
-        if self.status.key_id.as_deref() != Some(key.id.as_str()) {
-            self.status.key_id = Some(key.id.clone());
-            self.event(
-                EventType::Normal,
-                "Adopted",
-                format!(
-                    "manages {} of API key {} ({})",
-                    DesiredKey::from_spec(&self.obj.spec).managed_fields(),
-                    key.id,
-                    key.name.as_deref().unwrap_or_default()
-                ),
-            )
-            .await;
-        }
-        Ok(Step::Go(key))
-    }
-
-    /// Whether the resource whose marker an existing key carries still exists.
-    async fn marked_resource_exists(&self, marked: &ownership::MarkedBy) -> Result<bool, Error> {
-        if marked.kind != SHORT {
-            return Ok(true);
-        }
-        let Some((ns, name)) = marked.owner.split_once('/') else {
-            return Ok(true);
-        };
-        let api: Api<ApiKeyBudget> = Api::namespaced(self.ctx.client.clone(), ns);
-        Ok(api
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube("read the resource that issued the key", e))?
-            .is_some())
-    }
-
-    /// The oldest other `ApiKeyBudget` managing the same existing key, if it is not this one.
-    async fn conflicting_owner(&self, key_id: &str) -> Result<Option<String>, Error> {
-        let all = self
-            .ctx
-            .api_key_budgets()
-            .await
-            .map_err(|e| Error::kube("read the other ApiKeyBudgets", e))?;
-        let mut same: Vec<&ApiKeyBudget> = all
-            .iter()
-            .filter(|o| {
-                o.spec.existing.as_ref().and_then(|e| e.id.as_deref()) == Some(key_id)
-                    || o.status.as_ref().and_then(|s| s.key_id.as_deref()) == Some(key_id)
-            })
-            .filter(|o| o.spec.existing.is_some())
-            .collect();
-        same.sort_by_key(|o| {
-            (
-                o.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                o.namespace(),
-                o.name_any(),
-            )
-        });
-        Ok(same
-            .first()
-            .filter(|o| o.uid() != self.obj.uid())
-            .map(|o| format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())))
+            &RemoteFacts {
+                id: &key.id,
+                workspace_id: key.workspace_id.as_deref(),
+                name: key.name.as_deref(),
+            },
+        )
     }
 
     /// The key of the workspace carrying this resource's marker: the one the Secret holds if it
@@ -499,6 +404,18 @@ impl Run<'_> {
             .map(str::to_owned)
             .unwrap_or(owned.keep);
         all.retain(|k| *k != keep);
+        // Dry-run and pause never delete: the duplicates are only reported.
+        if is_paused(&self.obj) || self.ctx.config.dry_run {
+            for duplicate in &all {
+                self.event(
+                    EventType::Normal,
+                    "WouldDelete",
+                    format!("would delete API key {duplicate}, a second key carrying this resource's marker (kept {keep}); not deleted: the resource is paused or the operator runs in dry-run mode"),
+                )
+                .await;
+            }
+            all.clear();
+        }
         for duplicate in all {
             self.ctx.write_permit().await;
             match self.ctx.portkey.delete_api_key(&duplicate).await {
@@ -529,7 +446,8 @@ impl Run<'_> {
         if !self.secret_is_ours(&issue, secret.as_ref()) {
             return Ok(Step::Stop(Action::requeue(self.ctx.refresh_interval(true))));
         }
-        self.check_secret_writable(&issue, "pending").await?;
+        self.check_secret_writable(&issue, "pending", secret.as_ref())
+            .await?;
         let stamp = self.now.to_string();
         let portkey = &self.ctx.portkey;
         let issued = super::bracketed_create(
@@ -558,7 +476,8 @@ impl Run<'_> {
         .await;
         // The raw key goes into the Secret now; if this fails the key is found again by its
         // marker (or its recorded id) and rotated for a fresh raw key.
-        self.write_secret(&issue, &id, &issued).await?;
+        self.write_secret(&issue, &id, &issued, secret.as_ref())
+            .await?;
         match self.ctx.portkey.get_api_key(&id).await {
             Ok(key) => {
                 self.confirm_create();
@@ -582,215 +501,6 @@ impl Run<'_> {
             .list_api_keys(Some(workspace_id))
             .await
             .map_err(|e| Error::portkey("list the workspace's API keys", e))
-    }
-
-    fn secrets(&self) -> Api<Secret> {
-        Api::namespaced(
-            self.ctx.client.clone(),
-            &self.obj.namespace().unwrap_or_default(),
-        )
-    }
-
-    async fn read_secret(&self, name: &str) -> Result<Option<Secret>, Error> {
-        self.secrets()
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube("read the key's Secret", e))
-    }
-
-    /// The key id the Secret says it holds (issued keys).
-    async fn secret_key_id(&self) -> Result<Option<String>, Error> {
-        let Some(issue) = self.issue() else {
-            return Ok(None);
-        };
-        Ok(self
-            .read_secret(&issue.secret_name)
-            .await?
-            .and_then(|s| s.metadata.annotations)
-            .and_then(|a| a.get(SECRET_KEY_ID_ANNOTATION).cloned()))
-    }
-
-    /// False (and Stalled SecretConflict) when the Secret (as just read) exists and belongs to
-    /// someone else.
-    fn secret_is_ours(&mut self, issue: &IssueKey, secret: Option<&Secret>) -> bool {
-        let Some(secret) = secret else {
-            return true;
-        };
-        let uid = self.obj.uid();
-        let owners = secret.metadata.owner_references.clone().unwrap_or_default();
-        let ours_by_owner = owners.iter().any(|o| Some(&o.uid) == uid.as_ref());
-        let controlled_by_other = owners
-            .iter()
-            .any(|o| o.controller == Some(true) && Some(&o.uid) != uid.as_ref());
-        let ours_by_label = secret
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SECRET_OWNER_LABEL))
-            .is_some_and(|n| *n == self.obj.name_any());
-        if ours_by_owner || (ours_by_label && !controlled_by_other) {
-            return true;
-        }
-        self.terminal(
-            reasons::SECRET_CONFLICT,
-            &format!(
-                "spec.issue.secretName: Secret {} exists and is not managed by this ApiKeyBudget; choose another name or delete that Secret (nothing was written)",
-                issue.secret_name
-            ),
-        );
-        false
-    }
-
-    /// Asks the API server (a dry-run apply: RBAC and admission, nothing stored) whether the
-    /// Secret can be written, before a create or a rotate makes a raw key that would have
-    /// nowhere to go.
-    async fn check_secret_writable(&self, issue: &IssueKey, key_id: &str) -> Result<(), Error> {
-        let body = self.secret_body(issue, key_id, None);
-        self.secrets()
-            .patch(
-                &issue.secret_name,
-                &PatchParams::apply(SECRET_MANAGER).force().dry_run(),
-                &Patch::Apply(&body),
-            )
-            .await
-            .map_err(|e| Error::kube("write the key's Secret (checked by a dry run before any key is made; issuing keys needs get, create and patch on Secrets: chart value rbac.issueApiKeys)", e))?;
-        Ok(())
-    }
-
-    /// Writes (server-side apply) the Secret with the raw key, owned by this resource.
-    async fn write_secret(
-        &self,
-        issue: &IssueKey,
-        key_id: &str,
-        issued: &IssuedApiKey,
-    ) -> Result<(), Error> {
-        let secret = self.secret_body(issue, key_id, Some(issued));
-        self.secrets()
-            .patch(
-                &issue.secret_name,
-                &PatchParams::apply(SECRET_MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await
-            .map_err(|e| Error::kube("write the key's Secret", e))?;
-        Ok(())
-    }
-
-    fn secret_body(
-        &self,
-        issue: &IssueKey,
-        key_id: &str,
-        issued: Option<&IssuedApiKey>,
-    ) -> serde_json::Value {
-        let owner = OwnerReference {
-            api_version: ApiKeyBudget::api_version(&()).into_owned(),
-            kind: ApiKeyBudget::kind(&()).into_owned(),
-            name: self.obj.name_any(),
-            uid: self.obj.uid().unwrap_or_default(),
-            controller: Some(true),
-            block_owner_deletion: None,
-        };
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(issue.secret_name.clone()),
-                namespace: self.obj.namespace(),
-                labels: Some(BTreeMap::from([
-                    (SECRET_OWNER_LABEL.to_owned(), self.obj.name_any()),
-                    (
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "portkey-budget-operator".to_owned(),
-                    ),
-                ])),
-                annotations: Some(BTreeMap::from([(
-                    SECRET_KEY_ID_ANNOTATION.to_owned(),
-                    key_id.to_owned(),
-                )])),
-                owner_references: Some(vec![owner]),
-                ..Default::default()
-            },
-            type_: Some("Opaque".into()),
-            data: issued.map(|i| {
-                BTreeMap::from([(
-                    issue.secret_data_key().to_owned(),
-                    ByteString(i.key.expose().as_bytes().to_vec()),
-                )])
-            }),
-            ..Default::default()
-        };
-        let mut value = serde_json::to_value(&secret).expect("Secrets serialize");
-        value["apiVersion"] = "v1".into();
-        value["kind"] = "Secret".into();
-        value
-    }
-
-    /// Issued keys: the Secret must hold the raw key of this key, else the key is rotated (the
-    /// raw key is never readable again) and the Secret written; the rotate annotation rotates
-    /// once per token. `Some(action)` stops the pass.
-    async fn ensure_secret(&mut self, key: &ApiKeyObject) -> Result<Option<Action>, Error> {
-        let rotate = token(&self.obj, ROTATE_ANNOTATION);
-        let Some(issue) = self.issue().cloned() else {
-            if let Some(t) = rotate
-                && self.status.rotation.as_ref().map(|r| &r.token) != Some(&t)
-            {
-                self.event(
-                    EventType::Warning,
-                    "RotationIgnored",
-                    format!("{ROTATE_ANNOTATION}: only keys this resource issued are rotated (the holder of an existing key would lose it); rotate it in Portkey"),
-                )
-                .await;
-                self.status.rotation = Some(OneShot {
-                    token: t,
-                    requested_at: Time(self.now),
-                    completed_at: None,
-                });
-            }
-            return Ok(None);
-        };
-        self.status.secret_name = Some(issue.secret_name.clone());
-        let secret = self.read_secret(&issue.secret_name).await?;
-        if !self.secret_is_ours(&issue, secret.as_ref()) {
-            return Ok(Some(Action::requeue(self.ctx.refresh_interval(true))));
-        }
-        let holds = secret
-            .as_ref()
-            .is_some_and(|s| secret_holds(s, &key.id, issue.secret_data_key()));
-        let due = one_shot_due(rotate.as_deref(), self.status.rotation.as_ref());
-        if holds && !due {
-            return Ok(None);
-        }
-        let why = if !holds {
-            "the Secret did not hold this key (it was missing, or the key was created by a pass that stopped before writing it)"
-        } else {
-            "rotation requested by annotation"
-        };
-        self.check_secret_writable(&issue, &key.id).await?;
-        self.ctx.write_permit().await;
-        let issued = self
-            .ctx
-            .portkey
-            .rotate_api_key(&key.id, issue.transition_ms())
-            .await
-            .map_err(|e| Error::portkey("rotate the API key", e))?;
-        self.write_secret(&issue, &key.id, &issued).await?;
-        if due && let Some(t) = rotate {
-            self.status.rotation = Some(OneShot {
-                token: t,
-                requested_at: Time(self.now),
-                completed_at: Some(Time(self.now)),
-            });
-        }
-        self.event(
-            EventType::Normal,
-            "Rotated",
-            format!(
-                "rotated API key {} and wrote the new key into Secret {} ({why}); the previous key works for {} more seconds",
-                key.id,
-                issue.secret_name,
-                issue.transition_ms() / 1000
-            ),
-        )
-        .await;
-        Ok(None)
     }
 
     /// The usage-reset annotation: `reset_usage: true` once per token. The request is recorded
@@ -1007,18 +717,9 @@ impl Run<'_> {
             return Ok(Action::requeue(self.ctx.refresh_interval(true)));
         }
         let policy = self.obj.spec.effective_deletion_policy();
-        let key_id = match (&self.status.key_id, self.issue()) {
-            (Some(id), _) => Some(id.clone()),
-            // A create cut short before its id was recorded: find the key by marker.
-            (None, Some(_)) => self.find_issued_for_cleanup().await?,
-            (None, None) => None,
-        };
-        let owner_conflict = match (&key_id, &self.obj.spec.existing) {
-            (Some(id), Some(_)) => self.conflicting_owner(id).await?.is_some(),
-            _ => false,
-        };
+        let key_id = self.key_for_cleanup().await?;
         match (policy, key_id) {
-            (KeyDeletionPolicy::Delete, Some(id)) if !owner_conflict => {
+            (KeyDeletionPolicy::Delete, Some(id)) => {
                 if self.ctx.config.dry_run {
                     self.event(
                         EventType::Normal,
@@ -1043,7 +744,10 @@ impl Run<'_> {
             }
             (KeyDeletionPolicy::Retain, Some(id)) => {
                 if let Some(issue) = self.issue().cloned()
-                    && self.read_secret(&issue.secret_name).await?.is_some()
+                    && self
+                        .read_secret(&issue.secret_name)
+                        .await?
+                        .is_some_and(|s| self.owns_secret(&s))
                 {
                     // Keep the Secret (and the key in it): only the owner reference goes, so
                     // garbage collection leaves it. A merge patch: an apply without the data
@@ -1074,18 +778,41 @@ impl Run<'_> {
         Ok(Action::await_change())
     }
 
-    async fn find_issued_for_cleanup(&self) -> Result<Option<String>, Error> {
+    /// The key a deletion acts on, re-verified (status is not authority): the recorded issued
+    /// key if it is still this resource's, else the one carrying its marker (a create cut short
+    /// before its id was recorded); for an existing key, the one `spec.existing` names if this
+    /// resource may manage it. Nothing when the resource's workspace cannot be resolved.
+    async fn key_for_cleanup(&self) -> Result<Option<String>, Error> {
         let namespace = self.obj.namespace().unwrap_or_default();
-        let workspace_id = match resolve_workspace(
-            self.ctx,
-            &namespace,
-            self.obj.spec.workspace.as_ref(),
-        )
-        .await?
-        {
-            Ok(id) => id,
-            Err(_) => return Ok(None),
+        let Ok(workspace_id) =
+            resolve_workspace(self.ctx, &namespace, self.obj.spec.workspace.as_ref()).await?
+        else {
+            if let Some(id) = &self.status.key_id {
+                self.event(
+                    EventType::Warning,
+                    "RecordedIdRejected",
+                    format!("status.keyId: API key {id} was left as it is: the workspace this resource may use could not be resolved, so the key cannot be verified as this resource's"),
+                )
+                .await;
+            }
+            return Ok(None);
         };
+        if let Some(existing) = &self.obj.spec.existing {
+            return Ok(self
+                .existing_for_cleanup(existing, &workspace_id)
+                .await?
+                .map(|k| k.id));
+        }
+        if let Some(id) = self.status.key_id.clone() {
+            match self.ctx.portkey.get_api_key(&id).await {
+                Ok(key) => match self.verify_issued(&key, &workspace_id) {
+                    Ok(()) => return Ok(Some(id)),
+                    Err(refused) => self.cleanup_refused(&refused).await,
+                },
+                Err(e) if e.is_gone() => {}
+                Err(e) => return Err(Error::portkey("read the API key", e)),
+            }
+        }
         let keys = self.workspace_keys(&workspace_id).await?;
         Ok(ownership::owned(plan::candidates(&keys), &self.identity).map(|o| o.keep))
     }
