@@ -162,7 +162,8 @@ fn secret(env: &Env, name: &str) -> Option<(String, String)> {
 async fn touch(env: &Env, tenant: &Tenant, kind: &str, name: &str, ns: &str, spec: Value) {
     tenant.patch_spec(kind, name, ns, spec);
     let generation = env.jsonpath(kind, name, Some(ns), "{.metadata.generation}");
-    eventually(
+    env.until(
+        (kind, name, Some(ns)),
         &format!("{kind}/{name} reconciled at generation {generation}"),
         Duration::from_secs(60),
         || async {
@@ -214,7 +215,8 @@ async fn a_forged_status_key_id_rotates_nothing_of_another_workspace() {
         // The forgery, then the rotation request.
         tenant.patch_status("akb", "app", NS, json!({"keyId": theirs}));
         tenant.annotate("akb", "app", NS, &format!("{ROTATE}=steal"));
-        eventually(
+        env.until(
+            ("akb", "app", Some(NS)),
             "RecordedIdMismatch, or the other team's key rotated",
             Duration::from_secs(60),
             || async {
@@ -293,7 +295,8 @@ async fn a_forged_status_policy_id_archives_nothing_of_another_workspace() {
         env.wait_ready_true("ulp", "mine", Some(NS)).await;
 
         tenant.patch_status("ulp", "mine", NS, json!({"policyId": theirs}));
-        eventually(
+        env.until(
+            ("ulp", "mine", Some(NS)),
             "RecordedIdMismatch, or the other team's policy changed",
             Duration::from_secs(60),
             || async {
@@ -318,7 +321,8 @@ async fn a_forged_status_policy_id_archives_nothing_of_another_workspace() {
 
         // Deleting the resource (deletionPolicy Archive) archives nothing of theirs.
         tenant.delete("ulp", "mine", NS);
-        eventually(
+        env.until(
+            ("ulp", "mine", Some(NS)),
             "the resource gone, or the other team's policy archived",
             Duration::from_secs(60),
             || async {
@@ -369,8 +373,9 @@ async fn an_unbound_namespace_cannot_name_another_teams_workspace() {
                 "  workspace: {OTHER_WS_SLUG}\n  existing:\n    id: {theirs}\n  budget:\n    type: cost\n    creditLimit: 1000\n  deletionPolicy: Delete\n"
             ),
         ));
-        eventually(
-            "NamespaceNotBound, or the other team's key changed",
+        env.until(
+("akb", "grab", Some(NS2)),
+"NamespaceNotBound, or the other team's key changed",
             Duration::from_secs(60),
             || async {
                 let reason = env.reason("akb", "grab", Some(NS2), READY);
@@ -388,8 +393,9 @@ async fn an_unbound_namespace_cannot_name_another_teams_workspace() {
         assert_refused(&env, "akb", "grab", NS2, "NamespaceNotBound", NS2);
 
         tenant.delete("akb", "grab", NS2);
-        eventually(
-            "the resource gone, or the other team's key deleted",
+        env.until(
+("akb", "grab", Some(NS2)),
+"the resource gone, or the other team's key deleted",
             Duration::from_secs(60),
             || async {
                 let gone = !env
@@ -448,8 +454,9 @@ async fn key_scopes_and_types_are_the_platform_teams_choice() {
         ));
 
         for (name, reason) in [("wide", "ScopeNotAllowed"), ("as-user", "KeyTypeNotAllowed")] {
-            eventually(
-                &format!("{name}: {reason}, or a key issued"),
+            env.until(
+("akb", name, Some(NS)),
+&format!("{name}: {reason}, or a key issued"),
                 Duration::from_secs(60),
                 || async {
                     let got = env.reason("akb", name, Some(NS), READY);
@@ -459,8 +466,9 @@ async fn key_scopes_and_types_are_the_platform_teams_choice() {
             )
             .await;
         }
-        eventually(
-            "broad: KeyScopesTooBroad, or the management key changed",
+        env.until(
+("akb", "broad", Some(NS)),
+"broad: KeyScopesTooBroad, or the management key changed",
             Duration::from_secs(60),
             || async {
                 let got = env.reason("akb", "broad", Some(NS), READY);
@@ -517,8 +525,9 @@ async fn a_refused_resource_does_not_block_the_real_owner() {
                 "  workspace: e2e\n  existing:\n    id: {key}\n  budget:\n    type: cost\n    creditLimit: 1\n"
             ),
         ));
-        eventually(
-            "the squatter reconciled",
+        env.until(
+("akb", "squatter", Some(NS2)),
+"the squatter reconciled",
             Duration::from_secs(60),
             || async { (!env.reason("akb", "squatter", Some(NS2), READY).is_empty()).then_some(()) },
         )
@@ -532,8 +541,9 @@ async fn a_refused_resource_does_not_block_the_real_owner() {
                 "  workspace: e2e\n  existing:\n    id: {key}\n  budget:\n    type: cost\n    creditLimit: 100\n"
             ),
         ));
-        let reason = eventually(
-            "the owner Ready, or refused",
+        let reason = env.until(
+("akb", "owner", Some(NS)),
+"the owner Ready, or refused",
             Duration::from_secs(60),
             || async {
                 let (status, reason, _) = env.condition("akb", "owner", Some(NS), READY);
@@ -576,12 +586,16 @@ async fn a_lost_rotate_answer_rotates_at_most_twice() {
         tenant.apply(&issued("rot", "rot-key", "completions.write", ""));
         env.wait_ready_true("akb", "rot", Some(NS)).await;
         let id = env.jsonpath("akb", "rot", Some(NS), "{.status.keyId}");
-        // The rotation is carried out, its answer never reaches the operator.
-        ctl.set_faults(json!({"response_delay_ms": 6000, "method": "POST"}))
-            .await
-            .unwrap();
+        // Rotations are carried out, their answers never reach the operator (every other
+        // request is answered at once).
+        ctl.set_faults(
+            json!({"response_delay_ms": 6000, "method": "POST", "path_contains": "/rotate"}),
+        )
+        .await
+        .unwrap();
         tenant.annotate("akb", "rot", NS, &format!("{ROTATE}=r1"));
-        eventually(
+        env.until(
+            ("akb", "rot", Some(NS)),
             "RotationResultUnknown, or a third rotation",
             Duration::from_secs(120),
             || async {
@@ -664,18 +678,20 @@ async fn an_out_of_band_rotation_is_noticed_and_never_loops() {
             Some(mask(&raw) == shown)
         };
         assert_eq!(matches().await, Some(false));
-        let repaired = eventually(
-            "the Secret repaired, or the resource reporting the rotation",
-            Duration::from_secs(60),
-            || async {
-                if matches().await == Some(true) {
-                    return Some(true);
-                }
-                let (status, _, message) = env.condition("akb", "oob", Some(NS), READY);
-                (status == "False" && message.to_lowercase().contains("rotat")).then_some(false)
-            },
-        )
-        .await;
+        let repaired = env
+            .until(
+                ("akb", "oob", Some(NS)),
+                "the Secret repaired, or the resource reporting the rotation",
+                Duration::from_secs(60),
+                || async {
+                    if matches().await == Some(true) {
+                        return Some(true);
+                    }
+                    let (status, _, message) = env.condition("akb", "oob", Some(NS), READY);
+                    (status == "False" && message.to_lowercase().contains("rotat")).then_some(false)
+                },
+            )
+            .await;
         if repaired {
             let (raw, key_id) = secret(&env, "oob-key").unwrap();
             assert_eq!(key_id, id);

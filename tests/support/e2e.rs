@@ -258,6 +258,53 @@ impl Env {
         }
     }
 
+    /// Polls `check` like [`eventually`]; on timeout panics with the conditions of `resource`
+    /// (kind, name, namespace) and the last lines of the operators' logs.
+    pub async fn until<T, F, Fut>(
+        &self,
+        resource: (&str, &str, Option<&str>),
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                let (kind, name, ns) = resource;
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\n{kind}/{name}: {}\n{}",
+                    self.conditions_json(kind, name, ns),
+                    self.operator_logs(15)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last `n` lines of every operator log of this test.
+    pub fn operator_logs(&self, n: usize) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.cp.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("operator") && f.ends_with(".log"))
+        });
+        logs.sort();
+        logs.iter()
+            .map(|p| format!("--- {}:\n{}", p.display(), tail(p, n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits until a condition of a resource has `reason`.
     pub async fn wait_reason(
         &self,
@@ -322,7 +369,11 @@ impl Operator {
         cmd.args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", pod)
-            .env("RUST_LOG", "info")
+            // `PBO_E2E_RUST_LOG` (e.g. `portkey_budget_operator=debug`) for a closer look.
+        .env(
+            "RUST_LOG",
+            std::env::var("PBO_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
             .env_remove("PORTKEY_API_KEY");
         for (k, v) in env {
             cmd.env(k, v);
