@@ -370,10 +370,10 @@ impl Operator {
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", pod)
             // `PBO_E2E_RUST_LOG` (e.g. `portkey_budget_operator=debug`) for a closer look.
-        .env(
-            "RUST_LOG",
-            std::env::var("PBO_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
+            .env(
+                "RUST_LOG",
+                std::env::var("PBO_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("PORTKEY_API_KEY");
         for (k, v) in env {
             cmd.env(k, v);
