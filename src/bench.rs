@@ -287,7 +287,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     let portkey = client(opts.rate_limit)?;
 
     let kube = MemoryKube::lean();
-    kube.add_namespace(NAMESPACE, &[]);
+    kube.add_namespace(NAMESPACE, &[(crate::api::WORKSPACE_ANNOTATION, WORKSPACE)]);
     for i in 0..opts.policies {
         kube.apply(&policy(i));
     }

@@ -458,8 +458,9 @@ pub async fn run(opts: &RealOptions) -> Result<RealReport, String> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))
-        .map_err(|e| e.to_string())?;
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE,
+        "annotations": {crate::api::WORKSPACE_ANNOTATION: "bench"}}}))
+    .map_err(|e| e.to_string())?;
     let _ = namespaces.create(&PostParams::default(), &ns).await;
     let ulps: Api<UsageLimitPolicy> = Api::namespaced(client.clone(), NAMESPACE);
     futures::stream::iter(0..opts.policies)

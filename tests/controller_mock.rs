@@ -304,7 +304,7 @@ async fn workspace_budget_conflict_lists_and_writes_status_only() {
 }
 
 #[tokio::test]
-async fn rate_limit_policy_in_an_unbound_namespace_without_workspace_is_invalid() {
+async fn rate_limit_policy_in_an_unbound_namespace_is_refused_without_a_portkey_call() {
     let (service, mut handle) = mock::pair::<Request<Body>, Response<Body>>();
     let ctx = context(kube::Client::new(service, "default"));
     let raw = json!({
@@ -344,12 +344,11 @@ async fn rate_limit_policy_in_an_unbound_namespace_without_workspace_is_invalid(
         .find(|c| c["type"] == "Synced")
         .unwrap()
         .clone();
-    assert_eq!(synced["reason"], "InvalidSpec");
+    assert_eq!(synced["reason"], "NamespaceNotBound");
     assert!(
-        synced["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("spec.workspace: required")
+        synced["message"].as_str().unwrap().starts_with(
+            "namespace team-a has no budgets.portkey-operator.io/workspace annotation"
+        )
     );
     respond(send, &raw);
     task.await.unwrap().expect("reconcile succeeds");

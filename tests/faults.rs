@@ -60,7 +60,7 @@ impl Harness {
         .await
         .unwrap();
         let kube = FakeKube::new();
-        kube.add_namespace(NS, &[]);
+        kube.add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-a")]);
         Harness { kube, emu }
     }
 

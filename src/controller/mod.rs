@@ -131,8 +131,8 @@ impl Error {
                 step,
                 source: e @ PortkeyError::Forbidden { .. },
             } => format!(
-                "could not {step}: {e}; the Admin API key needs the {} scope for this workspace",
-                scope_for(step)
+                "could not {step}: {e}; the Admin API key needs the {} scope for this workspace (on Prisma AIRS AI Gateway: the service account's role must cover that operation in this tenant), or the object belongs to another workspace",
+                e.missing_scope().unwrap_or("matching")
             ),
             Error::Portkey {
                 step,
@@ -160,23 +160,6 @@ impl Error {
             Error::Portkey { source, .. } => source.retry_after(),
             Error::Kube { .. } => None,
         }
-    }
-}
-
-/// The Admin API scope a step needs (for the message of a 403).
-fn scope_for(step: &str) -> &'static str {
-    if step.contains("create") {
-        "policies.create"
-    } else if step.contains("update") {
-        "policies.update"
-    } else if step.contains("archive") {
-        "policies.delete"
-    } else if step.contains("list") {
-        "policies.list"
-    } else if step.contains("workspace") {
-        "workspaces.read"
-    } else {
-        "policies.read"
     }
 }
 

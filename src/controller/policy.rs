@@ -253,8 +253,7 @@ pub(crate) type Refused = (&'static str, String, Option<Action>);
 
 /// The resolve step of the namespaced kinds: the workspace a resource of `namespace` may use
 /// (the namespace's binding, `spec.workspace`, the default: `plan::trust::choose_workspace`), as
-/// a UUID. A `spec.workspace` that is not literally allowed is resolved and compared by UUID.
-/// `Ok(Err(_))` is a refusal only a human can lift (the resource is Stalled).
+/// a UUID. `Ok(Err(_))` is a refusal only a human can lift (the resource is Stalled).
 pub(crate) async fn resolve_workspace(
     ctx: &Context,
     namespace: &str,
@@ -264,34 +263,19 @@ pub(crate) async fn resolve_workspace(
         .namespace_binding(namespace)
         .await
         .map_err(|e| Error::kube("read the namespace binding", e))?;
-    let choice = match choose_workspace(
+    let reference = match choose_workspace(
         spec_workspace.map(String::as_str),
         binding.as_deref(),
         namespace,
         tenancy(&ctx.config),
     ) {
-        Ok(c) => c,
+        Ok(w) => w,
         Err(refused) => {
             let action = (refused.reason == reasons::INVALID_SPEC).then(Action::await_change);
             return Ok(Err((refused.reason, refused.message, action)));
         }
     };
-    let id = match resolve_reference(ctx, &choice.reference).await? {
-        Ok(id) => id,
-        Err(refused) => return Ok(Err(refused)),
-    };
-    if choice.literally_allowed() {
-        return Ok(Ok(id));
-    }
-    for allowed in choice.one_of.iter().flatten() {
-        if let Ok(allowed_id) = resolve_reference(ctx, allowed).await?
-            && allowed_id.eq_ignore_ascii_case(&id)
-        {
-            return Ok(Ok(id));
-        }
-    }
-    let refused = choice.not_allowed(namespace, binding.is_some());
-    Ok(Err((reasons::WORKSPACE_NOT_ALLOWED, refused.message, None)))
+    resolve_reference(ctx, &reference).await
 }
 
 /// A workspace id or slug as its UUID (cached), or the refusal when Portkey has no such
@@ -1506,6 +1490,7 @@ mod tests {
             PortkeyError::Forbidden {
                 code: Some("AB03".into()),
                 message: String::new(),
+                operation: None,
             },
             PortkeyError::RateLimited {
                 retry_after: None,

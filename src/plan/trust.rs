@@ -7,7 +7,8 @@
 //! id recorded there is re-verified before anything is written to the object it names.
 //!
 //! - [`choose_workspace`]: the workspace a namespaced resource may use (binding, default,
-//!   single-tenant opt-in); `spec.workspace` never grants access by itself.
+//!   single-tenant opt-in); `spec.workspace` never grants access by itself, and must be written
+//!   as the binding writes it.
 //! - [`verify_recorded`]: an id read from status, checked against Portkey's answer (workspace,
 //!   ownership marker, declared id or name).
 //! - [`KeyScopePolicy`]: what an issued or managed API key may hold.
@@ -55,46 +56,6 @@ pub fn binding_entries(binding: &str) -> Vec<String> {
         .collect()
 }
 
-/// The workspace a resource asks for, and what it must be one of.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkspaceChoice {
-    /// The workspace reference (id or slug) to resolve.
-    pub reference: String,
-    /// `Some`: the reference must resolve to the same workspace as one of these (the binding's
-    /// entries, or the default workspace of an unbound namespace); `None`: anything goes
-    /// (single-tenant, or the reference is itself the binding's or the default).
-    pub one_of: Option<Vec<String>>,
-}
-
-impl WorkspaceChoice {
-    /// True when the reference is literally one of the allowed entries (no lookup needed).
-    pub fn literally_allowed(&self) -> bool {
-        match &self.one_of {
-            None => true,
-            Some(list) => list.iter().any(|w| w.eq_ignore_ascii_case(&self.reference)),
-        }
-    }
-
-    /// The refusal when the reference resolved to none of the allowed workspaces.
-    pub fn not_allowed(&self, namespace: &str, bound: bool) -> Refusal {
-        let list = self.one_of.clone().unwrap_or_default();
-        let message = if bound {
-            format!(
-                "spec.workspace: {:?} is not allowed: namespace {namespace} is bound to {} (annotation {WORKSPACE_ANNOTATION}); nothing was written",
-                self.reference,
-                quoted(&list)
-            )
-        } else {
-            format!(
-                "spec.workspace: {:?} is not allowed: namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, so it may use only the operator's default workspace {}; nothing was written",
-                self.reference,
-                quoted(&list)
-            )
-        };
-        refusal("WorkspaceNotAllowed", message)
-    }
-}
-
 fn quoted(list: &[String]) -> String {
     list.iter()
         .map(|w| format!("{w:?}"))
@@ -102,45 +63,53 @@ fn quoted(list: &[String]) -> String {
         .join(", ")
 }
 
-/// The workspace a resource of `namespace` may use: `spec.workspace` if the namespace's binding
-/// lists it (else the binding's first entry); in an unbound namespace only the operator's default
-/// workspace, or with `single_tenant` whatever the spec names. A refusal is terminal: only a
-/// cluster admin (binding, configuration) or a spec change can lift it.
+fn not_allowed(spec: &str, namespace: &str, why: String) -> Refusal {
+    refusal(
+        "WorkspaceNotAllowed",
+        format!(
+            "spec.workspace: {spec:?} is not allowed: namespace {namespace} {why}; nothing was written"
+        ),
+    )
+}
+
+/// The workspace (id or slug, to resolve) a resource of `namespace` may use: `spec.workspace`
+/// if it is one of the namespace binding's entries (written the same way, case aside), else the
+/// binding's first entry; in an unbound namespace only the operator's default workspace, or
+/// with `single_tenant` whatever the spec names. A refusal is terminal: only a cluster admin
+/// (binding, configuration) or a spec change can lift it.
 pub fn choose_workspace(
     spec_workspace: Option<&str>,
     binding: Option<&str>,
     namespace: &str,
     config: TenancyConfig<'_>,
-) -> Result<WorkspaceChoice, Refusal> {
+) -> Result<String, Refusal> {
     let bound = binding.map(binding_entries).filter(|l| !l.is_empty());
     match (bound, spec_workspace) {
-        (Some(list), None) => Ok(WorkspaceChoice {
-            reference: list[0].clone(),
-            one_of: None,
-        }),
-        (Some(list), Some(w)) => Ok(WorkspaceChoice {
-            reference: w.to_owned(),
-            one_of: Some(list),
-        }),
+        (Some(list), None) => Ok(list[0].clone()),
+        (Some(list), Some(w)) if list.iter().any(|b| b.eq_ignore_ascii_case(w)) => Ok(w.to_owned()),
+        (Some(list), Some(w)) => {
+            let what = if list.len() == 1 { "workspace" } else { "workspaces" };
+            Err(not_allowed(
+                w,
+                namespace,
+                format!("is bound to {what} {} (annotation {WORKSPACE_ANNOTATION})", quoted(&list)),
+            ))
+        }
         (None, _) if config.require_binding => Err(refusal(
             "NamespaceNotBound",
             format!(
                 "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding): a cluster admin must bind it to a workspace; nothing was written"
             ),
         )),
-        (None, Some(w)) if config.single_tenant => Ok(WorkspaceChoice {
-            reference: w.to_owned(),
-            one_of: None,
-        }),
+        (None, Some(w)) if config.single_tenant => Ok(w.to_owned()),
         (None, spec) => match (config.default_workspace, spec) {
-            (Some(d), None) => Ok(WorkspaceChoice {
-                reference: d.to_owned(),
-                one_of: None,
-            }),
-            (Some(d), Some(w)) => Ok(WorkspaceChoice {
-                reference: w.to_owned(),
-                one_of: Some(vec![d.to_owned()]),
-            }),
+            (Some(d), None) => Ok(d.to_owned()),
+            (Some(d), Some(w)) if d.eq_ignore_ascii_case(w) => Ok(w.to_owned()),
+            (Some(d), Some(w)) => Err(not_allowed(
+                w,
+                namespace,
+                format!("has no {WORKSPACE_ANNOTATION} annotation, so it may use only the operator's default workspace {d:?}"),
+            )),
             (None, None) if config.single_tenant => Err(refusal(
                 "InvalidSpec",
                 "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)".into(),
@@ -227,7 +196,7 @@ pub fn verify_recorded(expected: &Expected<'_>, remote: &RemoteFacts<'_>) -> Res
     match basis {
         Basis::Created if marked => Ok(()),
         Basis::Created => Err(mismatch(format!(
-            "does not carry this resource's ownership marker {}",
+            "does not carry this resource's ownership marker {} (it is another's, or was renamed outside the operator: a policy can then be taken over again with spec.adoptPolicyId)",
             identity.marker()
         ))),
         Basis::DeclaredId { id: declared, .. } if declared.eq_ignore_ascii_case(id) || marked => {
@@ -370,22 +339,23 @@ mod tests {
 
     #[test]
     fn a_binding_lists_the_workspaces_and_its_first_is_the_default() {
-        let c = choose_workspace(None, Some(" team-a , team-shared"), "ns", OPEN).unwrap();
-        assert_eq!(c.reference, "team-a");
-        assert!(c.literally_allowed());
-        let c =
-            choose_workspace(Some("TEAM-SHARED"), Some("team-a,team-shared"), "ns", OPEN).unwrap();
-        assert!(c.literally_allowed(), "compared without case");
-        let c = choose_workspace(Some("other"), Some("team-a"), "ns", OPEN).unwrap();
-        assert!(!c.literally_allowed(), "resolved before it is refused");
-        let r = c.not_allowed("ns", true);
+        let c = choose_workspace(None, Some(" team-a , team-shared"), "ns", OPEN);
+        assert_eq!(c, Ok("team-a".to_owned()));
+        let c = choose_workspace(Some("TEAM-SHARED"), Some("team-a,team-shared"), "ns", OPEN);
+        assert_eq!(c, Ok("TEAM-SHARED".to_owned()), "compared without case");
+        let r = choose_workspace(Some("other"), Some("team-a"), "ns", OPEN).unwrap_err();
         assert_eq!(r.reason, "WorkspaceNotAllowed");
         assert!(
-            r.message.starts_with("spec.workspace: \"other\""),
+            r.message.starts_with("spec.workspace: \"other\" is not allowed: namespace ns is bound to workspace \"team-a\""),
             "{}",
             r.message
         );
-        assert!(r.message.contains("\"team-a\""), "{}", r.message);
+        let r = choose_workspace(Some("x"), Some("a,b"), "ns", OPEN).unwrap_err();
+        assert!(
+            r.message.contains("workspaces \"a\", \"b\""),
+            "{}",
+            r.message
+        );
     }
 
     #[test]
@@ -406,14 +376,20 @@ mod tests {
             default_workspace: Some("shared"),
             ..OPEN
         };
-        let c = choose_workspace(None, None, "ns", config).unwrap();
-        assert_eq!((c.reference.as_str(), c.one_of), ("shared", None));
-        let c = choose_workspace(Some("other"), None, "ns", config).unwrap();
-        assert!(!c.literally_allowed());
+        assert_eq!(
+            choose_workspace(None, None, "ns", config),
+            Ok("shared".to_owned())
+        );
+        assert_eq!(
+            choose_workspace(Some("Shared"), None, "ns", config),
+            Ok("Shared".to_owned())
+        );
+        let r = choose_workspace(Some("other"), None, "ns", config).unwrap_err();
+        assert_eq!(r.reason, "WorkspaceNotAllowed");
         assert!(
-            c.not_allowed("ns", false)
-                .message
-                .contains("default workspace")
+            r.message.contains("default workspace \"shared\""),
+            "{}",
+            r.message
         );
         let strict = TenancyConfig {
             require_binding: true,
@@ -433,10 +409,12 @@ mod tests {
             single_tenant: true,
             ..OPEN
         };
-        let c = choose_workspace(Some("other"), None, "ns", config).unwrap();
-        assert_eq!((c.reference.as_str(), c.one_of), ("other", None));
-        let c = choose_workspace(Some("other"), Some("team-a"), "ns", config).unwrap();
-        assert!(!c.literally_allowed(), "a binding still rules");
+        assert_eq!(
+            choose_workspace(Some("other"), None, "ns", config),
+            Ok("other".to_owned())
+        );
+        let r = choose_workspace(Some("other"), Some("team-a"), "ns", config).unwrap_err();
+        assert_eq!(r.reason, "WorkspaceNotAllowed", "a binding still rules");
         assert_eq!(
             choose_workspace(None, None, "ns", config)
                 .unwrap_err()

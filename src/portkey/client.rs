@@ -386,7 +386,7 @@ impl PortkeyClient {
             }
             let err = match result {
                 Ok((_, bytes)) => return decode(&bytes),
-                Err(err) => err,
+                Err(err) => err.for_operation(operation),
             };
             match self.retry.delay_for(&err, attempt, idempotency) {
                 Some(delay) => {

@@ -29,10 +29,13 @@ pub enum PortkeyError {
         message: String,
     },
     /// 403: the key lacks a scope, or the object belongs to another workspace.
-    #[error("Portkey forbade the operation (HTTP 403{}): {message}", code_suffix(.code))]
+    #[error("Portkey forbade the operation{} (HTTP 403{}): {message}", operation_suffix(.operation), code_suffix(.code))]
     Forbidden {
         code: Option<String>,
         message: String,
+        /// The client operation that was refused (e.g. `usage_limits.create`), set by the
+        /// client: what permission was missing is read from it ([`required_scope`]).
+        operation: Option<&'static str>,
     },
     /// 404: no such object (an archived policy is 404 unless `status=archived` is asked for).
     #[error("not found in Portkey (HTTP 404{}): {message}", code_suffix(.code))]
@@ -82,6 +85,33 @@ pub enum PortkeyError {
     Config(String),
 }
 
+fn operation_suffix(operation: &Option<&'static str>) -> String {
+    operation.map(|o| format!(" {o}")).unwrap_or_default()
+}
+
+/// The Admin API scope an operation of the client needs (Portkey's "API Keys (AuthN and AuthZ)"
+/// reference), e.g. `policies.create` for `usage_limits.create`. API-key operations are named for
+/// service keys (`workspace_service_api_keys.*`; user keys need `workspace_user_api_keys.*`).
+pub fn required_scope(operation: &str) -> &'static str {
+    let (family, verb) = operation.split_once('.').unwrap_or((operation, ""));
+    match (family, verb) {
+        ("usage_limits" | "rate_limits", "create") => "policies.create",
+        ("usage_limits" | "rate_limits", "list") => "policies.list",
+        ("usage_limits" | "rate_limits", "update" | "entity_reset") => "policies.update",
+        ("usage_limits" | "rate_limits", "delete") => "policies.delete",
+        ("usage_limits" | "rate_limits", _) => "policies.read",
+        ("workspaces", "list") => "workspaces.list",
+        ("workspaces", "update") => "workspaces.update",
+        ("workspaces", _) => "workspaces.read",
+        ("api_keys", "create") => "workspace_service_api_keys.create",
+        ("api_keys", "list") => "workspace_service_api_keys.list",
+        ("api_keys", "update" | "rotate") => "workspace_service_api_keys.update",
+        ("api_keys", "delete") => "workspace_service_api_keys.delete",
+        ("api_keys", _) => "workspace_service_api_keys.read",
+        _ => "the scope of this operation",
+    }
+}
+
 fn code_suffix(code: &Option<String>) -> String {
     code.as_ref().map(|c| format!(", {c}")).unwrap_or_default()
 }
@@ -101,6 +131,25 @@ impl PortkeyError {
             || matches!(self, PortkeyError::Forbidden { code: Some(c), .. } if c == "AB03")
     }
 
+    /// The scope a refused (403) operation needs, when the client knows the operation.
+    pub fn missing_scope(&self) -> Option<&'static str> {
+        match self {
+            PortkeyError::Forbidden {
+                operation: Some(op),
+                ..
+            } => Some(required_scope(op)),
+            _ => None,
+        }
+    }
+
+    /// Names the client operation on a 403 (see [`PortkeyError::missing_scope`]).
+    pub fn for_operation(mut self, op: &'static str) -> Self {
+        if let PortkeyError::Forbidden { operation, .. } = &mut self {
+            *operation = Some(op);
+        }
+        self
+    }
+
     /// Builds the error for a non-2xx answer from its status, body and `Retry-After` header.
     pub fn from_response(status: u16, body: &str, retry_after: Option<Duration>) -> Self {
         let (message, code) = parse_error_body(body)
@@ -112,7 +161,11 @@ impl PortkeyError {
                 message,
             },
             401 => PortkeyError::Unauthorized { code, message },
-            403 => PortkeyError::Forbidden { code, message },
+            403 => PortkeyError::Forbidden {
+                code,
+                message,
+                operation: None,
+            },
             404 => PortkeyError::NotFound { code, message },
             409 => PortkeyError::Conflict { code, message },
             429 => PortkeyError::RateLimited {

@@ -2,7 +2,10 @@
 //! existing-Secret mode creates every object, and the operator binary running **as the chart's
 //! ServiceAccount** (a token from the TokenRequest API) with the chart's rendered config
 //! reconciles one resource of each kind to Ready: the chart's RBAC is sufficient. It is also
-//! least-privilege: that ServiceAccount can read no other Secret and write no other kind.
+//! least-privilege: that ServiceAccount can read no other Secret and write no other kind. With
+//! `operator.watchNamespaces`, its Secret access is limited to those namespaces, and the chart's
+//! ValidatingAdmissionPolicy makes the API server refuse issued scopes outside
+//! `apiKeys.allowedScopes` and user keys.
 
 use std::path::Path;
 use std::process::Command;
@@ -420,6 +423,196 @@ async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
             holder,
             env.jsonpath("akb", "issued", Some(NS), "{.status.keyId}")
         );
+    })
+    .await;
+}
+
+/// A child process killed (and reaped) when dropped.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An ApiKeyBudget issuing a key with `scopes` (and `extra` lines under `issue`, indented by
+/// four spaces).
+fn issuing_akb(ns: &str, name: &str, scopes: &[&str], extra: &str) -> String {
+    format!(
+        "apiVersion: budgets.portkey-operator.io/v1alpha1\nkind: ApiKeyBudget\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  workspace: e2e\n  issue:\n    scopes: [{}]\n    secretName: {name}-key\n{extra}",
+        scopes.join(", ")
+    )
+}
+
+/// The chart's tenant guards on the real API server, with `operator.watchNamespaces` and
+/// `rbac.issueApiKeys` set. Its ValidatingAdmissionPolicy type-checks against the CRD and makes
+/// the API server refuse an ApiKeyBudget asking for a scope outside `apiKeys.allowedScopes`
+/// (`policies.delete`) or for a `user` key, naming the field, and admits an allowed one; it
+/// re-checks updates that change the spec, not those that leave it (a resource written before
+/// the policy can still be annotated, and its finalizer removed); it applies in the watched
+/// namespace only. The operator's ServiceAccount may get/create/patch/update Secrets in the
+/// watched namespace and in no other, and no ClusterRole grants Secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_chart_admission_policy_and_secret_rbac_follow_the_tenancy_values() {
+    let Some(assets) = crate::support::control_plane::require_assets(
+        "helm_chart_admission_policy_and_secret_rbac_follow_the_tenancy_values",
+    ) else {
+        return;
+    };
+    // The policy's type checking is reported by kube-controller-manager's
+    // validatingadmissionpolicy-status-controller.
+    let kcm = assets.join("kube-controller-manager");
+    if !kcm.is_file() {
+        let what =
+            "KUBEBUILDER_ASSETS has no kube-controller-manager (../shared/k8s/envtest.sh ships it)";
+        assert!(!crate::support::control_plane::under_ci(), "{what}");
+        eprintln!(
+            "helm_chart_admission_policy_and_secret_rbac_follow_the_tenancy_values: skipped ({what})"
+        );
+        return;
+    }
+    bounded("helm_tenancy", async {
+        let cp = crate::support::control_plane::ControlPlane::start(assets);
+        let mut status_controller = Command::new(&kcm);
+        status_controller.args([
+            format!("--kubeconfig={}", cp.kubeconfig.display()),
+            "--controllers=validatingadmissionpolicy-status-controller".into(),
+            "--leader-elect=false".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!(
+                "--secure-port={}",
+                crate::support::control_plane::free_port()
+            ),
+            format!("--cert-dir={}", cp.dir.path().join("vap-kcm-certs").display()),
+        ]);
+        let _status_controller = KilledOnDrop(crate::support::control_plane::spawn_logged(
+            status_controller,
+            &cp.dir.path().join("vap-status-controller.log"),
+        ));
+        let elsewhere = "unwatched-budgets";
+        cp.kubectl(&["create", "namespace", NS]);
+        cp.kubectl(&["create", "namespace", elsewhere]);
+        // A resource written before the policy existed, asking for a scope the chart's
+        // allow-list does not hold (the chart then takes over these CRDs).
+        cp.install_crds();
+        cp.apply(&issuing_akb(NS, "legacy", &["completions.write", "policies.delete"], ""));
+        helm_install(
+            &cp.kubeconfig,
+            &serde_json::json!({
+                "portkey": {"apiKey": "k"},
+                "operator": {"watchNamespaces": [NS]},
+                "rbac": {"issueApiKeys": true},
+            }),
+        );
+        let policy = "pbo-portkey-budget-operator-api-keys";
+
+        // The API server type-checked every expression against the CRD's schema.
+        let warnings = eventually(
+            "the admission policy type-checked",
+            Duration::from_secs(60),
+            || async {
+                let checked = cp.kubectl(&[
+                    "get",
+                    "validatingadmissionpolicy",
+                    policy,
+                    "-o",
+                    "jsonpath={.metadata.generation}/{.status.observedGeneration}/{.status.typeChecking.expressionWarnings}",
+                ]);
+                let mut parts = checked.splitn(3, '/');
+                let (generation, observed) = (parts.next()?, parts.next()?);
+                (!generation.is_empty() && generation == observed)
+                    .then(|| parts.next().unwrap_or_default().to_owned())
+            },
+        )
+        .await;
+        assert!(warnings.is_empty(), "type-check warnings: {warnings}");
+
+        // The policy is in force once a server-side dry run of a refused resource fails.
+        let forbidden_scope = issuing_akb(NS, "wants-policies", &["completions.write", "policies.delete"], "");
+        eventually("the admission policy in force", Duration::from_secs(60), || async {
+            let out = cp.kubectl_stdin(&["create", "--dry-run=server"], &forbidden_scope);
+            (!out.status.success()).then_some(())
+        })
+        .await;
+        let refused = cp.apply_refused(&forbidden_scope);
+        assert!(
+            refused.contains(&format!("ValidatingAdmissionPolicy '{policy}'"))
+                && refused.contains("spec.issue.scopes: only these scopes may be issued: completions.write, logs.write, prompts.render, mcp.invoke, agents.invoke, guardrails.invoke")
+                && refused.contains("not allowed: policies.delete"),
+            "{refused}"
+        );
+        let user_key = issuing_akb(
+            NS,
+            "acts-as-a-user",
+            &["completions.write"],
+            "    subType: user\n    userId: someone-else\n",
+        );
+        let refused = cp.apply_refused(&user_key);
+        assert!(
+            refused.contains("spec.issue.subType: user keys are not allowed by the operator"),
+            "{refused}"
+        );
+        cp.apply(&issuing_akb(NS, "allowed", &["completions.write", "logs.write"], ""));
+        assert!(cp.kubectl(&["get", "akb", "allowed", "-n", NS, "-o", "name"]).contains("allowed"));
+        for refused_name in ["wants-policies", "acts-as-a-user"] {
+            let out = cp.kubectl_raw(&["get", "akb", refused_name, "-n", NS]);
+            assert!(!out.status.success(), "{refused_name} was stored");
+        }
+        // A spec change is checked again: the admitted resource cannot widen its scopes.
+        let refused = cp.apply_refused(&issuing_akb(NS, "allowed", &["completions.write", "workspace_users.create"], ""));
+        assert!(refused.contains("not allowed: workspace_users.create"), "{refused}");
+
+        // The resource written before the policy: an update that leaves its spec alone is
+        // admitted (annotations, finalizers), one that changes it is checked.
+        cp.kubectl(&["annotate", "akb", "legacy", "-n", NS, "note=kept"]);
+        cp.kubectl(&[
+            "patch", "akb", "legacy", "-n", NS, "--type", "merge", "-p",
+            r#"{"metadata":{"finalizers":["budgets.portkey-operator.io/finalizer"]}}"#,
+        ]);
+        let refused = cp.apply_refused(&issuing_akb(NS, "legacy", &["policies.delete"], ""));
+        assert!(refused.contains("spec.issue.scopes"), "{refused}");
+        cp.kubectl(&["delete", "akb", "legacy", "-n", NS, "--wait=false"]);
+        cp.kubectl(&[
+            "patch", "akb", "legacy", "-n", NS, "--type", "merge", "-p",
+            r#"{"metadata":{"finalizers":null}}"#,
+        ]);
+        cp.kubectl(&["wait", "--for=delete", "akb/legacy", "-n", NS, "--timeout=30s"]);
+
+        // Outside the watched namespaces the policy does not apply (the operator does not
+        // act there either).
+        cp.apply(&issuing_akb(elsewhere, "wants-policies", &["policies.delete"], ""));
+
+        // Secret RBAC: a Role in the watched namespace, nothing cluster-wide.
+        let user = "system:serviceaccount:portkey-system:pbo-portkey-budget-operator";
+        for verb in ["get", "create", "patch", "update"] {
+            assert!(cp.can_i(user, verb, "secrets", Some(NS)), "{verb} secrets in {NS}");
+            assert!(
+                !cp.can_i(user, verb, "secrets", Some(elsewhere)),
+                "{verb} secrets in {elsewhere}"
+            );
+        }
+        for verb in ["list", "watch", "delete"] {
+            assert!(!cp.can_i(user, verb, "secrets", Some(NS)), "{verb} secrets in {NS}");
+        }
+        assert!(!cp.can_i(user, "get", "secrets", None), "cluster-wide Secret access");
+        assert!(!cp.can_i(user, "create", "secrets", Some(RELEASE_NS)));
+        let cluster_roles = cp.kubectl(&["get", "clusterroles", "-o", "json"]);
+        let cluster_roles: serde_json::Value = serde_json::from_str(&cluster_roles).unwrap();
+        let ours: Vec<_> = cluster_roles["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["metadata"]["name"].as_str().unwrap().starts_with("pbo-"))
+            .collect();
+        assert_eq!(ours.len(), 1, "only the operator's own ClusterRole: {ours:?}");
+        for role in ours {
+            assert!(
+                !role["rules"].to_string().contains("secrets"),
+                "a ClusterRole grants Secrets: {role}"
+            );
+        }
     })
     .await;
 }

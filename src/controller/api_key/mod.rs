@@ -468,6 +468,8 @@ impl Run<'_> {
             ));
         };
         self.status.key_id = Some(id.clone());
+        // A rotation in flight was of a key that is gone: the new key starts with a clean slate.
+        self.status.rotation_in_flight = None;
         self.event(
             EventType::Normal,
             "Issued",
