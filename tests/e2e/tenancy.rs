@@ -99,6 +99,31 @@ async fn works(env: &Env, raw: &str) -> bool {
     env.emu.control().key_works(raw).await.unwrap()
 }
 
+/// Requests that reached the emulator to change the object at `path` (or under it, e.g.
+/// `/v1/api-keys/<id>/rotate`): PUT, POST, DELETE, as "METHOD path -> status".
+async fn writes_to(env: &Env, path: &str) -> Vec<String> {
+    let under = format!("{path}/");
+    env.emu
+        .control()
+        .requests()
+        .await
+        .unwrap()
+        .data
+        .into_iter()
+        .filter(|e| {
+            matches!(e.method.as_str(), "PUT" | "POST" | "DELETE" | "PATCH")
+                && (e.path == path || e.path.starts_with(&under))
+        })
+        .map(|e| format!("{} {} -> {}", e.method, e.path, e.status))
+        .collect()
+}
+
+fn key_path(id: &str) -> String {
+    format!("/v1/api-keys/{id}")
+}
+
+const NONE: Vec<String> = Vec::new();
+
 /// What a team cares about in its key: limits, scopes, name.
 fn limits_of(k: &ApiKeyObject) -> Value {
     json!({
@@ -245,6 +270,7 @@ async fn a_forged_status_key_id_rotates_nothing_of_another_workspace() {
             works(&env, &their_raw).await,
             "the other team's key stopped working"
         );
+        assert_eq!(writes_to(&env, &key_path(&theirs)).await, NONE);
         assert_eq!(
             key_now(&env, &theirs).await.as_ref(),
             Some(&their_key),
@@ -340,6 +366,8 @@ async fn a_forged_status_policy_id_archives_nothing_of_another_workspace() {
             intact,
             "the other team's policy was archived or changed"
         );
+        let path = format!("/v1/policies/usage-limits/{theirs}");
+        assert_eq!(writes_to(&env, &path).await, NONE);
     })
     .await;
 }
@@ -413,6 +441,7 @@ async fn an_unbound_namespace_cannot_name_another_teams_workspace() {
             "the other team's key was deleted or changed"
         );
         assert!(works(&env, &their_raw).await);
+        assert_eq!(writes_to(&env, &key_path(&theirs)).await, NONE);
     })
     .await;
 }
@@ -492,6 +521,7 @@ async fn key_scopes_and_types_are_the_platform_teams_choice() {
             Some(&admin_before),
             "the management key was written to"
         );
+        assert_eq!(writes_to(&env, &key_path(&admin_key)).await, NONE);
         assert_eq!(
             env.portkey.list_api_keys(None).await.unwrap().len(),
             1,
@@ -805,6 +835,7 @@ async fn an_existing_key_found_by_name_is_pinned() {
             Some(&second_before),
             "the budget moved to the new key named billing"
         );
+        assert_eq!(writes_to(&env, &key_path(&second)).await, NONE);
         let (status, reason, message) = env.condition("akb", "billing", Some(NS), READY);
         assert_eq!(status, "False", "{reason}: {message}");
         assert!(
@@ -853,6 +884,11 @@ async fn dry_run_and_pause_never_delete_keys() {
                     assert!(
                         key_now(env, id).await.is_some(),
                         "{name}: key {id} carrying the marker was deleted"
+                    );
+                    let writes = writes_to(env, &key_path(id)).await;
+                    assert!(
+                        !writes.iter().any(|w| w.starts_with("DELETE")),
+                        "{name}: {writes:?}"
                     );
                 }
             }
