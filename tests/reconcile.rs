@@ -2944,7 +2944,7 @@ mod trust {
         .clone();
         assert!(
             message.starts_with(&format!(
-                "status.policyId: Portkey policy {victim} belongs to workspace {WS_B}"
+                "status.policyId: Portkey policy {victim} does not belong to this resource's workspace {WS_A}"
             )),
             "{message}"
         );
@@ -2993,6 +2993,59 @@ mod trust {
             p.name.unwrap().ends_with("[k8s:ulp:team-a/other]"),
             "not renamed"
         );
+    }
+
+    /// `spec.adoptPolicyId` naming another live resource's policy in a shared workspace is
+    /// refused, and writing that id into status as well does not get around the check.
+    #[tokio::test]
+    async fn adopt_plus_a_forged_status_cannot_take_another_resources_policy() {
+        let env = env().await;
+        // A platform cap kept in a namespace team A cannot write, on the same workspace.
+        env.kube
+            .add_namespace("platform", &[(WORKSPACE_ANNOTATION, "team-a")]);
+        let mut cap = ulp("cap", spec());
+        cap.metadata.namespace = Some("platform".into());
+        cap.spec.credit_limit = Money(d("50"));
+        cap.spec.alert_threshold = None;
+        env.kube.apply(&cap);
+        let obj = env.kube.get::<UsageLimitPolicy>("platform", "cap").unwrap();
+        usage::reconcile(&obj, &env.ctx).await.unwrap();
+        let target = env
+            .kube
+            .get::<UsageLimitPolicy>("platform", "cap")
+            .unwrap()
+            .status
+            .unwrap()
+            .common
+            .policy_id
+            .unwrap();
+        let mut grab = spec();
+        grab.adopt_policy_id = Some(target.clone());
+        grab.credit_limit = Money(d("999999"));
+        env.kube.apply(&ulp("grab", grab));
+        env.reconcile("grab").await.unwrap();
+        assert_eq!(env.condition("grab", "Ready").1, "AdoptTargetOwned");
+        forge(&env, "usagelimitpolicies", "grab", "policyId", &target);
+        env.reconcile("grab").await.unwrap();
+        assert_eq!(env.condition("grab", "Ready").1, "AdoptTargetOwned");
+        assert!(
+            !env.obj("grab")
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+                .contains(&FINALIZER.to_owned()),
+            "nothing it could archive on deletion"
+        );
+        env.kube.delete::<UsageLimitPolicy>(NS, "grab");
+        assert!(env.kube.get::<UsageLimitPolicy>(NS, "grab").is_none());
+        let p = env
+            .portkey
+            .usage_limits()
+            .get(&target, GetOptions::default())
+            .await
+            .unwrap();
+        assert_eq!((p.status, p.credit_limit), (PolicyStatus::Active, d("50")));
+        assert!(p.name.unwrap().ends_with("[k8s:ulp:platform/cap]"));
     }
 
     #[tokio::test]

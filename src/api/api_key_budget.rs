@@ -255,14 +255,14 @@ pub struct RotationInFlight {
 
 /// The value of the `budgets.portkey-operator.io/api-key-budget` label on an issued key's Secret:
 /// the resource's name, or for names longer than a label value may be (63 characters) its first
-/// 46 characters and a hash of the whole name.
+/// 30 characters and a hash of the whole name.
 pub fn owner_label_value(name: &str) -> String {
     if name.len() <= 63 {
         return name.to_owned();
     }
     // Resource names are ASCII (DNS subdomain names).
-    let head = name[..46].trim_end_matches(['-', '.']);
-    format!("{head}-{:016x}", fnv1a64(name.as_bytes()))
+    let head = name[..30].trim_end_matches(['-', '.']);
+    format!("{head}-{}", short_hash(name.as_bytes()))
 }
 
 /// Observed state of an `ApiKeyBudget`.

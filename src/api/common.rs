@@ -11,15 +11,15 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// 64-bit FNV-1a: a stable, dependency-free hash for names too long to use whole (ownership
-/// markers, label values).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
+/// The first 128 bits of SHA-256, in hex (32 characters): the short form of a name too long to
+/// use whole (ownership markers, label values). A cryptographic hash, so no one can pick a name
+/// whose short form equals another resource's.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest.as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Text form of an exact decimal amount: up to 12 integer digits and 6 decimals.

@@ -34,6 +34,10 @@ pub const RESET_USAGE_ANNOTATION: &str = "budgets.portkey-operator.io/reset-usag
 pub const ROTATE_ANNOTATION: &str = "budgets.portkey-operator.io/rotate";
 /// Annotation on an issued key's Secret: the id of the Portkey key whose raw key it holds.
 pub const SECRET_KEY_ID_ANNOTATION: &str = "budgets.portkey-operator.io/key-id";
+/// Annotation on an issued key's Secret written after a rotation: when that rotation was sent
+/// (`status.rotationInFlight.requestedAt`), so a pass that lost the record of a rotation it saw
+/// through knows the Secret already holds the new key.
+pub const SECRET_ROTATED_AT_ANNOTATION: &str = "budgets.portkey-operator.io/rotated-at";
 /// Label on every Secret the operator writes.
 pub const SECRET_OWNER_LABEL: &str = "budgets.portkey-operator.io/api-key-budget";
 /// Finalizer that archives (or releases) the remote policy before the resource goes away.

@@ -600,7 +600,7 @@ impl<R: PolicyResource> Run<'_, R> {
             match self.lookup(&id).await? {
                 Lookup::Active(p) => {
                     // Status is not authority: the recorded policy must be this resource's.
-                    if let Err(refused) = self.verify_recorded(&p, spec, workspace_id) {
+                    if let Some(refused) = self.refuse_recorded(&p, spec, workspace_id).await? {
                         self.terminal(refused.reason, &refused.message);
                         return Ok(Step::Stop(refresh));
                     }
@@ -608,9 +608,9 @@ impl<R: PolicyResource> Run<'_, R> {
                     remote = Some(p);
                 }
                 Lookup::Archived => {
-                    tracing::info!(policy = %id, "the Portkey policy was archived outside the operator");
+                    // Nothing is written to it; whose it was is not said (it may be a forged id).
+                    tracing::info!(policy = %id, "the recorded Portkey policy is archived");
                     self.ps().policy_id = None;
-                    self.ps().remote_status = Some(PolicyStatus::Archived.to_string());
                 }
                 Lookup::Missing => match waited {
                     // Created moments ago: Portkey may not show it yet (read-after-write lag).
@@ -645,21 +645,7 @@ impl<R: PolicyResource> Run<'_, R> {
                 self.terminal(reason, &msg);
                 return Ok(Step::Stop(refresh));
             };
-            let refusal = match ownership::check_adoption(
-                "spec.adoptPolicyId",
-                &id,
-                p.workspace_id(),
-                p.name(),
-                workspace_id,
-                &self.identity,
-            ) {
-                Ok(None) => None,
-                Ok(Some(marked)) if self.resource_exists(&marked).await? => {
-                    Some(marked.refusal("spec.adoptPolicyId", &id))
-                }
-                Ok(Some(_)) => None,
-                Err(refusal) => Some(refusal),
-            };
+            let refusal = self.refuse_adoption(&p, workspace_id).await?;
             if let Some(refusal) = refusal {
                 self.terminal(refusal.reason, &refusal.message);
                 return Ok(Step::Stop(refresh));
@@ -914,6 +900,52 @@ impl<R: PolicyResource> Run<'_, R> {
         }
     }
 
+    /// Why a policy whose id was read from `status.policyId` is not this resource's, if it is
+    /// not: the shared rule (`plan::trust::verify_recorded`: this workspace, and its marker or
+    /// the id `spec.adoptPolicyId` names), and for a declared id without this resource's marker
+    /// the same adoption check as `spec.adoptPolicyId` gets (another live resource's or another
+    /// installation's policy is never taken over through status).
+    async fn refuse_recorded(
+        &self,
+        p: &Policy<R>,
+        spec: &CommonSpec,
+        workspace_id: &str,
+    ) -> Result<Option<ownership::Refusal>, Error> {
+        if let Err(refused) = self.verify_recorded(p, spec, workspace_id) {
+            return Ok(Some(refused));
+        }
+        if self.identity.owns(p.name()) {
+            return Ok(None);
+        }
+        self.refuse_adoption(p, workspace_id).await
+    }
+
+    /// The adoption check of `spec.adoptPolicyId`: the policy is in this workspace and no other
+    /// live resource or installation has marked it.
+    async fn refuse_adoption(
+        &self,
+        p: &Policy<R>,
+        workspace_id: &str,
+    ) -> Result<Option<ownership::Refusal>, Error> {
+        Ok(
+            match ownership::check_adoption(
+                "spec.adoptPolicyId",
+                p.id(),
+                p.workspace_id(),
+                p.name(),
+                workspace_id,
+                &self.identity,
+            ) {
+                Ok(None) => None,
+                Ok(Some(marked)) if self.resource_exists(&marked).await? => {
+                    Some(marked.refusal("spec.adoptPolicyId", p.id()))
+                }
+                Ok(Some(_)) => None,
+                Err(refusal) => Some(refusal),
+            },
+        )
+    }
+
     /// The shared verification rule (`plan::trust::verify_recorded`) for a policy whose id was
     /// read from `status.policyId`: in this resource's workspace, and carrying its marker or
     /// being the one `spec.adoptPolicyId` names.
@@ -1120,6 +1152,10 @@ impl<R: PolicyResource> Run<'_, R> {
         let Some((namespace, name)) = marked.owner.split_once('/') else {
             return Ok(true);
         };
+        // A hashed name (a very long one) cannot be looked up: taken as existing.
+        if name.starts_with('#') {
+            return Ok(true);
+        }
         if marked.kind != R::SHORT {
             return Ok(true);
         }
@@ -1270,9 +1306,9 @@ impl<R: PolicyResource> Run<'_, R> {
         let Some(p) = self.get_policy(&id).await? else {
             return Ok(None);
         };
-        match self.verify_recorded(&p, &self.obj.common(), ws) {
-            Ok(()) => Ok(Some(id)),
-            Err(refused) => {
+        match self.refuse_recorded(&p, &self.obj.common(), ws).await? {
+            None => Ok(Some(id)),
+            Some(refused) => {
                 self.event(
                     EventType::Warning,
                     "RecordedIdRejected",

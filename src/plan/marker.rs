@@ -15,7 +15,7 @@
 //! Which remote objects are ours (markers, adoption, duplicates, conflicts) is decided in
 //! [`super::ownership`], for the controller and the CLI alike.
 
-use crate::api::fnv1a64;
+use crate::api::short_hash;
 
 /// Longest remote `name` Portkey accepts.
 pub const MAX_REMOTE_NAME: usize = 255;
@@ -80,13 +80,18 @@ impl Identity {
         }
     }
 
-    /// The owner part of the marker: `namespace/name`, or a hash for very long identities.
+    /// The owner part of the marker: `namespace/name`, or for very long identities the
+    /// namespace and a SHA-256 prefix of the name (`namespace/#<32 hex>`): the namespace stays
+    /// in clear, and no one can choose a name whose hash is another resource's.
     fn owner(&self) -> String {
         let id = self.qualified();
         if id.len() <= MAX_PLAIN_ID {
-            id
-        } else {
-            format!("#{:016x}", fnv1a64(id.as_bytes()))
+            return id;
+        }
+        let hash = short_hash(self.name.as_bytes());
+        match &self.namespace {
+            Some(ns) => format!("{ns}/#{hash}"),
+            None => format!("#{hash}"),
         }
     }
 
@@ -205,7 +210,7 @@ mod tests {
             .installed(&"i".repeat(MAX_INSTALLATION_ID), &[]);
         let marker = long.marker();
         assert!(
-            marker.starts_with("[k8s:ulp:#") && marker.len() < 70,
+            marker.starts_with(&format!("[k8s:ulp:{}/#", "n".repeat(63))) && marker.len() < 150,
             "{marker}"
         );
         assert_eq!(marker, long.marker());

@@ -181,9 +181,9 @@ pub fn verify_recorded(expected: &Expected<'_>, remote: &RemoteFacts<'_>) -> Res
     };
     match remote.workspace_id {
         Some(ws) if ws.eq_ignore_ascii_case(workspace_id) => {}
-        Some(ws) => {
+        Some(_) => {
             return Err(mismatch(format!(
-                "belongs to workspace {ws}, not to this resource's workspace {workspace_id}"
+                "does not belong to this resource's workspace {workspace_id}"
             )));
         }
         None => {
@@ -460,9 +460,15 @@ mod tests {
                 .unwrap_err();
             assert_eq!(r.reason, "RecordedIdMismatch");
             assert!(
-                r.message
-                    .starts_with("status.keyId: Portkey API key k1 belongs to workspace ws-b"),
+                r.message.starts_with(
+                    "status.keyId: Portkey API key k1 does not belong to this resource's workspace ws-a"
+                ),
                 "{}",
+                r.message
+            );
+            assert!(
+                !r.message.contains("ws-b"),
+                "another workspace is not named: {}",
                 r.message
             );
             let org = verify_recorded(&expected(&id, basis), &facts(None, Some(&marked)));

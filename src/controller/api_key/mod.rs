@@ -746,20 +746,23 @@ impl Run<'_> {
             }
             (KeyDeletionPolicy::Retain, Some(id)) => {
                 if let Some(issue) = self.issue().cloned()
-                    && self
+                    && let Some(secret) = self
                         .read_secret(&issue.secret_name)
                         .await?
-                        .is_some_and(|s| self.owns_secret(&s))
+                        .filter(|s| self.owns_secret(s))
                 {
                     // Keep the Secret (and the key in it): only the owner reference goes, so
-                    // garbage collection leaves it. A merge patch: an apply without the data
-                    // would remove the key the Secret holds.
+                    // garbage collection leaves it. A merge patch at the version just checked:
+                    // an apply without the data would remove the key the Secret holds.
                     self.secrets()
                         .patch(
                             &issue.secret_name,
                             &PatchParams::default(),
                             &Patch::Merge(serde_json::json!({
-                                "metadata": {"ownerReferences": null}
+                                "metadata": {
+                                    "ownerReferences": null,
+                                    "resourceVersion": secret.resource_version(),
+                                }
                             })),
                         )
                         .await

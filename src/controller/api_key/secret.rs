@@ -7,8 +7,11 @@
 //!   finds the record rotates at most once more; after two attempts without a seen-through
 //!   answer it stops (`RotationResultUnknown`) until a new rotate token. Portkey keeps one
 //!   previous key per transition, so every extra rotation may end the key pods still use.
-//! - A Secret whose key no longer matches Portkey's masked key (rotated outside the operator) is
-//!   repaired by one rotation, at most once per transition period.
+//!   The Secret written after a rotation carries when it was sent (`rotated-at`), so a record
+//!   lost after the Secret was written is recognised and nothing is rotated again.
+//! - A Secret whose key no longer matches Portkey's masked key (rotated outside the operator), or
+//!   that no longer holds the key it was given, is repaired by one rotation, at most once per
+//!   transition period (`status.secretRepairedAt`); a Secret missing altogether gets a key at once.
 
 use std::collections::BTreeMap;
 
@@ -30,14 +33,20 @@ use crate::portkey::{ApiKeyObject, IssuedApiKey};
 /// Attempts of one rotation whose answers were lost before the operator stops.
 const MAX_ROTATION_ATTEMPTS: i32 = 2;
 
+/// A time as the `rotated-at` annotation holds it: whole seconds, as a status `Time` keeps it.
+fn stamp(at: &Time) -> String {
+    jiff::Timestamp::from_second(at.0.as_second())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn annotation(secret: &Secret, name: &str) -> Option<String> {
+    secret.metadata.annotations.as_ref()?.get(name).cloned()
+}
+
 fn secret_holds(secret: &Secret, key_id: &str, data_key: &str) -> bool {
-    let annotated = secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SECRET_KEY_ID_ANNOTATION))
-        .is_some_and(|id| id == key_id);
-    annotated && raw_key(secret, data_key).is_some()
+    annotation(secret, SECRET_KEY_ID_ANNOTATION).is_some_and(|id| id == key_id)
+        && raw_key(secret, data_key).is_some()
 }
 
 /// The raw key the Secret holds (never logged).
@@ -193,7 +202,13 @@ impl Run<'_> {
         existing: Option<&Secret>,
         dry_run: bool,
     ) -> Result<(), kube::Error> {
-        let body = self.secret_body(issue, key_id, issued);
+        let rotated_at = self
+            .status
+            .rotation_in_flight
+            .as_ref()
+            .map(|f| &f.requested_at)
+            .filter(|_| issued.is_some());
+        let body = self.secret_body(issue, key_id, issued, rotated_at);
         match existing {
             None => {
                 let params = PostParams {
@@ -218,7 +233,13 @@ impl Run<'_> {
         }
     }
 
-    fn secret_body(&self, issue: &IssueKey, key_id: &str, issued: Option<&IssuedApiKey>) -> Secret {
+    fn secret_body(
+        &self,
+        issue: &IssueKey,
+        key_id: &str,
+        issued: Option<&IssuedApiKey>,
+        rotated_at: Option<&Time>,
+    ) -> Secret {
         let owner = OwnerReference {
             api_version: ApiKeyBudget::api_version(&()).into_owned(),
             kind: ApiKeyBudget::kind(&()).into_owned(),
@@ -241,10 +262,14 @@ impl Run<'_> {
                         "portkey-budget-operator".to_owned(),
                     ),
                 ])),
-                annotations: Some(BTreeMap::from([(
-                    SECRET_KEY_ID_ANNOTATION.to_owned(),
-                    key_id.to_owned(),
-                )])),
+                annotations: Some(
+                    std::iter::once((SECRET_KEY_ID_ANNOTATION.to_owned(), key_id.to_owned()))
+                        .chain(
+                            rotated_at
+                                .map(|at| (SECRET_ROTATED_AT_ANNOTATION.to_owned(), stamp(at))),
+                        )
+                        .collect(),
+                ),
                 owner_references: Some(vec![owner]),
                 ..Default::default()
             },
@@ -290,6 +315,22 @@ impl Run<'_> {
         let rotate = token(&self.obj, ROTATE_ANNOTATION);
         let due = one_shot_due(rotate.as_deref(), self.status.rotation.as_ref());
         if let Some(f) = self.status.rotation_in_flight.clone() {
+            if secret.is_some_and(|s| {
+                secret_holds(s, &key.id, issue.secret_data_key())
+                    && annotation(s, SECRET_ROTATED_AT_ANNOTATION) == Some(stamp(&f.requested_at))
+            }) {
+                // The rotation went through and its key reached the Secret; only the record that
+                // says so was lost (a crash before the status write).
+                self.status.rotation_in_flight = None;
+                if let Some(t) = f.token {
+                    self.status.rotation = Some(OneShot {
+                        token: t,
+                        requested_at: f.requested_at,
+                        completed_at: Some(Time(self.now)),
+                    });
+                }
+                return Ok(None);
+            }
             let asked_again = due && rotate.is_some() && rotate != f.token;
             if !asked_again {
                 if f.attempts >= MAX_ROTATION_ATTEMPTS {
@@ -308,7 +349,25 @@ impl Run<'_> {
             }
         }
         let holds = secret.is_some_and(|s| secret_holds(s, &key.id, issue.secret_data_key()));
+        let transition = std::time::Duration::from_millis(issue.transition_ms());
+        let repaired_lately = self.status.secret_repaired_at.as_ref().is_some_and(|at| {
+            std::time::Duration::try_from(self.now.duration_since(at.0))
+                .is_ok_and(|since| since < transition)
+        });
         if !holds {
+            if secret.is_some() && repaired_lately {
+                // Written by this operator within the transition period and changed since (its
+                // data or key-id annotation): no rotation loop against whoever changes it.
+                self.terminal(
+                    reasons::SECRET_CONFLICT,
+                    &format!(
+                        "spec.issue.secretName: Secret {} no longer holds the key the operator wrote into it (its data or its {SECRET_KEY_ID_ANNOTATION} annotation was changed) and a key was already re-issued into it at {}; delete the Secret to have a new key issued",
+                        issue.secret_name,
+                        self.status.secret_repaired_at.as_ref().map(|t| t.0.to_string()).unwrap_or_default()
+                    ),
+                );
+                return Err(Action::requeue(self.ctx.refresh_interval(true)));
+            }
             return Ok(Some(Why::Missing));
         }
         if due && let Some(t) = rotate {
@@ -316,11 +375,6 @@ impl Run<'_> {
         }
         let raw = secret.and_then(|s| raw_key(s, issue.secret_data_key()));
         let stale = raw.is_some_and(|r| key.masked_key_matches(&r) == Some(false));
-        let transition = std::time::Duration::from_millis(issue.transition_ms());
-        let repaired_lately = self.status.secret_repaired_at.as_ref().is_some_and(|at| {
-            std::time::Duration::try_from(self.now.duration_since(at.0))
-                .is_ok_and(|since| since < transition)
-        });
         if stale && repaired_lately {
             tracing::warn!(key = %key.id, "the Secret's key does not match Portkey's masked key, and it was repaired within the transition period; not rotating again");
         }
@@ -394,7 +448,7 @@ impl Run<'_> {
         };
         self.write_secret(issue, &key.id, &issued, secret).await?;
         self.status.rotation_in_flight = None;
-        if matches!(why, Why::OutOfBand) {
+        if matches!(why, Why::OutOfBand) || (matches!(why, Why::Missing) && secret.is_some()) {
             self.status.secret_repaired_at = Some(Time(self.now));
         }
         if let Some(t) = asked_by {
