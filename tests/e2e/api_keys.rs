@@ -305,11 +305,12 @@ async fn existing_key_is_managed_field_by_field() {
     };
     bounded("existing_key_is_managed_field_by_field", async {
         let (cp, portkey, ctl) = (&env.cp, &env.portkey, env.emu.control());
-        // A key made by hand in Portkey, with a weekly budget, a rate limit and an e-mail.
+        // A key made by hand in Portkey, with a weekly budget, a rate limit and an e-mail (and
+        // data-plane scopes only: a key holding more is refused unless the operator allows it).
         let create = |workspace: &str, name: &str| CreateApiKey {
             name: name.into(),
             workspace_id: Some(workspace.into()),
-            scopes: vec!["completions.write".into(), "logs.view".into()],
+            scopes: vec!["completions.write".into(), "logs.write".into()],
             usage_limits: Some(WorkspaceUsageLimit {
                 limit_type: UsageLimitType::Cost,
                 credit_limit: Decimal::from(50),

@@ -214,7 +214,7 @@ async fn deleting_a_namespace_releases_the_finalizers() {
         let (cp, portkey) = (&env.cp, &env.portkey);
         let _op = env.operator("operator.log");
         let ns = "doomed";
-        cp.kubectl(&["create", "namespace", ns]);
+        env.create_namespace(ns, Some(WS_SLUG));
         cp.apply(
             &ulp("budget", 500).replace(&format!("namespace: {NS}"), &format!("namespace: {ns}")),
         );

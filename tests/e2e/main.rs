@@ -3,6 +3,9 @@
 //! `crds/` and the chart, the operator binary, and the emulator. Each test starts its own
 //! control plane, so they run in parallel. Without the assets each test prints one skip line,
 //! except under `CI=true`, where that is a failure.
+//!
+//! `Env::start` binds `NS` to the e2e workspace (annotation `budgets.portkey-operator.io/workspace`),
+//! as a cluster admin would: an unbound namespace gets no workspace by default (#28).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -12,6 +15,7 @@ mod api_keys;
 mod helm;
 mod lifecycle;
 mod policies;
+mod tenancy;
 
 use support::e2e::NS;
 

@@ -298,7 +298,22 @@ impl ControlPlane {
 
     /// Whether `user` may `verb` the `resource` (as `kubectl auth can-i --as`).
     pub fn can_i(&self, user: &str, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
+        self.can_i_sub(user, verb, resource, None, namespace)
+    }
+
+    /// [`Self::can_i`] on a subresource (e.g. `status`).
+    pub fn can_i_sub(
+        &self,
+        user: &str,
+        verb: &str,
+        resource: &str,
+        subresource: Option<&str>,
+        namespace: Option<&str>,
+    ) -> bool {
         let mut args = vec!["auth", "can-i", verb, resource, "--as", user];
+        if let Some(sub) = subresource {
+            args.extend(["--subresource", sub]);
+        }
         if let Some(ns) = namespace {
             args.extend(["-n", ns]);
         }

@@ -21,6 +21,11 @@ pub const OTHER_WS: &str = "7b2e5f9b-3333-4d4c-8e3f-0000000000e3";
 pub const OTHER_WS_SLUG: &str = "other";
 pub const KEY: &str = "e2e-admin-key";
 pub const NS: &str = "e2e-budgets";
+/// A second tenant namespace, never bound to a workspace (tenancy tests). It sorts before `NS`,
+/// so of two resources created in the same second, the one here counts as the older.
+pub const NS2: &str = "e2e-another";
+/// The namespace binding annotation (set by cluster admins only).
+pub const WORKSPACE_ANNOTATION: &str = "budgets.portkey-operator.io/workspace";
 /// The Lease namespace of the operators under test.
 pub const OPERATOR_NS: &str = "portkey-operator-system";
 
@@ -73,9 +78,32 @@ impl Env {
         .unwrap();
         let portkey =
             PortkeyClient::new(ClientConfig::new(emu.base_url(), ApiKey::new(KEY))).unwrap();
-        cp.kubectl(&["create", "namespace", NS]);
         cp.kubectl(&["create", "namespace", OPERATOR_NS]);
-        Some(Env { cp, emu, portkey })
+        let env = Env { cp, emu, portkey };
+        // The cluster admin binds the test namespace to the e2e workspace: an unbound namespace
+        // gets no workspace by default (#28).
+        env.create_namespace(NS, Some(WS_SLUG));
+        Some(env)
+    }
+
+    /// Creates a namespace, bound by the cluster admin to `binding` (a comma-separated list of
+    /// workspaces) when given.
+    pub fn create_namespace(&self, ns: &str, binding: Option<&str>) {
+        self.cp.kubectl(&["create", "namespace", ns]);
+        if let Some(workspaces) = binding {
+            self.bind(ns, workspaces);
+        }
+    }
+
+    /// Binds (or rebinds) a namespace to workspaces, as the cluster admin.
+    pub fn bind(&self, ns: &str, workspaces: &str) {
+        self.cp.kubectl(&[
+            "annotate",
+            "namespace",
+            ns,
+            "--overwrite",
+            &format!("{WORKSPACE_ANNOTATION}={workspaces}"),
+        ]);
     }
 
     /// Starts the operator binary (leader election on, short lease and intervals).
@@ -171,6 +199,112 @@ impl Env {
         self.cp.kubectl(&args);
     }
 
+    /// A condition of a resource: (status, reason, message); empty strings when it is absent.
+    pub fn condition(
+        &self,
+        kind: &str,
+        name: &str,
+        ns: Option<&str>,
+        condition: &str,
+    ) -> (String, String, String) {
+        let field = |f: &str| {
+            self.jsonpath(
+                kind,
+                name,
+                ns,
+                &format!(r#"{{.status.conditions[?(@.type=="{condition}")].{f}}}"#),
+            )
+        };
+        (field("status"), field("reason"), field("message"))
+    }
+
+    /// The conditions of a resource as JSON (for failure messages).
+    pub fn conditions_json(&self, kind: &str, name: &str, ns: Option<&str>) -> String {
+        let mut args = vec!["get", kind, name, "-o", "jsonpath={.status.conditions}"];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        let out = self.cp.kubectl_raw(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let Ok(serde_json::Value::Array(conditions)) = serde_json::from_str(&text) else {
+            return format!("{text}{}", String::from_utf8_lossy(&out.stderr));
+        };
+        conditions
+            .iter()
+            .map(|c| {
+                let field = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+                let message: String = field("message").chars().take(400).collect();
+                format!(
+                    "{}={} {}: {message}",
+                    field("type"),
+                    field("status"),
+                    field("reason")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Waits (60 s) until `Ready` is `True`; on timeout panics with the resource's conditions.
+    pub async fn wait_ready_true(&self, kind: &str, name: &str, ns: Option<&str>) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.condition(kind, name, ns, "Ready").0 != "True" {
+            assert!(
+                Instant::now() < deadline,
+                "{kind}/{name} did not become Ready within 60s; conditions: {}",
+                self.conditions_json(kind, name, ns)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Polls `check` like [`eventually`]; on timeout panics with the conditions of `resource`
+    /// (kind, name, namespace) and the last lines of the operators' logs.
+    pub async fn until<T, F, Fut>(
+        &self,
+        resource: (&str, &str, Option<&str>),
+        what: &str,
+        timeout: Duration,
+        mut check: F,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                let (kind, name, ns) = resource;
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\n{kind}/{name}: {}\n{}",
+                    self.conditions_json(kind, name, ns),
+                    self.operator_logs(15)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The last `n` lines of every operator log of this test.
+    pub fn operator_logs(&self, n: usize) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.cp.dir.path())
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.retain(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with("operator") && f.ends_with(".log"))
+        });
+        logs.sort();
+        logs.iter()
+            .map(|p| format!("--- {}:\n{}", p.display(), tail(p, n)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Waits until a condition of a resource has `reason`.
     pub async fn wait_reason(
         &self,
@@ -216,26 +350,31 @@ impl Operator {
     ) -> Operator {
         let log = _cp.dir.path().join(log_name);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portkey-budget-operator"));
-        cmd.args([
-            "run",
-            "--admin-api-url",
-            base_url,
-            "--usage-refresh-interval",
-            "2s",
-            "--resync-interval",
-            "2s",
-            "--create-pending-grace",
-            "5s",
-            "--admin-api-timeout",
-            "20s",
-            "--metrics-bind-address",
-            "127.0.0.1:0",
-        ])
-        .args(extra)
-        .env("KUBECONFIG", kubeconfig)
-        .env("POD_NAME", pod)
-        .env("RUST_LOG", "info")
-        .env_remove("PORTKEY_API_KEY");
+        cmd.args(["run", "--admin-api-url", base_url]);
+        // Defaults for tests; a flag given in `extra` replaces its default.
+        for (flag, value) in [
+            ("--usage-refresh-interval", "2s"),
+            ("--resync-interval", "2s"),
+            ("--create-pending-grace", "5s"),
+            ("--admin-api-timeout", "20s"),
+            ("--metrics-bind-address", "127.0.0.1:0"),
+        ] {
+            let given = extra
+                .iter()
+                .any(|a| *a == flag || a.starts_with(&format!("{flag}=")));
+            if !given {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", pod)
+            // `PBO_E2E_RUST_LOG` (e.g. `portkey_budget_operator=debug`) for a closer look.
+            .env(
+                "RUST_LOG",
+                std::env::var("PBO_E2E_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .env_remove("PORTKEY_API_KEY");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -2,3 +2,4 @@ pub mod control_plane;
 pub mod e2e;
 pub mod fake_kube;
 pub mod health;
+pub mod tenant;
