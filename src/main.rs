@@ -290,6 +290,10 @@ struct EmulatorArgs {
     /// `{slug, id, name}`), `apiKeys` (`{workspace, name, scopes}`).
     #[arg(long, value_name = "FILE")]
     seed: Option<PathBuf>,
+    /// Seed from budget manifests (files or folders, repeatable): the workspaces they name and
+    /// a key for each `ApiKeyBudget`'s `spec.existing.name`, as `plan`/`sync --emulator` do.
+    #[arg(long = "seed-from", value_name = "PATH")]
+    seed_from: Vec<PathBuf>,
     /// Keep the state in this JSON file across restarts.
     #[arg(long, value_name = "PATH")]
     state_file: Option<PathBuf>,
@@ -513,6 +517,16 @@ async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("--seed {}: {e}", path.display()))?;
         seed.merge(Seed::from_yaml(&text).map_err(|e| format!("--seed {}: {e}", path.display()))?);
+    }
+    if !args.seed_from.is_empty() {
+        let manifests = portkey_budget_operator::gitops::load(&args.seed_from);
+        if let Some(e) = manifests.errors.first() {
+            return Err(format!("--seed-from: {e}"));
+        }
+        seed.merge(portkey_budget_operator::gitops::emulator_seed(
+            &manifests.resources,
+            None,
+        ));
     }
     let summary = emulator::seed_summary(&seed);
     let config = EmulatorConfig {

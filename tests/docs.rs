@@ -217,7 +217,6 @@ fn the_readme_quickstart_runs_as_written() {
 /// The README's standalone-emulator walkthrough: the emulator seeded with what the samples name,
 /// `sync` against it as against Portkey, then a `plan` with nothing left to change.
 #[test]
-#[ignore = "needs `emulator --seed-from <PATH>` (the CLI change of issue #29); run with --ignored once it is in"]
 fn the_readme_standalone_emulator_walkthrough_runs_as_written() {
     run_block("standalone-emulator", Duration::from_secs(120));
 }
