@@ -17,6 +17,28 @@ pub use rate_limit_policy::*;
 pub use usage_limit_policy::*;
 pub use workspace_budget::*;
 
+/// The short name of a kind (`kubectl get ulp`; ownership markers, admission rules, log
+/// fields), declared once here for the controller, the planner and the CLI.
+pub trait ShortName {
+    const SHORT: &'static str;
+}
+
+impl ShortName for UsageLimitPolicy {
+    const SHORT: &'static str = "ulp";
+}
+
+impl ShortName for RateLimitPolicy {
+    const SHORT: &'static str = "rlp";
+}
+
+impl ShortName for WorkspaceBudget {
+    const SHORT: &'static str = "wsb";
+}
+
+impl ShortName for ApiKeyBudget {
+    const SHORT: &'static str = "akb";
+}
+
 /// API group of every resource.
 pub const GROUP: &str = "budgets.portkey-operator.io";
 /// Namespace annotation that pins every policy in the namespace to one workspace (id or slug).

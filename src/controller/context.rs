@@ -130,10 +130,22 @@ impl Context {
             metrics,
             health,
             crds: HashMap::from([
-                ("ulp", CompiledCrd::new(&UsageLimitPolicy::crd())),
-                ("rlp", CompiledCrd::new(&RateLimitPolicy::crd())),
-                ("wsb", CompiledCrd::new(&WorkspaceBudget::crd())),
-                ("akb", CompiledCrd::new(&ApiKeyBudget::crd())),
+                (
+                    <UsageLimitPolicy as crate::api::ShortName>::SHORT,
+                    CompiledCrd::new(&UsageLimitPolicy::crd()),
+                ),
+                (
+                    <RateLimitPolicy as crate::api::ShortName>::SHORT,
+                    CompiledCrd::new(&RateLimitPolicy::crd()),
+                ),
+                (
+                    <WorkspaceBudget as crate::api::ShortName>::SHORT,
+                    CompiledCrd::new(&WorkspaceBudget::crd()),
+                ),
+                (
+                    <ApiKeyBudget as crate::api::ShortName>::SHORT,
+                    CompiledCrd::new(&ApiKeyBudget::crd()),
+                ),
             ]),
             write_limiter: crate::portkey::retry::Pacer::new(Quota::per_second(rate)),
             refresh_budget: config.refresh_read_rate.and_then(RefreshBudget::new),

@@ -28,14 +28,13 @@ use serde::Serialize;
 use super::conditions::{self, Outcome};
 use super::kube_ops::{self, Managed};
 use super::{Context, Error};
+use crate::api::ShortName;
 use crate::plan::Identity;
 
 /// What the engine needs to know of a kind's resource and status.
-pub trait Kind: Managed {
+pub trait Kind: Managed + ShortName {
     /// The kind's status.
     type Status: Default + Clone + PartialEq + Serialize + Send + Sync;
-    /// Short kind: ownership markers, admission rules, log fields (`ulp`, `rlp`, `wsb`, `akb`).
-    const SHORT: &'static str;
     /// Refreshed at the usage interval (it reports usage or limits), else at the resync one.
     const USAGE: bool;
 

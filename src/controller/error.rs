@@ -1,6 +1,7 @@
 //! Why a reconcile failed: the step, the source, what it means for the conditions.
 
 use super::*;
+use crate::api::conditions::reasons;
 
 /// Why a reconcile failed (it is retried with backoff), with the step that failed (e.g.
 /// "add the finalizer", "write the status", "create the policy").
@@ -50,7 +51,7 @@ impl Error {
     /// CamelCase reason for conditions and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube { .. } => "KubernetesApiError",
+            Error::Kube { .. } => reasons::KUBERNETES_API_ERROR,
             Error::Portkey { source, .. } => source.reason(),
         }
     }

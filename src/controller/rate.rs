@@ -10,7 +10,7 @@ use crate::plan::Identity;
 use crate::plan::rate::DesiredRatePolicy;
 use crate::portkey::{RateLimits, RateLimitsPolicy};
 
-super::policy::policy_kind!(RateLimitPolicy, RateLimitPolicyStatus, "rlp", false);
+super::policy::policy_kind!(RateLimitPolicy, RateLimitPolicyStatus, false);
 
 impl PolicyResource for RateLimitPolicy {
     type Kind = RateLimits;

@@ -18,7 +18,7 @@ use crate::plan::usage::DesiredUsagePolicy;
 use crate::plan::{Identity, schedule_text};
 use crate::portkey::{UsageLimits, UsageLimitsPolicy};
 
-super::policy::policy_kind!(UsageLimitPolicy, UsageLimitPolicyStatus, "ulp", true);
+super::policy::policy_kind!(UsageLimitPolicy, UsageLimitPolicyStatus, true);
 
 impl PolicyResource for UsageLimitPolicy {
     type Kind = UsageLimits;

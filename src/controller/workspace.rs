@@ -26,7 +26,6 @@ use crate::portkey::Workspace;
 
 impl super::engine::Kind for WorkspaceBudget {
     type Status = WorkspaceBudgetStatus;
-    const SHORT: &'static str = "wsb";
     const USAGE: bool = true;
 
     fn api(client: kube::Client, _: &Self) -> Api<Self> {
@@ -134,7 +133,9 @@ impl Pass<'_, WorkspaceBudget> {
     async fn apply_workspace(&mut self) -> Result<Action, Error> {
         let paused = self.paused();
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
-        let errors = self.ctx.admission_errors("wsb", &*self.obj);
+        let errors = self
+            .ctx
+            .admission_errors(WorkspaceBudget::SHORT, &*self.obj);
         if !errors.is_empty() {
             self.terminal(reasons::INVALID_SPEC, &summarize(&errors));
             return Ok(Action::await_change());

@@ -7,6 +7,7 @@
 //! carries Portkey's current `next_usage_reset_at`, so changing the amount never reschedules the
 //! reset (the periodic-reset trap, docs/admin-api.md §6).
 
+use crate::api::conditions::reasons;
 use serde::Serialize;
 
 use super::marker::Identity;
@@ -329,11 +330,11 @@ pub fn find_by_name<'a>(keys: &'a [ApiKeyObject], name: &str) -> Result<&'a ApiK
     match (matching.next(), matching.next()) {
         (Some(k), None) => Ok(k),
         (None, _) => Err(Refusal {
-            reason: "KeyNotFound",
+            reason: reasons::KEY_NOT_FOUND,
             message: format!("spec.existing.name: the workspace has no API key named {name:?}"),
         }),
         (Some(_), Some(_)) => Err(Refusal {
-            reason: "AmbiguousKeyName",
+            reason: reasons::AMBIGUOUS_KEY_NAME,
             message: format!(
                 "spec.existing.name: several API keys of the workspace are named {name:?}; name the key by spec.existing.id instead"
             ),

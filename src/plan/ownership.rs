@@ -10,6 +10,7 @@
 //! - **Prune** (CLI): only policies carrying the exact marker of this installation.
 //! - **WorkspaceBudget conflicts**: among resources naming one workspace, the oldest wins.
 
+use crate::api::conditions::reasons;
 use jiff::Timestamp;
 
 use super::marker::{Identity, marker_of};
@@ -83,7 +84,7 @@ impl MarkedBy {
     /// The refusal when that resource still exists (it keeps its policy).
     pub fn refusal(&self, field: &str, id: &str) -> Refusal {
         Refusal {
-            reason: "AdoptTargetOwned",
+            reason: reasons::ADOPT_TARGET_OWNED,
             message: format!(
                 "{field}: Portkey policy {id} is managed by {} {} (its name carries that marker); nothing was written",
                 self.kind, self.owner
@@ -107,7 +108,7 @@ pub fn check_adoption(
 ) -> Result<Option<MarkedBy>, Refusal> {
     if !remote_workspace.eq_ignore_ascii_case(allowed_workspace) {
         return Err(Refusal {
-            reason: "WorkspaceNotAllowed",
+            reason: reasons::WORKSPACE_NOT_ALLOWED,
             message: format!(
                 "{field}: Portkey policy {id} belongs to workspace {remote_workspace}, not to this resource's workspace {allowed_workspace}; nothing was written"
             ),
@@ -129,7 +130,7 @@ pub fn check_adoption(
     if !ours {
         let by = marker.installation.unwrap_or_default();
         return Err(Refusal {
-            reason: "OwnedByAnotherInstallation",
+            reason: reasons::OWNED_BY_ANOTHER_INSTALLATION,
             message: format!(
                 "{field}: Portkey policy {id} is managed by installation {by:?}, not by this one ({:?}); to take it over (a migration), add {by:?} to the operator's adoptFromInstallations",
                 identity.installation

@@ -2,6 +2,7 @@
 //! nothing exists, update only what differs, replace (or refuse) on immutable changes, never
 //! write in Observe mode.
 
+use crate::api::conditions::reasons;
 use serde::Serialize;
 
 use super::FieldChange;
@@ -77,7 +78,7 @@ pub fn plan<D: PolicyDiff>(
     let Some(remote) = remote else {
         return if observe {
             Decision::Blocked {
-                reason: "RemotePolicyNotFound",
+                reason: reasons::REMOTE_POLICY_NOT_FOUND,
                 message: "the observed Portkey policy does not exist or is archived; Observe never creates one".into(),
                 changes: vec![],
             }
@@ -96,7 +97,7 @@ pub fn plan<D: PolicyDiff>(
             Decision::InSync
         } else {
             Decision::Blocked {
-                reason: "OutOfSync",
+                reason: reasons::OUT_OF_SYNC,
                 message: format!(
                     "the Portkey policy differs from the spec ({}); Observe never writes",
                     FieldChange::summary(&changes)
@@ -113,7 +114,7 @@ pub fn plan<D: PolicyDiff>(
                 changes: immutable,
             }),
             OnImmutableChange::Reject => Decision::Blocked {
-                reason: "ImmutableFieldChanged",
+                reason: reasons::IMMUTABLE_FIELD_CHANGED,
                 message: format!(
                     "{} cannot change in place; set onImmutableChange: Recreate to archive the policy and create a new one (its usage restarts from zero)",
                     FieldChange::summary(&immutable)

@@ -17,6 +17,7 @@
 
 use super::marker::Identity;
 use super::ownership::Refusal;
+use crate::api::conditions::reasons;
 use crate::api::{IssueKey, WORKSPACE_ANNOTATION};
 use crate::portkey::{ApiKeyObject, ApiKeySubType};
 
@@ -65,7 +66,7 @@ fn quoted(list: &[String]) -> String {
 
 fn not_allowed(spec: &str, namespace: &str, why: String) -> Refusal {
     refusal(
-        "WorkspaceNotAllowed",
+        reasons::WORKSPACE_NOT_ALLOWED,
         format!(
             "spec.workspace: {spec:?} is not allowed: namespace {namespace} {why}; nothing was written"
         ),
@@ -96,7 +97,7 @@ pub fn choose_workspace(
             ))
         }
         (None, _) if config.require_binding => Err(refusal(
-            "NamespaceNotBound",
+            reasons::NAMESPACE_NOT_BOUND,
             format!(
                 "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation, and the operator requires one (--require-namespace-binding): a cluster admin must bind it to a workspace; nothing was written"
             ),
@@ -111,11 +112,11 @@ pub fn choose_workspace(
                 format!("has no {WORKSPACE_ANNOTATION} annotation, so it may use only the operator's default workspace {d:?}"),
             )),
             (None, None) if config.single_tenant => Err(refusal(
-                "InvalidSpec",
+                reasons::INVALID_SPEC,
                 "spec.workspace: required (the namespace is not bound to a workspace and the operator has no --default-workspace)".into(),
             )),
             (None, _) => Err(refusal(
-                "NamespaceNotBound",
+                reasons::NAMESPACE_NOT_BOUND,
                 format!(
                     "namespace {namespace} has no {WORKSPACE_ANNOTATION} annotation: a cluster admin must bind it to a workspace (or configure the operator with --default-workspace, or --single-tenant on a single-tenant cluster); spec.workspace alone grants no access; nothing was written"
                 ),
@@ -173,7 +174,7 @@ pub fn verify_recorded(expected: &Expected<'_>, remote: &RemoteFacts<'_>) -> Res
     let id = remote.id;
     let mismatch = |why: String| {
         refusal(
-            "RecordedIdMismatch",
+            reasons::RECORDED_ID_MISMATCH,
             format!(
                 "{field}: {object} {id} {why}; nothing was written (status is not trusted: remove {field} to let the operator look again)"
             ),
@@ -255,7 +256,7 @@ impl KeyScopePolicy {
     pub fn check_issue(&self, issue: &IssueKey) -> Result<(), Refusal> {
         if issue.sub_type == ApiKeySubType::User && !self.allow_user_keys {
             return Err(refusal(
-                "KeyTypeNotAllowed",
+                reasons::KEY_TYPE_NOT_ALLOWED,
                 "spec.issue.subType: user keys are not allowed by the operator (a platform team allows them with --allow-user-keys, chart value apiKeys.allowUserKeys); nothing was created".into(),
             ));
         }
@@ -266,7 +267,7 @@ impl KeyScopePolicy {
             .find(|(_, s)| !self.allows(s))
         {
             return Err(refusal(
-                "ScopeNotAllowed",
+                reasons::SCOPE_NOT_ALLOWED,
                 format!(
                     "spec.issue.scopes[{i}]: {scope:?} is not allowed by the operator (allowed: {}; a platform team changes the list with --allowed-key-scope, chart value apiKeys.allowedScopes); nothing was written",
                     self.allowed_list()
@@ -292,7 +293,7 @@ impl KeyScopePolicy {
             return Ok(());
         }
         Err(refusal(
-            "KeyScopesTooBroad",
+            reasons::KEY_SCOPES_TOO_BROAD,
             format!(
                 "spec.existing: API key {} holds scopes beyond the operator's allow-list ({}); a key that can manage Portkey is not handed to a namespace (a platform team allows it with --allow-broad-existing-keys, chart value apiKeys.allowBroadExistingKeys); nothing was written",
                 key.id,
@@ -316,7 +317,7 @@ impl KeyScopePolicy {
 /// The refusal of an existing key that is the one the operator authenticates with.
 pub fn operator_key(key_id: &str) -> Refusal {
     refusal(
-        "OperatorKeyRefused",
+        reasons::OPERATOR_KEY_REFUSED,
         format!(
             "spec.existing: API key {key_id} is the key the operator authenticates with; the operator never manages or deletes its own key; nothing was written"
         ),

@@ -77,17 +77,7 @@ impl Pass<'_, ApiKeyBudget> {
             return Ok(verify_recorded(&expected, &facts).map(|()| key));
         }
         let keys = self.workspace_keys(workspace_id).await?;
-        Ok(plan::find_by_name(&keys, name).cloned().map_err(|refusal| {
-            let reason = if refusal.reason == reasons::AMBIGUOUS_KEY_NAME {
-                reasons::AMBIGUOUS_KEY_NAME
-            } else {
-                reasons::KEY_NOT_FOUND
-            };
-            Refusal {
-                reason,
-                message: refusal.message,
-            }
-        }))
+        Ok(plan::find_by_name(&keys, name).cloned())
     }
 
     /// Whether this resource may manage `key` (see the module header); `Some` is the refusal.
@@ -104,16 +94,8 @@ impl Pass<'_, ApiKeyBudget> {
             Ok(Some(_)) => None,
             Err(refusal) => Some(refusal),
         };
-        if let Some(r) = refusal {
-            let reason = match r.reason {
-                "WorkspaceNotAllowed" => reasons::WORKSPACE_NOT_ALLOWED,
-                "OwnedByAnotherInstallation" => reasons::OWNED_BY_ANOTHER_INSTALLATION,
-                _ => reasons::ADOPT_TARGET_OWNED,
-            };
-            return Ok(Some(Refusal {
-                reason,
-                message: r.message,
-            }));
+        if refusal.is_some() {
+            return Ok(refusal);
         }
         if self.is_operator_key(key) {
             return Ok(Some(trust::operator_key(&key.id)));

@@ -43,7 +43,6 @@ use crate::portkey::{ApiKeyObject, ApiKeyStatus, ApiKeyType, UpdateApiKey};
 
 impl super::engine::Kind for ApiKeyBudget {
     type Status = ApiKeyBudgetStatus;
-    const SHORT: &'static str = SHORT;
     const USAGE: bool = true;
 
     fn api(client: kube::Client, obj: &Self) -> Api<Self> {
@@ -87,8 +86,8 @@ impl super::engine::Reconciler for ApiKeyBudget {
 
 /// Field manager of the Secrets the operator writes.
 const SECRET_MANAGER: &str = "portkey-budget-operator";
-/// Short kind in markers.
-pub const SHORT: &str = "akb";
+/// Short kind in markers (declared in `api`).
+pub const SHORT: &str = <ApiKeyBudget as ShortName>::SHORT;
 
 /// Reconciles one `ApiKeyBudget` (or cleans up when it is being deleted).
 pub async fn reconcile(obj: &ApiKeyBudget, ctx: &Context) -> Result<Action, Error> {

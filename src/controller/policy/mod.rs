@@ -49,10 +49,9 @@ pub struct CommonSpec {
 /// The engine's `Kind` and `Reconciler` of a policy kind (`UsageLimitPolicy`,
 /// `RateLimitPolicy`): its status keeps the shared fields in `common`, its pass is this module's.
 macro_rules! policy_kind {
-    ($kind:ty, $status:ty, $short:literal, $usage:literal) => {
+    ($kind:ty, $status:ty, $usage:literal) => {
         impl $crate::controller::engine::Kind for $kind {
             type Status = $status;
-            const SHORT: &'static str = $short;
             const USAGE: bool = $usage;
 
             fn api(client: kube::Client, obj: &Self) -> kube::Api<Self> {
