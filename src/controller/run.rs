@@ -226,20 +226,13 @@ where
     (task, ready)
 }
 
-/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget, ApiKeyBudget) until `shutdown`
-/// resolves; in-flight reconciles finish first. Marks the caches synced in `ctx.health` once
-/// every controller has listed its resources.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
-    let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(shutdown);
-    let shutdown = futures::future::FutureExt::shared(boxed);
-    let mut tasks: Vec<Task> = Vec::new();
-    let mut ready: Vec<Ready> = Vec::new();
-    let mut add = |(task, r): (Task, Ready)| {
-        tasks.push(task);
-        ready.push(r);
-    };
-    // One watch of Namespace metadata: the workspace bindings, and a reconcile of a namespace's
-    // resources when its binding changes.
+/// One watch of Namespace metadata: the workspace bindings (the store `Context` reads them
+/// from), and the name of each namespace whose binding changed, sent on the returned channel so
+/// its resources are reconciled.
+fn namespace_watch(
+    ctx: &Arc<Context>,
+    shutdown: Shutdown,
+) -> (Task, Ready, tokio::sync::broadcast::Sender<String>) {
     let (ns_store, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let _ = ctx.namespaces.set(ns_store.clone());
     let (bindings, _) = tokio::sync::broadcast::channel::<String>(1024);
@@ -253,7 +246,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     .default_backoff()
     .reflect(ns_writer)
     .applied_objects()
-    .take_until(shutdown.clone())
+    .take_until(shutdown)
     .for_each(move |ns| {
         if let Ok(ns) = ns {
             let name = ns.name_any();
@@ -270,6 +263,22 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let namespaces_ready: Ready = Box::pin(async move {
         let _ = ns_store.wait_until_ready().await;
     });
+    (Box::pin(namespaces), namespaces_ready, bindings)
+}
+
+/// Runs the controllers (UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget, ApiKeyBudget) until `shutdown`
+/// resolves; in-flight reconciles finish first. Marks the caches synced in `ctx.health` once
+/// every controller has listed its resources.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let boxed: std::pin::Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(shutdown);
+    let shutdown = futures::future::FutureExt::shared(boxed);
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut ready: Vec<Ready> = Vec::new();
+    let mut add = |(task, r): (Task, Ready)| {
+        tasks.push(task);
+        ready.push(r);
+    };
+    let (namespaces, namespaces_ready, bindings) = namespace_watch(&ctx, shutdown.clone());
     for api in apis::<UsageLimitPolicy>(&ctx) {
         add(controller_for(
             api,
@@ -323,7 +332,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
             },
         ));
     }
-    tasks.push(Box::pin(namespaces));
+    tasks.push(namespaces);
     ready.push(namespaces_ready);
     let health = ctx.health.clone();
     let stopped = shutdown.clone();

@@ -133,6 +133,7 @@ impl Pass<'_, WorkspaceBudget> {
     async fn apply_workspace(&mut self) -> Result<Action, Error> {
         let paused = self.paused();
         let refresh = Action::requeue(self.ctx.refresh_interval(true));
+        // validate
         let errors = self
             .ctx
             .admission_errors(WorkspaceBudget::SHORT, &*self.obj);
@@ -141,38 +142,18 @@ impl Pass<'_, WorkspaceBudget> {
             return Ok(Action::await_change());
         }
         if !kube_ops::has_finalizer(&*self.obj) {
-            self.obj = Cow::Owned(kube_ops::add_finalizer(&self.api, &*self.obj).await?);
-        }
-        let workspace = self.obj.spec.workspace.clone();
-        // Conflicts by name first: the loser makes no Admin API call at all.
-        if let Some(other) = self.conflicting_owner(None).await? {
-            self.terminal(
-                reasons::CONFLICT,
-                &format!("workspace {workspace:?} is already managed by the older WorkspaceBudget {other}; this one makes no changes"),
+            self.obj = Cow::Owned(
+                kube_ops::add_finalizer(&self.api, &*self.obj)
+                    .await
+                    .map_err(|e| Error::kube("add the finalizer", e))?,
             );
-            return Ok(refresh);
         }
-        let mut ws = match self.ctx.portkey.get_workspace(&workspace).await {
-            Ok(ws) => ws,
-            Err(e) if e.is_not_found() => {
-                self.terminal(
-                    reasons::WORKSPACE_NOT_FOUND,
-                    &format!("Portkey has no workspace {workspace:?}"),
-                );
-                return Ok(refresh);
-            }
-            Err(e) => return Err(e.into()),
+        // resolve and observe
+        let Some(ws) = self.observe_workspace().await? else {
+            return Ok(refresh);
         };
-        // The same workspace under another name (slug vs UUID): still no write.
-        if let Some(other) = self.conflicting_owner(Some(&ws.id)).await? {
-            self.terminal(
-                reasons::CONFLICT,
-                &format!("workspace {workspace:?} ({}) is already managed by the older WorkspaceBudget {other}; this one makes no changes", ws.id),
-            );
-            return Ok(refresh);
-        }
         self.status.workspace_id = Some(ws.id.clone());
-
+        // plan
         let desired = DesiredWorkspaceLimits::from_spec(&self.obj.spec);
         let planned = plan::plan(&desired, &ws);
         self.announce_pause(paused, "the workspace is").await;
@@ -186,56 +167,113 @@ impl Pass<'_, WorkspaceBudget> {
             self.ctx.synced(&self.key, self.now);
             return Ok(refresh);
         }
-        if self.ctx.config.dry_run
-            && let Some(update) = &planned
-        {
-            let note = format!(
-                "dry-run: would update the limits of workspace {}: {}",
-                ws.id,
-                FieldChange::summary(&update.changes)
-            );
-            self.ctx
-                .event(&*self.obj, EventType::Normal, "WouldUpdate", note.clone())
-                .await;
-            self.report_figures(&ws, &desired);
-            self.conclude(Outcome::Held {
-                ready: false,
-                ready_reason: reasons::DRY_RUN,
-                ready_message: note,
-                synced: TRUE,
-                synced_reason: reasons::DRY_RUN,
-                synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
-                    .into(),
-            });
-            return Ok(refresh);
-        }
-        if let Some(update) = planned {
-            self.ctx.write_permit().await;
-            self.ctx
-                .portkey
-                .update_workspace(&ws.id, &update.body)
-                .await?;
-            let spec_changed = self.status.observed_generation != self.generation();
-            let (reason, what) = if spec_changed {
-                ("Updated", "updated the workspace limits")
-            } else {
-                (
-                    "DriftCorrected",
-                    "the workspace limits were changed outside the operator; reverted",
-                )
-            };
-            self.ctx
-                .event(
-                    &*self.obj,
-                    EventType::Normal,
-                    reason,
-                    format!("{what}: {}", FieldChange::summary(&update.changes)),
-                )
-                .await;
-            ws = self.ctx.portkey.get_workspace(&ws.id).await?;
-        }
+        // execute
+        let ws = match planned {
+            Some(update) if self.ctx.config.dry_run => {
+                self.hold_dry_run(&ws, &desired, &update).await;
+                return Ok(refresh);
+            }
+            Some(update) => self.execute_update(&ws, update).await?,
+            None => ws,
+        };
+        // report
         self.report(&ws, &desired);
         Ok(refresh)
+    }
+
+    /// The workspace this resource names, unless an older `WorkspaceBudget` manages it (by the
+    /// name its spec gives, or the same workspace under another name) or Portkey has none:
+    /// `None` with a terminal condition, and no Admin API write.
+    async fn observe_workspace(&mut self) -> Result<Option<Workspace>, Error> {
+        let workspace = self.obj.spec.workspace.clone();
+        // Conflicts by name first: the loser makes no Admin API call at all.
+        if let Some(other) = self.conflicting_owner(None).await? {
+            self.terminal(
+                reasons::CONFLICT,
+                &format!("workspace {workspace:?} is already managed by the older WorkspaceBudget {other}; this one makes no changes"),
+            );
+            return Ok(None);
+        }
+        let ws = match self.ctx.portkey.get_workspace(&workspace).await {
+            Ok(ws) => ws,
+            Err(e) if e.is_not_found() => {
+                self.terminal(
+                    reasons::WORKSPACE_NOT_FOUND,
+                    &format!("Portkey has no workspace {workspace:?}"),
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(Error::portkey("read the workspace", e)),
+        };
+        // The same workspace under another name (slug vs UUID): still no write.
+        if let Some(other) = self.conflicting_owner(Some(&ws.id)).await? {
+            self.terminal(
+                reasons::CONFLICT,
+                &format!("workspace {workspace:?} ({}) is already managed by the older WorkspaceBudget {other}; this one makes no changes", ws.id),
+            );
+            return Ok(None);
+        }
+        Ok(Some(ws))
+    }
+
+    /// Dry-run: the update is announced (`WouldUpdate`), nothing is written.
+    async fn hold_dry_run(
+        &mut self,
+        ws: &Workspace,
+        desired: &DesiredWorkspaceLimits,
+        update: &plan::WorkspaceUpdate,
+    ) {
+        let note = format!(
+            "dry-run: would update the limits of workspace {}: {}",
+            ws.id,
+            FieldChange::summary(&update.changes)
+        );
+        self.event(EventType::Normal, "WouldUpdate", note.clone())
+            .await;
+        self.report_figures(ws, desired);
+        self.conclude(Outcome::Held {
+            ready: false,
+            ready_reason: reasons::DRY_RUN,
+            ready_message: note,
+            synced: TRUE,
+            synced_reason: reasons::DRY_RUN,
+            synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
+                .into(),
+        });
+    }
+
+    /// The PUT of the limits that differ, its Event, and the workspace as Portkey shows it after.
+    async fn execute_update(
+        &mut self,
+        ws: &Workspace,
+        update: plan::WorkspaceUpdate,
+    ) -> Result<Workspace, Error> {
+        self.ctx.write_permit().await;
+        self.ctx
+            .portkey
+            .update_workspace(&ws.id, &update.body)
+            .await
+            .map_err(|e| Error::portkey("update the workspace limits", e))?;
+        let spec_changed = self.status.observed_generation != self.generation();
+        let (reason, what) = if spec_changed {
+            ("Updated", "updated the workspace limits")
+        } else {
+            (
+                "DriftCorrected",
+                "the workspace limits were changed outside the operator; reverted",
+            )
+        };
+        self.event(
+            EventType::Normal,
+            reason,
+            format!("{what}: {}", FieldChange::summary(&update.changes)),
+        )
+        .await;
+        self.ctx
+            .portkey
+            .get_workspace(&ws.id)
+            .await
+            .map_err(|e| Error::portkey("read the workspace", e))
     }
 
     /// The figures of the status from what the workspace holds.

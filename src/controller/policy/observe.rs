@@ -22,86 +22,41 @@ impl<R: PolicyResource> Pass<'_, R> {
         refresh: Action,
     ) -> Result<Step<Option<Policy<R>>>, Error> {
         let observe = spec.management_policy == ManagementPolicy::Observe;
-        let grace = self.ctx.config.create_pending_grace;
         let waited = self.pending_since().map(|since| {
             Duration::try_from(self.now.duration_since(since)).unwrap_or(Duration::MAX)
         });
-        let mut remote = None;
-        // The recorded policy is not active: search with a new listing, not the shared one.
-        let mut lost = false;
-        if let Some(id) = self.psr().policy_id.clone() {
-            lost = true;
-            match self.lookup(&id).await? {
-                Lookup::Active(p) => {
-                    // Status is not authority: the recorded policy must be this resource's.
-                    if let Some(refused) = self.refuse_recorded(&p, spec, workspace_id).await? {
-                        self.terminal(refused.reason, &refused.message);
-                        return Ok(Step::Stop(refresh));
-                    }
-                    lost = false;
-                    remote = Some(p);
+        // A recorded policy that is not active: search with a new listing, not the shared one.
+        let (remote, lost) = if let Some(id) = self.psr().policy_id.clone() {
+            match self
+                .observe_recorded(&id, spec, workspace_id, waited, refresh.clone())
+                .await?
+            {
+                Step::Go(found) => {
+                    let lost = found.is_none();
+                    (found, lost)
                 }
-                Lookup::Archived => {
-                    // Nothing is written to it; whose it was is not said (it may be a forged id).
-                    tracing::info!(policy = %id, "the recorded Portkey policy is archived");
-                    self.ps().policy_id = None;
-                }
-                Lookup::Missing => match waited {
-                    // Created moments ago: Portkey may not show it yet (read-after-write lag).
-                    Some(w) if w < grace => {
-                        let message = format!(
-                            "created Portkey policy {id}, which Portkey does not show yet; waiting up to {}s",
-                            grace.as_secs()
-                        );
-                        self.conclude(Outcome::Progressing {
-                            reason: reasons::REMOTE_POLICY_NOT_VISIBLE,
-                            message,
-                        });
-                        return Ok(Step::Stop(Action::requeue(
-                            (grace - w).min(Duration::from_secs(5)),
-                        )));
-                    }
-                    _ => {
-                        tracing::info!(policy = %id, "the Portkey policy is not found, active or archived");
-                        self.ps().policy_id = None;
-                        self.ps().remote_status = None;
-                    }
-                },
+                Step::Stop(action) => return Ok(Step::Stop(action)),
             }
         } else if let Some(id) = spec.adopt_policy_id.clone() {
-            let Some(p) = self.get_policy(&id).await? else {
-                let msg = format!("spec.adoptPolicyId: Portkey has no active policy {id}");
-                let reason = if observe {
-                    reasons::REMOTE_POLICY_NOT_FOUND
-                } else {
-                    reasons::ADOPT_TARGET_NOT_FOUND
-                };
-                self.terminal(reason, &msg);
-                return Ok(Step::Stop(refresh));
-            };
-            let refusal = self.refuse_adoption(&p, workspace_id).await?;
-            if let Some(refusal) = refusal {
-                self.terminal(refusal.reason, &refusal.message);
-                return Ok(Step::Stop(refresh));
+            match self
+                .observe_adopted(&id, workspace_id, observe, refresh.clone())
+                .await?
+            {
+                Step::Go(p) => (Some(p), false),
+                Step::Stop(action) => return Ok(Step::Stop(action)),
             }
-            if !observe {
-                self.event(
-                    EventType::Normal,
-                    "Adopted",
-                    format!("took over Portkey policy {id} (adoptPolicyId)"),
-                )
-                .await;
-            }
-            remote = Some(p);
-        }
+        } else {
+            (None, false)
+        };
         if observe {
             return Ok(Step::Go(remote));
         }
         // Adopt before create, and at every refresh: duplicates carrying the marker.
         let fresh_listing = self.pending_since().is_some() || lost;
-        remote = self
+        let remote = self
             .reconcile_owned(workspace_id, desired, remote, fresh_listing)
             .await?;
+        let grace = self.ctx.config.create_pending_grace;
         if remote.is_none()
             && let Some(w) = waited
             && w < grace
@@ -126,6 +81,92 @@ impl<R: PolicyResource> Pass<'_, R> {
             self.confirm_create();
         }
         Ok(Step::Go(remote))
+    }
+
+    /// The policy recorded in `status.policyId`: active and verified as this resource's
+    /// (`Go(Some)`), gone (`Go(None)`: the id is dropped), or a stop (refused, or a create
+    /// Portkey does not show yet).
+    async fn observe_recorded(
+        &mut self,
+        id: &str,
+        spec: &CommonSpec,
+        workspace_id: &str,
+        waited: Option<Duration>,
+        refresh: Action,
+    ) -> Result<Step<Option<Policy<R>>>, Error> {
+        let grace = self.ctx.config.create_pending_grace;
+        match self.lookup(id).await? {
+            Lookup::Active(p) => {
+                // Status is not authority: the recorded policy must be this resource's.
+                if let Some(refused) = self.refuse_recorded(&p, spec, workspace_id).await? {
+                    self.terminal(refused.reason, &refused.message);
+                    return Ok(Step::Stop(refresh));
+                }
+                Ok(Step::Go(Some(p)))
+            }
+            Lookup::Archived => {
+                // Nothing is written to it; whose it was is not said (it may be a forged id).
+                tracing::info!(policy = %id, "the recorded Portkey policy is archived");
+                self.ps().policy_id = None;
+                Ok(Step::Go(None))
+            }
+            Lookup::Missing => match waited {
+                // Created moments ago: Portkey may not show it yet (read-after-write lag).
+                Some(w) if w < grace => {
+                    let message = format!(
+                        "created Portkey policy {id}, which Portkey does not show yet; waiting up to {}s",
+                        grace.as_secs()
+                    );
+                    self.conclude(Outcome::Progressing {
+                        reason: reasons::REMOTE_POLICY_NOT_VISIBLE,
+                        message,
+                    });
+                    Ok(Step::Stop(Action::requeue(
+                        (grace - w).min(Duration::from_secs(5)),
+                    )))
+                }
+                _ => {
+                    tracing::info!(policy = %id, "the Portkey policy is not found, active or archived");
+                    self.ps().policy_id = None;
+                    self.ps().remote_status = None;
+                    Ok(Step::Go(None))
+                }
+            },
+        }
+    }
+
+    /// The policy `spec.adoptPolicyId` names, if this resource may take it over (in its
+    /// workspace, no other live resource's or installation's marker).
+    async fn observe_adopted(
+        &mut self,
+        id: &str,
+        workspace_id: &str,
+        observe: bool,
+        refresh: Action,
+    ) -> Result<Step<Policy<R>>, Error> {
+        let Some(p) = self.get_policy(id).await? else {
+            let msg = format!("spec.adoptPolicyId: Portkey has no active policy {id}");
+            let reason = if observe {
+                reasons::REMOTE_POLICY_NOT_FOUND
+            } else {
+                reasons::ADOPT_TARGET_NOT_FOUND
+            };
+            self.terminal(reason, &msg);
+            return Ok(Step::Stop(refresh));
+        };
+        if let Some(refusal) = self.refuse_adoption(&p, workspace_id).await? {
+            self.terminal(refusal.reason, &refusal.message);
+            return Ok(Step::Stop(refresh));
+        }
+        if !observe {
+            self.event(
+                EventType::Normal,
+                "Adopted",
+                format!("took over Portkey policy {id} (adoptPolicyId)"),
+            )
+            .await;
+        }
+        Ok(Step::Go(p))
     }
 
     /// GET (with usage where the kind has it); `None` when the policy is gone (404, or 403
@@ -352,8 +393,33 @@ impl<R: PolicyResource> Pass<'_, R> {
             return Ok(None);
         }
         let keep = active.swap_remove(keep_index);
+        self.archive_duplicates(workspace_id, keep.id(), active)
+            .await?;
+        if current.as_ref().map(|c| c.id()) != Some(keep.id()) {
+            self.event(
+                EventType::Normal,
+                "Adopted",
+                format!(
+                    "found Portkey policy {} (marker {}) and took it over instead of creating another",
+                    keep.id(),
+                    self.identity.marker()
+                ),
+            )
+            .await;
+        }
+        Ok(Some(keep))
+    }
+
+    /// Archives the other policies carrying this resource's marker (`extras`), keeping `keep`;
+    /// paused and dry-run resources archive nothing (dry-run says what it would do).
+    async fn archive_duplicates(
+        &mut self,
+        workspace_id: &str,
+        keep: &str,
+        extras: Vec<Policy<R>>,
+    ) -> Result<(), Error> {
         let mut archived_any = false;
-        for extra in active {
+        for extra in extras {
             let id = extra.id().to_owned();
             if self.paused() {
                 continue;
@@ -363,8 +429,7 @@ impl<R: PolicyResource> Pass<'_, R> {
                     EventType::Normal,
                     "WouldArchive",
                     format!(
-                        "dry-run: would archive Portkey policy {id} carrying this resource's marker (a duplicate of {})",
-                        keep.id()
+                        "dry-run: would archive Portkey policy {id} carrying this resource's marker (a duplicate of {keep})"
                     ),
                 )
                 .await;
@@ -382,8 +447,7 @@ impl<R: PolicyResource> Pass<'_, R> {
                 EventType::Warning,
                 "DuplicateArchived",
                 format!(
-                    "archived Portkey policy {id} carrying this resource's marker; kept {}",
-                    keep.id()
+                    "archived Portkey policy {id} carrying this resource's marker; kept {keep}"
                 ),
             )
             .await;
@@ -391,19 +455,7 @@ impl<R: PolicyResource> Pass<'_, R> {
         if archived_any {
             self.ctx.owned.invalidate(R::SHORT, workspace_id);
         }
-        if current.as_ref().map(|c| c.id()) != Some(keep.id()) {
-            self.event(
-                EventType::Normal,
-                "Adopted",
-                format!(
-                    "found Portkey policy {} (marker {}) and took it over instead of creating another",
-                    keep.id(),
-                    self.identity.marker()
-                ),
-            )
-            .await;
-        }
-        Ok(Some(keep))
+        Ok(())
     }
 
     /// Whether the resource a marker names still exists (then its policy is not adoptable). A
