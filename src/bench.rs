@@ -19,13 +19,13 @@ use serde_json::json;
 
 use crate::api::{UsageLimitPolicy, UsageLimitPolicySpec};
 use crate::config::ControllerConfig;
-use crate::controller::memkube::MemoryKube;
 use crate::controller::{self, Context, conditions};
 use crate::emulator::{self, EmulatorConfig, EmulatorControl, SeedWorkspace};
 use crate::plan::marker::marker_of;
 use crate::portkey::{
     ApiKey, ClientConfig, ListFilter, PolicyStatus, PortkeyClient, UsageLimitsPolicy,
 };
+use crate::testing::memkube::MemoryKube;
 
 const WORKSPACE: &str = "7b3c0f1e-0000-4000-8000-00000000be0c";
 const NAMESPACE: &str = "bench";

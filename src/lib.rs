@@ -14,3 +14,5 @@ pub mod metrics;
 pub mod plan;
 pub mod portkey;
 pub mod telemetry;
+#[cfg(feature = "bench")]
+pub mod testing;

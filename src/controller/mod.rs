@@ -4,8 +4,6 @@ pub mod api_key;
 pub mod engine;
 pub mod kube_ops;
 pub mod manager;
-#[cfg(feature = "bench")]
-pub mod memkube;
 pub mod policy;
 pub mod rate;
 pub mod usage;
