@@ -481,7 +481,9 @@ async fn main_async(cli: Cli) -> ExitCode {
     let level = level.unwrap_or_else(|| if quiet { "warn" } else { "info" }.to_owned());
     telemetry::init(format, &level);
     let result = match cli.command {
-        Command::Run(_) => manager::run(settings.expect("resolved above")).await,
+        Command::Run(_) => manager::run(settings.expect("resolved above"))
+            .await
+            .map_err(|e| e.to_string()),
         Command::Plan(args) => {
             let options = args.common.options(args.detailed_exitcode);
             return ExitCode::from(command::run(options, Mode::Plan).await);

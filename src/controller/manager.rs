@@ -49,25 +49,82 @@ async fn until_set(mut rx: watch::Receiver<bool>) {
     }
 }
 
+/// Why the operator could not start, or stopped: the step and its cause (never a key).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {0}")]
+    Kubernetes(#[source] kube::Error),
+    /// The Admin API key from the environment or a file (the message names the source).
+    #[error("{0}")]
+    ApiKey(String),
+    #[error("cannot read the API key Secret {namespace}/{name}: {source}")]
+    ApiKeySecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the Secret {namespace}/{name} has no key {key:?}")]
+    SecretKeyMissing {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error("the Secret {namespace}/{name} key {key:?} is not UTF-8 text")]
+    SecretKeyNotText {
+        namespace: String,
+        name: String,
+        key: String,
+    },
+    #[error(
+        "cannot derive the installation id from the kube-system namespace ({0}); set --installation-id (installationId)"
+    )]
+    InstallationId(#[source] kube::Error),
+    #[error("the kube-system namespace UID gives no installation id: {0}; set --installation-id")]
+    InstallationIdInvalid(String),
+    #[error(transparent)]
+    Client(#[from] crate::portkey::PortkeyError),
+    #[error("metricsBindAddress {addr}: {source}")]
+    MetricsBind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("leader election Lease {lease}: {source}")]
+    Lease {
+        lease: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("leader election stopped unexpectedly")]
+    LeaderElectionStopped,
+    #[error("lost the leader Lease; exiting so that a restart rejoins the election as a standby")]
+    LostLease,
+}
+
 /// Reads the API key from its source; a Secret is read through the Kubernetes API in
 /// `namespace`. Errors name the source, never the key.
 async fn api_key(
     source: &ApiKeySource,
     client: &kube::Client,
     namespace: &str,
-) -> Result<ApiKey, String> {
+) -> Result<ApiKey, RunError> {
     let ApiKeySource::Secret { name, key } = source else {
-        return read_api_key(source);
+        return read_api_key(source).map_err(RunError::ApiKey);
     };
     let secret = Api::<Secret>::namespaced(client.clone(), namespace)
         .get(name)
         .await
-        .map_err(|e| format!("cannot read the API key Secret {namespace}/{name}: {e}"))?;
+        .map_err(|source| RunError::ApiKeySecret {
+            namespace: namespace.to_owned(),
+            name: name.clone(),
+            source,
+        })?;
     key_in(&secret, namespace, name, key)
 }
 
 /// The secret from a Secret object (`data`, else `stringData`).
-fn key_in(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<ApiKey, String> {
+fn key_in(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<ApiKey, RunError> {
     let bytes = secret
         .data
         .as_ref()
@@ -80,10 +137,17 @@ fn key_in(secret: &Secret, namespace: &str, name: &str, key: &str) -> Result<Api
                 .and_then(|d| d.get(key))
                 .map(|s| s.clone().into_bytes())
         })
-        .ok_or_else(|| format!("the Secret {namespace}/{name} has no key {key:?}"))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("the Secret {namespace}/{name} key {key:?} is not UTF-8 text"))?;
-    checked_key(text)
+        .ok_or_else(|| RunError::SecretKeyMissing {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            key: key.to_owned(),
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| RunError::SecretKeyNotText {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        key: key.to_owned(),
+    })?;
+    checked_key(text).map_err(RunError::ApiKey)
 }
 
 /// Uses a new key when its source changes, without a restart: the Secret is watched (by name:
@@ -98,7 +162,7 @@ async fn keep_key_fresh(
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let refused = portkey.key_refused();
-    let apply = |key: Result<ApiKey, String>| match key {
+    let apply = |key: Result<ApiKey, RunError>| match key {
         Ok(key) => match portkey.set_api_key(&key) {
             Ok(true) => tracing::info!("the Admin API key changed; using the new one"),
             Ok(false) => {}
@@ -132,7 +196,7 @@ async fn keep_key_fresh(
         ApiKeySource::File(path) => loop {
             refused.notified().await;
             tracing::warn!("Portkey refused the Admin API key (401); reading the key file again");
-            apply(read_api_key(&ApiKeySource::File(path.clone())));
+            apply(read_api_key(&ApiKeySource::File(path.clone())).map_err(RunError::ApiKey));
             tokio::time::sleep(Duration::from_secs(5)).await;
         },
         ApiKeySource::Env => loop {
@@ -167,24 +231,19 @@ async fn probe_admin_api(portkey: PortkeyClient, health: Arc<Health>) {
 
 /// The default installation id: the first 8 characters of the `kube-system` namespace's UID,
 /// stable for the life of the cluster and different between clusters.
-async fn cluster_installation_id(kube: &kube::Client) -> Result<String, String> {
+async fn cluster_installation_id(kube: &kube::Client) -> Result<String, RunError> {
     let api: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(kube.clone());
-    let ns = api.get("kube-system").await.map_err(|e| {
-        format!(
-            "cannot derive the installation id from the kube-system namespace ({e}); set --installation-id (installationId)"
-        )
-    })?;
+    let ns = api
+        .get("kube-system")
+        .await
+        .map_err(RunError::InstallationId)?;
     let uid = ns.metadata.uid.unwrap_or_default().to_ascii_lowercase();
     let id: String = uid
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(8)
         .collect();
-    crate::plan::marker::validate_installation_id(&id).map_err(|e| {
-        format!(
-            "the kube-system namespace UID gives no installation id: {e}; set --installation-id"
-        )
-    })?;
+    crate::plan::marker::validate_installation_id(&id).map_err(RunError::InstallationIdInvalid)?;
     Ok(id)
 }
 
@@ -199,10 +258,10 @@ fn identity() -> String {
 }
 
 /// Runs the operator until SIGTERM/Ctrl-C (Ok) or a lost Lease (Err).
-pub async fn run(settings: OperatorSettings) -> Result<(), String> {
-    let kube = kube::Client::try_default().await.map_err(|e| {
-        format!("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {e}")
-    })?;
+pub async fn run(settings: OperatorSettings) -> Result<(), RunError> {
+    let kube = kube::Client::try_default()
+        .await
+        .map_err(RunError::Kubernetes)?;
     let namespace = settings
         .leader_election
         .namespace
@@ -225,7 +284,7 @@ pub async fn run(settings: OperatorSettings) -> Result<(), String> {
     client_config.max_requests_per_second = settings.admin_api_rate_limit;
     let observer = metrics.clone();
     client_config.observer = Some(Arc::new(move |call| observer.api_call(call)));
-    let portkey = PortkeyClient::new(client_config).map_err(|e| e.to_string())?;
+    let portkey = PortkeyClient::new(client_config)?;
     tracing::info!(
         admin_api = %portkey.base_url(),
         dry_run = settings.controller.dry_run,
@@ -253,7 +312,7 @@ pub async fn run(settings: OperatorSettings) -> Result<(), String> {
                 until_set(stop_rx.clone()),
             )
             .await
-            .map_err(|e| format!("metricsBindAddress {addr}: {e}"))?;
+            .map_err(|source| RunError::MetricsBind { addr, source })?;
             tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
             Some(tokio::spawn(serve))
         }
@@ -299,7 +358,7 @@ async fn lead_then_run(
     namespace: &str,
     ctx: Arc<Context>,
     mut stop_rx: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), RunError> {
     let le = &settings.leader_election;
     let duration = le.lease_duration.as_secs().max(3);
     let grace = (duration / 3).max(1);
@@ -311,7 +370,10 @@ async fn lead_then_run(
         .with_grace(grace)
         .build()
         .await
-        .map_err(|e| format!("leader election Lease {namespace}/{}: {e}", le.lease_name))?;
+        .map_err(|source| RunError::Lease {
+            lease: format!("{namespace}/{}", le.lease_name),
+            source,
+        })?;
     let (mut leader_rx, lease_task) = manager.watch().await;
     tracing::info!(lease = %format!("{namespace}/{}", le.lease_name), %identity, "waiting to become the leader");
     loop {
@@ -321,7 +383,7 @@ async fn lead_then_run(
         tokio::select! {
             changed = leader_rx.changed() => {
                 if changed.is_err() {
-                    return Err("leader election stopped unexpectedly".into());
+                    return Err(RunError::LeaderElectionStopped);
                 }
             }
             _ = stop_rx.changed() => {
@@ -374,10 +436,7 @@ async fn lead_then_run(
         Err(_) => tracing::warn!("timed out releasing the leader Lease"),
     }
     if lost.load(Ordering::SeqCst) {
-        return Err(
-            "lost the leader Lease; exiting so that a restart rejoins the election as a standby"
-                .into(),
-        );
+        return Err(RunError::LostLease);
     }
     Ok(())
 }
