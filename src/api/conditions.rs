@@ -243,6 +243,20 @@ impl Outcome {
         }
     }
 
+    /// Dry-run mode: Ready=False DryRun with what would be written (`message`); Synced=True,
+    /// reading Portkey worked.
+    pub fn dry_run(message: String) -> Outcome {
+        Outcome::Held {
+            ready: false,
+            ready_reason: reasons::DRY_RUN,
+            ready_message: message,
+            synced: TRUE,
+            synced_reason: reasons::DRY_RUN,
+            synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
+                .into(),
+        }
+    }
+
     /// A deletion held by the paused annotation: Ready as it was (its status, reason and
     /// message kept), Synced=False ReconciliationPaused.
     pub fn deletion_paused(ready: Option<&Condition>) -> Outcome {

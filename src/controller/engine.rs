@@ -29,7 +29,7 @@ use super::conditions::{self, Outcome};
 use super::kube_ops::{self, Managed};
 use super::{Context, Error};
 use crate::api::ShortName;
-use crate::plan::Identity;
+use crate::plan::{FieldChange, Identity};
 
 /// What the engine needs to know of a kind's resource and status.
 pub trait Kind: Managed + ShortName {
@@ -43,6 +43,7 @@ pub trait Kind: Managed + ShortName {
     fn status(&self) -> Option<&Self::Status>;
     fn conditions(status: &Self::Status) -> &[Condition];
     fn conditions_mut(status: &mut Self::Status) -> &mut Vec<Condition>;
+    fn observed_generation(status: &Self::Status) -> Option<i64>;
     fn set_observed_generation(status: &mut Self::Status, generation: Option<i64>);
     /// `status.createConfirmed`, for kinds that create remote objects.
     fn create_confirmed(_status: &Self::Status) -> Option<&str> {
@@ -206,6 +207,55 @@ impl<'a, K: Kind> Pass<'a, K> {
         {
             self.event(EventType::Normal, reason, note).await;
         }
+    }
+
+    /// The resolve step of a namespaced kind: the workspace UUID this resource may use
+    /// (`policy::resolve_workspace`), or a terminal condition and the requeue it asks for.
+    pub(crate) async fn resolve_workspace(
+        &mut self,
+        spec_workspace: Option<&String>,
+        refresh: Action,
+    ) -> Result<super::policy::Step<String>, Error> {
+        let namespace = self.obj.namespace().unwrap_or_default();
+        match super::policy::resolve_workspace(self.ctx, &namespace, spec_workspace).await? {
+            Ok(id) => Ok(super::policy::Step::Go(id)),
+            Err((reason, message, action)) => {
+                self.terminal(reason, &message);
+                Ok(super::policy::Step::Stop(action.unwrap_or(refresh)))
+            }
+        }
+    }
+
+    /// The Event of a write that made Portkey hold the spec again: `Updated` when the spec
+    /// changed since the last pass, else `DriftCorrected` (someone changed Portkey). `what`
+    /// names what was written ("the key's limits").
+    pub(crate) async fn announce_update(&self, what: &str, changes: &[FieldChange]) {
+        let spec_changed = K::observed_generation(&self.status) != self.generation();
+        let (reason, note) = if spec_changed {
+            ("Updated", format!("updated {what}"))
+        } else {
+            (
+                "DriftCorrected",
+                format!("{what} were changed outside the operator; reverted"),
+            )
+        };
+        self.event(
+            EventType::Normal,
+            reason,
+            format!("{note}: {}", FieldChange::summary(changes)),
+        )
+        .await;
+    }
+
+    /// A recorded id that deletion could not verify (the resource's workspace did not
+    /// resolve): left as it is, with a Warning Event naming the field.
+    pub(crate) async fn unverified_on_deletion(&self, field: &str, object: &str, id: &str) {
+        self.event(
+            EventType::Warning,
+            "RecordedIdRejected",
+            format!("{field}: {object} {id} was left as it is: the workspace this resource may use could not be resolved, so it cannot be verified as this resource's"),
+        )
+        .await;
     }
 
     /// When a create was sent whose result this resource has not seen through.

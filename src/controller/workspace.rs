@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 
-use super::conditions::{Outcome, TRUE, reasons};
+use super::conditions::{Outcome, reasons};
 use super::engine::Pass;
 use super::kube_ops;
 use super::policy::is_paused;
@@ -39,6 +39,9 @@ impl super::engine::Kind for WorkspaceBudget {
     }
     fn conditions_mut(status: &mut WorkspaceBudgetStatus) -> &mut Vec<Condition> {
         &mut status.conditions
+    }
+    fn observed_generation(status: &WorkspaceBudgetStatus) -> Option<i64> {
+        status.observed_generation
     }
     fn set_observed_generation(status: &mut WorkspaceBudgetStatus, generation: Option<i64>) {
         status.observed_generation = generation;
@@ -231,15 +234,7 @@ impl Pass<'_, WorkspaceBudget> {
         self.event(EventType::Normal, "WouldUpdate", note.clone())
             .await;
         self.report_figures(ws, desired);
-        self.conclude(Outcome::Held {
-            ready: false,
-            ready_reason: reasons::DRY_RUN,
-            ready_message: note,
-            synced: TRUE,
-            synced_reason: reasons::DRY_RUN,
-            synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
-                .into(),
-        });
+        self.conclude(Outcome::dry_run(note));
     }
 
     /// The PUT of the limits that differ, its Event, and the workspace as Portkey shows it after.
@@ -254,21 +249,8 @@ impl Pass<'_, WorkspaceBudget> {
             .update_workspace(&ws.id, &update.body)
             .await
             .map_err(|e| Error::portkey("update the workspace limits", e))?;
-        let spec_changed = self.status.observed_generation != self.generation();
-        let (reason, what) = if spec_changed {
-            ("Updated", "updated the workspace limits")
-        } else {
-            (
-                "DriftCorrected",
-                "the workspace limits were changed outside the operator; reverted",
-            )
-        };
-        self.event(
-            EventType::Normal,
-            reason,
-            format!("{what}: {}", FieldChange::summary(&update.changes)),
-        )
-        .await;
+        self.announce_update("the workspace limits", &update.changes)
+            .await;
         self.ctx
             .portkey
             .get_workspace(&ws.id)

@@ -27,7 +27,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use rust_decimal::prelude::ToPrimitive;
 
-use super::conditions::{Outcome, TRUE, reasons};
+use super::conditions::{Outcome, reasons};
 use super::engine::Pass;
 use super::kube_ops;
 use super::policy::{Step, is_paused, resolve_workspace};
@@ -56,6 +56,9 @@ impl super::engine::Kind for ApiKeyBudget {
     }
     fn conditions_mut(status: &mut ApiKeyBudgetStatus) -> &mut Vec<Condition> {
         &mut status.conditions
+    }
+    fn observed_generation(status: &ApiKeyBudgetStatus) -> Option<i64> {
+        status.observed_generation
     }
     fn set_observed_generation(status: &mut ApiKeyBudgetStatus, generation: Option<i64>) {
         status.observed_generation = generation;
@@ -154,7 +157,10 @@ impl Pass<'_, ApiKeyBudget> {
             );
         }
         // resolve
-        let workspace_id = match self.resolve(refresh.clone()).await? {
+        let workspace_id = match self
+            .resolve_workspace(self.obj.spec.workspace.clone().as_ref(), refresh.clone())
+            .await?
+        {
             Step::Go(id) => id,
             Step::Stop(action) => return Ok(action),
         };
@@ -199,19 +205,6 @@ impl Pass<'_, ApiKeyBudget> {
         // report
         self.report(&key, &desired).await;
         Ok(refresh)
-    }
-
-    /// Step 2: the workspace UUID the key must belong to.
-    async fn resolve(&mut self, refresh: Action) -> Result<Step<String>, Error> {
-        let namespace = self.obj.namespace().unwrap_or_default();
-        let spec_workspace = self.obj.spec.workspace.clone();
-        match resolve_workspace(self.ctx, &namespace, spec_workspace.as_ref()).await? {
-            Ok(id) => Ok(Step::Go(id)),
-            Err((reason, message, action)) => {
-                self.terminal(reason, &message);
-                Ok(Step::Stop(action.unwrap_or(refresh)))
-            }
-        }
     }
 
     /// Step 3: the key this resource manages.
@@ -281,15 +274,7 @@ impl Pass<'_, ApiKeyBudget> {
                 format!("dry-run: would issue a key in workspace {workspace_id} and write it into Secret {}", self.issue().map(|i| i.secret_name.as_str()).unwrap_or_default()),
             )
             .await;
-            self.conclude(Outcome::Held {
-                ready: false,
-                ready_reason: reasons::DRY_RUN,
-                ready_message: "dry-run: the key would be issued".into(),
-                synced: TRUE,
-                synced_reason: reasons::DRY_RUN,
-                synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
-                    .into(),
-            });
+            self.conclude(Outcome::dry_run("dry-run: the key would be issued".into()));
             return Ok(Step::Stop(refresh));
         }
         self.create(workspace_id).await
@@ -507,21 +492,8 @@ impl Pass<'_, ApiKeyBudget> {
             .update_api_key(&key.id, &update.body)
             .await
             .map_err(|e| Error::portkey("update the API key", e))?;
-        let spec_changed = self.status.observed_generation != self.generation();
-        let (reason, what) = if spec_changed {
-            ("Updated", "updated the key's limits")
-        } else {
-            (
-                "DriftCorrected",
-                "the key's limits were changed outside the operator; reverted",
-            )
-        };
-        self.event(
-            EventType::Normal,
-            reason,
-            format!("{what}: {}", FieldChange::summary(&update.changes)),
-        )
-        .await;
+        self.announce_update("the key's limits", &update.changes)
+            .await;
         self.ctx
             .portkey
             .get_api_key(&key.id)
@@ -541,15 +513,7 @@ impl Pass<'_, ApiKeyBudget> {
                 );
                 self.event(EventType::Normal, "WouldUpdate", note.clone())
                     .await;
-                self.conclude(Outcome::Held {
-                    ready: false,
-                    ready_reason: reasons::DRY_RUN,
-                    ready_message: note,
-                    synced: TRUE,
-                    synced_reason: reasons::DRY_RUN,
-                    synced_message:
-                        "dry-run mode: read Portkey, wrote nothing (see the Would* Events)".into(),
-                });
+                self.conclude(Outcome::dry_run(note));
             }
             None => self.report(key, &desired).await,
         }
@@ -719,12 +683,8 @@ impl Pass<'_, ApiKeyBudget> {
             resolve_workspace(self.ctx, &namespace, self.obj.spec.workspace.as_ref()).await?
         else {
             if let Some(id) = &self.status.key_id {
-                self.event(
-                    EventType::Warning,
-                    "RecordedIdRejected",
-                    format!("status.keyId: API key {id} was left as it is: the workspace this resource may use could not be resolved, so the key cannot be verified as this resource's"),
-                )
-                .await;
+                self.unverified_on_deletion("status.keyId", "API key", id)
+                    .await;
             }
             return Ok(None);
         };

@@ -30,12 +30,8 @@ impl<R: PolicyResource> Pass<'_, R> {
             return Ok(None);
         };
         let Some(ws) = workspace_id else {
-            self.event(
-                EventType::Warning,
-                "RecordedIdRejected",
-                format!("status.policyId: Portkey policy {id} was not archived: the workspace this resource may use could not be resolved, so the policy cannot be verified as this resource's"),
-            )
-            .await;
+            self.unverified_on_deletion("status.policyId", "Portkey policy", &id)
+                .await;
             return Ok(None);
         };
         let Some(p) = self.get_policy(&id).await? else {

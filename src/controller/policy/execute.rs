@@ -93,21 +93,8 @@ impl<R: PolicyResource> Pass<'_, R> {
                     .update(&id, &body)
                     .await
                     .map_err(|e| Error::portkey("update the policy", e))?;
-                let spec_changed = self.psr().observed_generation != self.generation();
-                let (reason, what) = if spec_changed {
-                    ("Updated", "updated the Portkey policy")
-                } else {
-                    (
-                        "DriftCorrected",
-                        "the Portkey policy was changed outside the operator; reverted",
-                    )
-                };
-                self.event(
-                    EventType::Normal,
-                    reason,
-                    format!("{what}: {}", FieldChange::summary(&changes)),
-                )
-                .await;
+                self.announce_update("the Portkey policy's fields", &changes)
+                    .await;
                 // PUT answers `{}`: read the policy back (a stale echo is settled next pass).
                 Ok(Step::Go(self.get_policy(&id).await?.or(remote)))
             }

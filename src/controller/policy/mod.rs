@@ -73,6 +73,9 @@ macro_rules! policy_kind {
             ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
                 &mut status.common.conditions
             }
+            fn observed_generation(status: &$status) -> Option<i64> {
+                status.common.observed_generation
+            }
             fn set_observed_generation(status: &mut $status, generation: Option<i64>) {
                 status.common.observed_generation = generation;
             }
@@ -338,7 +341,10 @@ impl<R: PolicyResource> Pass<'_, R> {
             return Ok(action);
         }
         // 2. Resolve the workspace: tenancy, then its UUID.
-        let workspace_id = match self.resolve(&spec, refresh.clone()).await? {
+        let workspace_id = match self
+            .resolve_workspace(spec.workspace.as_ref(), refresh.clone())
+            .await?
+        {
             Step::Go(id) => id,
             Step::Stop(action) => return Ok(action),
         };
@@ -421,17 +427,6 @@ impl<R: PolicyResource> Pass<'_, R> {
 
     /// Step 2: the workspace this resource may use (namespace binding, spec, default), as a
     /// UUID. Terminal conditions for a refused or unknown workspace.
-    async fn resolve(&mut self, spec: &CommonSpec, refresh: Action) -> Result<Step<String>, Error> {
-        let namespace = self.obj.namespace().unwrap_or_default();
-        match resolve_workspace(self.ctx, &namespace, spec.workspace.as_ref()).await? {
-            Ok(id) => Ok(Step::Go(id)),
-            Err((reason, message, action)) => {
-                self.terminal(reason, &message);
-                Ok(Step::Stop(action.unwrap_or(refresh)))
-            }
-        }
-    }
-
     /// Step 6: status and conditions from what Portkey holds.
     async fn report(
         &mut self,
@@ -451,15 +446,7 @@ impl<R: PolicyResource> Pass<'_, R> {
         }
         let outcome = if let Held::DryRun(message) = held {
             // The spec is not in force, but reading Portkey worked.
-            Outcome::Held {
-                ready: false,
-                ready_reason: reasons::DRY_RUN,
-                ready_message: message,
-                synced: TRUE,
-                synced_reason: reasons::DRY_RUN,
-                synced_message: "dry-run mode: read Portkey, wrote nothing (see the Would* Events)"
-                    .into(),
-            }
+            Outcome::dry_run(message)
         } else if let Held::Paused(changes) = held {
             Outcome::paused(&changes, "the Portkey policy and its usage")
         } else {
