@@ -266,26 +266,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     control.set_faults(conditions.clone()).await?;
 
     let calls = Arc::new(Calls::default());
-    let client = |rate: u32| {
-        let mut cfg = ClientConfig::new(emu.base_url(), ApiKey::new("bench"));
-        cfg.timeout = Duration::from_secs(30);
-        cfg.max_requests_per_second = Some(rate);
-        let seen = calls.clone();
-        cfg.observer = Some(Arc::new(move |call| {
-            *seen
-                .by_operation
-                .lock()
-                .expect("calls lock")
-                .entry(call.operation.to_owned())
-                .or_default() += 1;
-            if call.status == Some(429) {
-                *seen.rate_limited.lock().expect("calls lock") += 1;
-            }
-        }));
-        PortkeyClient::new(cfg).map_err(|e| e.to_string())
-    };
-    let portkey = client(opts.rate_limit)?;
-
+    let portkey = counted_client(&emu.base_url(), opts.rate_limit, &calls)?;
     let kube = MemoryKube::lean();
     kube.add_namespace(NAMESPACE, &[(crate::api::WORKSPACE_ANNOTATION, WORKSPACE)]);
     for i in 0..opts.policies {
@@ -315,7 +296,6 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     let by_operation = calls.by_operation.lock().expect("calls lock").clone();
     let rate_limited = *calls.rate_limited.lock().expect("calls lock");
     let total_calls: u64 = by_operation.values().sum();
-
     tracing::info!(
         rss_kib = proc_status_kib("VmRSS:"),
         events = kube.event_count(),
@@ -323,65 +303,27 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     );
     // Every resource has exactly one remote policy.
     control.set_faults(json!({})).await?;
-    let filter = ListFilter {
-        workspace_id: Some(WORKSPACE.into()),
-        status: Some(PolicyStatus::Active),
-        ..Default::default()
-    };
-    // The listing is the bench's own check, not the operator's memory: keep only counts.
-    let (remote_policies, per_owner) = {
-        let remote: Vec<UsageLimitsPolicy> = client(u32::MAX)?
-            .usage_limits()
-            .list(&filter)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
-        for p in &remote {
-            if let Some(m) = p.name.as_deref().and_then(marker_of) {
-                *per_owner.entry(m.owner.to_owned()).or_default() += 1;
-            }
-        }
-        (remote.len(), per_owner)
-    };
-    let duplicates = per_owner.values().map(|c| c.saturating_sub(1)).sum();
-    let missing = (0..opts.policies)
-        .filter(|i| !per_owner.contains_key(&format!("{NAMESPACE}/{}", name(*i))))
-        .count();
-    drop(per_owner);
+    let check = check_remote(&emu.base_url(), opts.policies, &calls).await?;
 
     // Steady state: every resource due for its usage refresh, nothing changed.
     control.set_faults(conditions).await?;
     control.clear_requests().await?;
-    // The same process would refresh with the same metrics registry: share it.
-    let steady_ctx = Context::with_metrics(
-        kube.client(),
+    let steady_config = ControllerConfig {
+        usage_refresh_interval: Duration::ZERO,
+        ..config
+    };
+    let steady_seconds = steady_pass(
+        &kube,
+        &ctx,
         portkey,
-        ControllerConfig {
-            usage_refresh_interval: Duration::ZERO,
-            ..config
-        },
-        controller::reporter(),
-        ctx.metrics.clone(),
-        ctx.health.clone(),
-    );
-    let steady_started = Instant::now();
-    futures::stream::iter(0..opts.policies)
-        .map(|i| {
-            let ctx = steady_ctx.clone();
-            let obj = kube.get::<UsageLimitPolicy>(NAMESPACE, &name(i));
-            async move {
-                if let Some(obj) = obj {
-                    let _ = controller::reconcile_policy(Arc::new(obj), ctx).await;
-                }
-            }
-        })
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect::<Vec<()>>()
-        .await;
-    let steady_seconds = steady_started.elapsed().as_secs_f64();
+        steady_config,
+        opts.policies,
+        opts.concurrency,
+    )
+    .await;
     let log = control.requests().await?;
     let steady_writes = log.writes() as u64;
-    let steady_reads = log.total.saturating_sub(steady_writes as u64);
+    let steady_reads = log.total.saturating_sub(steady_writes);
     let cpu = cpu_seconds() - cpu_before;
     emu.shutdown().await;
 
@@ -407,9 +349,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         total_calls,
         rate_limited,
         reconcile_rounds: rounds,
-        remote_policies,
-        duplicates,
-        missing,
+        remote_policies: check.remote_policies,
+        duplicates: check.duplicates,
+        missing: check.missing,
         steady_state_seconds: steady_seconds,
         steady_state_writes: steady_writes,
         steady_state_reads: steady_reads,
@@ -417,6 +359,100 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         emulator_in_process: opts.emulator_exe.is_none(),
         cpu_seconds: cpu,
     })
+}
+
+/// An Admin API client at `rate` requests a second whose calls are counted in `calls`.
+fn counted_client(base: &str, rate: u32, calls: &Arc<Calls>) -> Result<PortkeyClient, String> {
+    let mut cfg = ClientConfig::new(base.to_owned(), ApiKey::new("bench"));
+    cfg.timeout = Duration::from_secs(30);
+    cfg.max_requests_per_second = Some(rate);
+    let seen = calls.clone();
+    cfg.observer = Some(Arc::new(move |call| {
+        *seen
+            .by_operation
+            .lock()
+            .expect("calls lock")
+            .entry(call.operation.to_owned())
+            .or_default() += 1;
+        if call.status == Some(429) {
+            *seen.rate_limited.lock().expect("calls lock") += 1;
+        }
+    }));
+    PortkeyClient::new(cfg).map_err(|e| e.to_string())
+}
+
+/// What the bench's own listing found: policies, duplicates, resources without one.
+struct RemoteCheck {
+    remote_policies: usize,
+    duplicates: usize,
+    missing: usize,
+}
+
+/// Lists the workspace (the bench's own check, not the operator's memory: only counts are kept).
+async fn check_remote(
+    base: &str,
+    policies: usize,
+    calls: &Arc<Calls>,
+) -> Result<RemoteCheck, String> {
+    let filter = ListFilter {
+        workspace_id: Some(WORKSPACE.into()),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    };
+    let remote: Vec<UsageLimitsPolicy> = counted_client(base, u32::MAX, calls)?
+        .usage_limits()
+        .list(&filter)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut per_owner: BTreeMap<String, usize> = BTreeMap::new();
+    for p in &remote {
+        if let Some(m) = p.name.as_deref().and_then(marker_of) {
+            *per_owner.entry(m.owner.to_owned()).or_default() += 1;
+        }
+    }
+    Ok(RemoteCheck {
+        remote_policies: remote.len(),
+        duplicates: per_owner.values().map(|c| c.saturating_sub(1)).sum(),
+        missing: (0..policies)
+            .filter(|i| !per_owner.contains_key(&format!("{NAMESPACE}/{}", name(*i))))
+            .count(),
+    })
+}
+
+/// One refresh of every resource with nothing changed (the same metrics registry as the
+/// converging pass, as one process would have): its wall time.
+async fn steady_pass(
+    kube: &MemoryKube,
+    ctx: &Arc<Context>,
+    portkey: PortkeyClient,
+    config: ControllerConfig,
+    count: usize,
+    concurrency: usize,
+) -> f64 {
+    let steady_ctx = Context::with_metrics(
+        kube.client(),
+        portkey,
+        config,
+        controller::reporter(),
+        ctx.metrics.clone(),
+        ctx.health.clone(),
+    );
+    let started = Instant::now();
+    // Each resource is read from the store as its turn comes (not all copied up front).
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let ctx = steady_ctx.clone();
+            let obj = kube.get::<UsageLimitPolicy>(NAMESPACE, &name(i));
+            async move {
+                if let Some(obj) = obj {
+                    let _ = controller::reconcile_policy(Arc::new(obj), ctx).await;
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect::<Vec<()>>()
+        .await;
+    started.elapsed().as_secs_f64()
 }
 
 /// The report as a table.
