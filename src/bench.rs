@@ -327,14 +327,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
     let cpu = cpu_seconds() - cpu_before;
     emu.shutdown().await;
 
-    let minimal_calls = 2 * opts.policies as u64 + 2;
-    let by_latency = if opts.latency_ms == 0 {
-        f64::INFINITY
-    } else {
-        opts.concurrency as f64 / (opts.latency_ms as f64 / 1000.0)
-    };
-    let throughput = f64::from(opts.rate_limit).min(by_latency);
-    let ideal = minimal_calls as f64 / throughput;
+    let (minimal_calls, throughput, ideal) = floor(opts);
     Ok(BenchReport {
         policies: opts.policies,
         latency_ms: opts.latency_ms,
@@ -359,6 +352,19 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, String> {
         emulator_in_process: opts.emulator_exe.is_none(),
         cpu_seconds: cpu,
     })
+}
+
+/// The floor a run is measured against: the fewest Admin API calls that can converge the
+/// policies, the throughput the rate limit and latency allow, and the time they take.
+fn floor(opts: &BenchOptions) -> (u64, f64, f64) {
+    let minimal_calls = 2 * opts.policies as u64 + 2;
+    let by_latency = if opts.latency_ms == 0 {
+        f64::INFINITY
+    } else {
+        opts.concurrency as f64 / (opts.latency_ms as f64 / 1000.0)
+    };
+    let throughput = f64::from(opts.rate_limit).min(by_latency);
+    (minimal_calls, throughput, minimal_calls as f64 / throughput)
 }
 
 /// An Admin API client at `rate` requests a second whose calls are counted in `calls`.
