@@ -52,6 +52,43 @@ pub trait Kind: Managed + ShortName {
     fn set_create_confirmed(_status: &mut Self::Status, _stamp: Option<String>) {}
 }
 
+/// The `Kind` accessors of a status whose shared fields (`conditions`, `observedGeneration`,
+/// and with `create` also `createConfirmed`) sit at its top level, or in the named field
+/// (`common` for the policy kinds).
+macro_rules! kind_status {
+    ($status:ty $(, in $field:ident)?) => {
+        fn status(&self) -> Option<&$status> {
+            self.status.as_ref()
+        }
+        fn conditions(
+            status: &$status,
+        ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
+            &status$(.$field)?.conditions
+        }
+        fn conditions_mut(
+            status: &mut $status,
+        ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+            &mut status$(.$field)?.conditions
+        }
+        fn observed_generation(status: &$status) -> Option<i64> {
+            status$(.$field)?.observed_generation
+        }
+        fn set_observed_generation(status: &mut $status, generation: Option<i64>) {
+            status$(.$field)?.observed_generation = generation;
+        }
+    };
+    ($status:ty $(, in $field:ident)?, create) => {
+        $crate::controller::engine::kind_status!($status $(, in $field)?);
+        fn create_confirmed(status: &$status) -> Option<&str> {
+            status$(.$field)?.create_confirmed.as_deref()
+        }
+        fn set_create_confirmed(status: &mut $status, stamp: Option<String>) {
+            status$(.$field)?.create_confirmed = stamp;
+        }
+    };
+}
+pub(crate) use kind_status;
+
 /// A kind's part of a pass.
 pub trait Reconciler: Kind {
     /// A pass the freshness gate (or the refresh read budget) turns away before anything is

@@ -7,7 +7,7 @@
 use std::borrow::Cow;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
@@ -31,21 +31,7 @@ impl super::engine::Kind for WorkspaceBudget {
     fn api(client: kube::Client, _: &Self) -> Api<Self> {
         Api::all(client)
     }
-    fn status(&self) -> Option<&WorkspaceBudgetStatus> {
-        self.status.as_ref()
-    }
-    fn conditions(status: &WorkspaceBudgetStatus) -> &[Condition] {
-        &status.conditions
-    }
-    fn conditions_mut(status: &mut WorkspaceBudgetStatus) -> &mut Vec<Condition> {
-        &mut status.conditions
-    }
-    fn observed_generation(status: &WorkspaceBudgetStatus) -> Option<i64> {
-        status.observed_generation
-    }
-    fn set_observed_generation(status: &mut WorkspaceBudgetStatus, generation: Option<i64>) {
-        status.observed_generation = generation;
-    }
+    super::engine::kind_status!(WorkspaceBudgetStatus);
 }
 
 impl super::engine::Reconciler for WorkspaceBudget {

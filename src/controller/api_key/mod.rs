@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -48,27 +48,7 @@ impl super::engine::Kind for ApiKeyBudget {
     fn api(client: kube::Client, obj: &Self) -> Api<Self> {
         Api::namespaced(client, &obj.namespace().unwrap_or_default())
     }
-    fn status(&self) -> Option<&ApiKeyBudgetStatus> {
-        self.status.as_ref()
-    }
-    fn conditions(status: &ApiKeyBudgetStatus) -> &[Condition] {
-        &status.conditions
-    }
-    fn conditions_mut(status: &mut ApiKeyBudgetStatus) -> &mut Vec<Condition> {
-        &mut status.conditions
-    }
-    fn observed_generation(status: &ApiKeyBudgetStatus) -> Option<i64> {
-        status.observed_generation
-    }
-    fn set_observed_generation(status: &mut ApiKeyBudgetStatus, generation: Option<i64>) {
-        status.observed_generation = generation;
-    }
-    fn create_confirmed(status: &ApiKeyBudgetStatus) -> Option<&str> {
-        status.create_confirmed.as_deref()
-    }
-    fn set_create_confirmed(status: &mut ApiKeyBudgetStatus, stamp: Option<String>) {
-        status.create_confirmed = stamp;
-    }
+    super::engine::kind_status!(ApiKeyBudgetStatus, create);
 }
 
 impl super::engine::Reconciler for ApiKeyBudget {

@@ -60,31 +60,7 @@ macro_rules! policy_kind {
                     &kube::ResourceExt::namespace(obj).unwrap_or_default(),
                 )
             }
-            fn status(&self) -> Option<&$status> {
-                self.status.as_ref()
-            }
-            fn conditions(
-                status: &$status,
-            ) -> &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition] {
-                &status.common.conditions
-            }
-            fn conditions_mut(
-                status: &mut $status,
-            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-                &mut status.common.conditions
-            }
-            fn observed_generation(status: &$status) -> Option<i64> {
-                status.common.observed_generation
-            }
-            fn set_observed_generation(status: &mut $status, generation: Option<i64>) {
-                status.common.observed_generation = generation;
-            }
-            fn create_confirmed(status: &$status) -> Option<&str> {
-                status.common.create_confirmed.as_deref()
-            }
-            fn set_create_confirmed(status: &mut $status, stamp: Option<String>) {
-                status.common.create_confirmed = stamp;
-            }
+            $crate::controller::engine::kind_status!($status, in common, create);
         }
 
         impl $crate::controller::engine::Reconciler for $kind {
