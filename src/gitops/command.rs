@@ -67,7 +67,8 @@ pub async fn run(opts: Options, mode: Mode) -> u8 {
     }
     if manifests.resources.is_empty() {
         eprintln!(
-            "no UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget or ApiKeyBudget found in {}",
+            "no {} found in {}",
+            super::kinds::listed_with("or"),
             opts.paths
                 .iter()
                 .map(|p| p.display().to_string())

@@ -7,15 +7,17 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+use super::kinds::{Declared, KINDS, Registration};
 use super::lines::{Node, line_of};
 use super::plan::PlanSettings;
 use super::problem::{Class, LoadError, Problem, ResourceRef, shown_value};
+use crate::api;
 use crate::api::validate::{FieldError, validate_object_pointing};
-use crate::api::{self, ApiKeyBudget, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
 use crate::emulator::{Seed, SeedApiKey, SeedWorkspace};
 use crate::plan::marker::Identity;
 
@@ -37,18 +39,16 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// A resource read from the manifests.
-#[derive(Debug, Clone)]
-pub enum Resource {
-    Usage(Box<UsageLimitPolicy>),
-    Rate(Box<RateLimitPolicy>),
-    Workspace(Box<WorkspaceBudget>),
-    ApiKey(Box<ApiKeyBudget>),
-}
+/// A resource read from the manifests, of any kind ([`super::kinds`]).
+pub type Resource = Arc<dyn Declared>;
 
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub source: Source,
+    kind: &'static str,
+    /// `None` for cluster-scoped kinds.
+    namespace: Option<String>,
+    name: String,
     pub resource: Resource,
     /// The document's nodes with their lines (to point at a field).
     pub(super) lines: Option<Arc<Spanned<Node>>>,
@@ -100,31 +100,15 @@ impl Loaded {
     }
 
     pub fn kind(&self) -> &'static str {
-        match self.resource {
-            Resource::Usage(_) => "UsageLimitPolicy",
-            Resource::Rate(_) => "RateLimitPolicy",
-            Resource::Workspace(_) => "WorkspaceBudget",
-            Resource::ApiKey(_) => "ApiKeyBudget",
-        }
+        self.kind
     }
 
     pub fn namespace(&self) -> Option<&str> {
-        match &self.resource {
-            Resource::Usage(o) => o.metadata.namespace.as_deref(),
-            Resource::Rate(o) => o.metadata.namespace.as_deref(),
-            Resource::Workspace(_) => None,
-            Resource::ApiKey(o) => o.metadata.namespace.as_deref(),
-        }
+        self.namespace.as_deref()
     }
 
     pub fn name(&self) -> &str {
-        match &self.resource {
-            Resource::Usage(o) => o.metadata.name.as_deref(),
-            Resource::Rate(o) => o.metadata.name.as_deref(),
-            Resource::Workspace(o) => o.metadata.name.as_deref(),
-            Resource::ApiKey(o) => o.metadata.name.as_deref(),
-        }
-        .unwrap_or_default()
+        &self.name
     }
 
     /// `namespace/name` or `name`.
@@ -136,25 +120,14 @@ impl Loaded {
     }
 
     pub(super) fn identity(&self, settings: &PlanSettings) -> Identity {
-        let short = match self.resource {
-            Resource::Usage(_) => "ulp",
-            Resource::Rate(_) => "rlp",
-            Resource::Workspace(_) => "wsb",
-            Resource::ApiKey(_) => crate::controller::api_key::SHORT,
-        };
-        Identity::new(short, self.namespace(), self.name()).installed(
+        Identity::new(self.resource.short(), self.namespace(), self.name()).installed(
             &settings.installation_id,
             &settings.adopt_from_installations,
         )
     }
 
     pub fn workspace(&self) -> Option<&str> {
-        match &self.resource {
-            Resource::Usage(o) => o.spec.workspace.as_deref(),
-            Resource::Rate(o) => o.spec.workspace.as_deref(),
-            Resource::Workspace(o) => Some(&o.spec.workspace),
-            Resource::ApiKey(o) => o.spec.workspace.as_deref(),
-        }
+        self.resource.workspace()
     }
 }
 
@@ -323,33 +296,49 @@ fn did_you_mean(suggestion: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-/// The kinds and versions this tool reads: the CRDs'.
+/// The kinds and versions this tool reads: the registered kinds' CRDs.
 struct Known {
-    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+    kinds: Vec<(&'static Registration, CustomResourceDefinition)>,
 }
 
 impl Known {
-    fn kinds(&self) -> impl Iterator<Item = &str> {
-        self.crds.iter().map(|c| c.spec.names.kind.as_str())
+    fn new() -> Self {
+        Known {
+            kinds: KINDS.iter().map(|r| (r, (r.crd)())).collect(),
+        }
+    }
+
+    fn kinds(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.kinds.iter().map(|(r, _)| r.kind)
     }
 
     fn versions(&self, kind: &str) -> Vec<&str> {
-        self.crds
+        self.kinds
             .iter()
-            .filter(|c| c.spec.names.kind == kind)
-            .flat_map(|c| c.spec.versions.iter().map(|v| v.name.as_str()))
+            .filter(|(r, _)| r.kind == kind)
+            .flat_map(|(_, c)| c.spec.versions.iter().map(|v| v.name.as_str()))
             .collect()
+    }
+
+    /// The registration and CRD of a kind [`classify`] found to be ours.
+    fn get(&self, kind: &str) -> (&'static Registration, &CustomResourceDefinition) {
+        let (r, crd) = self
+            .kinds
+            .iter()
+            .find(|(r, _)| r.kind == kind)
+            .expect("a known kind");
+        (r, crd)
     }
 }
 
 /// What a document is: one of this tool's kinds, an error, or skipped.
-enum Verdict<'a> {
-    Ours(&'a str),
+enum Verdict {
+    Ours(&'static str),
     Error(&'static str, Option<String>, String),
     Skip(Option<String>),
 }
 
-fn classify<'a>(known: &'a Known, api_version: Option<&str>, kind: Option<&str>) -> Verdict<'a> {
+fn classify(known: &Known, api_version: Option<&str>, kind: Option<&str>) -> Verdict {
     let kinds = || known.kinds().collect::<Vec<_>>().join(", ");
     let quoted = |s: &str| Value::String(s.to_owned()).to_string();
     let ours_by_name = kind.and_then(|k| nearest(k, known.kinds()));
@@ -462,7 +451,7 @@ fn meta_errors(value: &Value, namespaced: bool) -> Vec<FieldError> {
 /// Reads every YAML document under `paths`, keeps the operator's kinds and validates them.
 pub fn load(paths: &[PathBuf]) -> Manifests {
     let mut out = Manifests::default();
-    let known = Known { crds: api::crds() };
+    let known = Known::new();
     let mut seen = BTreeSet::new();
     for path in paths {
         let mut files = Vec::new();
@@ -503,6 +492,7 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
     out
 }
 
+/// Reads one document: one of this tool's resources, a skipped document, or errors.
 fn load_document(
     known: &Known,
     doc: &str,
@@ -510,137 +500,193 @@ fn load_document(
     seen: &mut BTreeSet<(&'static str, String)>,
     out: &mut Manifests,
 ) {
-    let problem = |field: Option<&str>, value: Option<String>, message: String| Problem {
-        file: Some(source.file.clone()),
-        line: Some(source.line),
-        resource: None,
-        field: field.map(str::to_owned),
-        value,
-        message,
-        class: Class::Manifest,
-    };
-    let mut value: Value = match serde_saphyr::from_str(doc) {
+    let value = match parse_yaml(doc, &source) {
         Ok(v) => v,
-        Err(e) => {
-            let mut p = problem(
-                None,
-                None,
-                format!(
-                    "malformed YAML: {}",
-                    e.to_string()
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .trim_start_matches("error: ")
-                ),
-            );
-            if let Some(at) = e.location().filter(|l| l.line() > 0) {
-                p.line = Some(source.first_line + at.line() as usize - 1);
-            }
-            out.errors.push(p);
-            return;
-        }
+        Err(p) => return out.errors.push(*p),
     };
-    let lines = Node::parse(doc).map(Arc::new);
-    let at = |field: &str| {
-        lines
+    let document = Document {
+        source,
+        lines: Node::parse(doc).map(Arc::new),
+    };
+    let Some(kind) = document.kind(known, &value, out) else {
+        return;
+    };
+    let (registration, crd) = known.get(kind);
+    let value = match document.validated(crd, value) {
+        Ok(v) => v,
+        Err(problems) => return out.errors.extend(problems),
+    };
+    match document.into_loaded(registration, crd, value) {
+        Ok(loaded) => admit(loaded, seen, out),
+        Err(p) => out.errors.push(*p),
+    }
+}
+
+/// The document as JSON, or the parser's error at its line.
+fn parse_yaml(doc: &str, source: &Source) -> Result<Value, Box<Problem>> {
+    serde_saphyr::from_str(doc).map_err(|e| {
+        let first = e.to_string();
+        let message = first
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        let mut p = Problem::new(Class::Manifest, format!("malformed YAML: {message}"));
+        p.file = Some(source.file.clone());
+        p.line = Some(source.line);
+        if let Some(at) = e.location().filter(|l| l.line() > 0) {
+            p.line = Some(source.first_line + at.line() as usize - 1);
+        }
+        Box::new(p)
+    })
+}
+
+/// A resource is declared once: a second one of the same kind and name is an error.
+fn admit(loaded: Loaded, seen: &mut BTreeSet<(&'static str, String)>, out: &mut Manifests) {
+    if seen.insert((loaded.kind(), loaded.qualified())) {
+        return out.resources.push(loaded);
+    }
+    let mut p = loaded.problem(
+        Class::Manifest,
+        "metadata.name",
+        format!("{} {} is declared twice", loaded.kind(), loaded.qualified()),
+    );
+    p.value = Some(Value::String(loaded.name().to_owned()).to_string());
+    out.errors.push(p);
+}
+
+/// One parsed YAML document: where it is, and its nodes' lines (to point at a field).
+struct Document {
+    source: Source,
+    lines: Option<Arc<Spanned<Node>>>,
+}
+
+impl Document {
+    /// The line of `field` in its file (of the document when the field is not found).
+    fn line_of(&self, field: &str) -> usize {
+        self.lines
             .as_deref()
             .and_then(|root| line_of(root, field))
-            .map(|l| source.first_line + l - 1)
-            .unwrap_or(source.line)
-    };
-    let api_version = value["apiVersion"].as_str().map(str::to_owned);
-    let kind = value["kind"].as_str().map(str::to_owned);
-    let raw_ref = |value: &Value, kind: &str| ResourceRef {
+            .map(|l| self.source.first_line + l - 1)
+            .unwrap_or(self.source.line)
+    }
+
+    /// A manifest problem at the document's line.
+    fn problem(&self, field: Option<&str>, value: Option<String>, message: String) -> Problem {
+        Problem {
+            file: Some(self.source.file.clone()),
+            line: Some(self.source.line),
+            resource: None,
+            field: field.map(str::to_owned),
+            value,
+            message,
+            class: Class::Manifest,
+        }
+    }
+
+    /// Its kind, when it is one of this tool's; else the error or the skipped document is
+    /// recorded in `out`.
+    fn kind(&self, known: &Known, value: &Value, out: &mut Manifests) -> Option<&'static str> {
+        let api_version = value["apiVersion"].as_str().map(str::to_owned);
+        let kind = value["kind"].as_str().map(str::to_owned);
+        match classify(known, api_version.as_deref(), kind.as_deref()) {
+            Verdict::Ours(kind) => return Some(kind),
+            Verdict::Error(field, shown, message) => {
+                let mut p = self.problem(Some(field), shown, message);
+                p.line = Some(self.line_of(field));
+                if let Some(k) = &kind {
+                    p.resource = Some(raw_ref(value, k));
+                }
+                out.errors.push(p);
+            }
+            Verdict::Skip(hint) => out.skipped.push(Skipped {
+                file: self.source.file.clone(),
+                line: self.source.line,
+                api_version,
+                kind,
+                name: value["metadata"]["name"].as_str().map(str::to_owned),
+                hint,
+            }),
+        }
+        None
+    }
+
+    /// The object, with the default namespace when it is namespaced and names none, if it
+    /// passes its CRD's schema and rules; else a problem per failed rule.
+    fn validated(
+        &self,
+        crd: &CustomResourceDefinition,
+        mut value: Value,
+    ) -> Result<Value, Vec<Problem>> {
+        let namespaced = crd.spec.scope == "Namespaced";
+        if namespaced
+            && value["metadata"].get("namespace").is_none()
+            && value["metadata"].is_object()
+        {
+            value["metadata"]["namespace"] = Value::String("default".into());
+        }
+        let mut errors = meta_errors(&value, namespaced);
+        if errors.is_empty() {
+            errors = validate_object_pointing(crd, &value, None);
+        }
+        if errors.is_empty() {
+            return Ok(value);
+        }
+        let resource = raw_ref(&value, &crd.spec.names.kind);
+        Err(errors
+            .into_iter()
+            .map(|e| Problem {
+                file: Some(self.source.file.clone()),
+                line: Some(self.line_of(&e.field)),
+                resource: Some(resource.clone()),
+                value: shown_value(&value, &e.field),
+                field: Some(e.field),
+                message: e.message,
+                class: Class::Manifest,
+            })
+            .collect())
+    }
+
+    /// The valid object as a resource of its kind.
+    fn into_loaded(
+        self,
+        registration: &Registration,
+        crd: &CustomResourceDefinition,
+        value: Value,
+    ) -> Result<Loaded, Box<Problem>> {
+        let resource_ref = raw_ref(&value, registration.kind);
+        let name = resource_ref.name.clone();
+        let namespace = match crd.spec.scope.as_str() {
+            "Namespaced" => resource_ref.namespace.clone(),
+            _ => None,
+        };
+        match (registration.parse)(value) {
+            Ok(resource) => Ok(Loaded {
+                source: self.source,
+                kind: registration.kind,
+                namespace,
+                name,
+                resource,
+                lines: self.lines,
+            }),
+            Err(e) => {
+                let mut p = self.problem(None, None, e.to_string());
+                p.resource = Some(resource_ref);
+                Err(Box::new(p))
+            }
+        }
+    }
+}
+
+/// The resource a document names (before it is known to be valid).
+fn raw_ref(value: &Value, kind: &str) -> ResourceRef {
+    ResourceRef {
         kind: kind.to_owned(),
         namespace: value["metadata"]["namespace"].as_str().map(str::to_owned),
         name: value["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned(),
-    };
-    let kind = match classify(known, api_version.as_deref(), kind.as_deref()) {
-        Verdict::Ours(kind) => kind,
-        Verdict::Error(field, shown, message) => {
-            let mut p = problem(Some(field), shown, message);
-            p.line = Some(at(field));
-            if let Some(k) = &kind {
-                p.resource = Some(raw_ref(&value, k));
-            }
-            out.errors.push(p);
-            return;
-        }
-        Verdict::Skip(hint) => {
-            out.skipped.push(Skipped {
-                file: source.file.clone(),
-                line: source.line,
-                api_version,
-                kind,
-                name: value["metadata"]["name"].as_str().map(str::to_owned),
-                hint,
-            });
-            return;
-        }
-    };
-    let crd = known
-        .crds
-        .iter()
-        .find(|c| c.spec.names.kind == kind)
-        .expect("a known kind");
-    let namespaced = crd.spec.scope == "Namespaced";
-    if namespaced && value["metadata"].get("namespace").is_none() && value["metadata"].is_object() {
-        value["metadata"]["namespace"] = Value::String("default".into());
-    }
-    let mut errors = meta_errors(&value, namespaced);
-    if errors.is_empty() {
-        errors = validate_object_pointing(crd, &value, None);
-    }
-    if !errors.is_empty() {
-        let resource = raw_ref(&value, kind);
-        for e in errors {
-            out.errors.push(Problem {
-                file: Some(source.file.clone()),
-                line: Some(at(&e.field)),
-                resource: Some(resource.clone()),
-                value: shown_value(&value, &e.field),
-                field: Some(e.field),
-                message: e.message,
-                class: Class::Manifest,
-            });
-        }
-        return;
-    }
-    let resource_ref = raw_ref(&value, kind);
-    let resource = match kind {
-        "UsageLimitPolicy" => serde_json::from_value(value).map(|o| Resource::Usage(Box::new(o))),
-        "RateLimitPolicy" => serde_json::from_value(value).map(|o| Resource::Rate(Box::new(o))),
-        "ApiKeyBudget" => serde_json::from_value(value).map(|o| Resource::ApiKey(Box::new(o))),
-        _ => serde_json::from_value(value).map(|o| Resource::Workspace(Box::new(o))),
-    };
-    match resource {
-        Ok(resource) => {
-            let loaded = Loaded {
-                source,
-                resource,
-                lines,
-            };
-            if !seen.insert((loaded.kind(), loaded.qualified())) {
-                let mut p = loaded.problem(
-                    Class::Manifest,
-                    "metadata.name",
-                    format!("{} {} is declared twice", loaded.kind(), loaded.qualified()),
-                );
-                p.value = Some(Value::String(loaded.name().to_owned()).to_string());
-                out.errors.push(p);
-                return;
-            }
-            out.resources.push(loaded);
-        }
-        Err(e) => {
-            let mut p = problem(None, None, e.to_string());
-            p.resource = Some(resource_ref);
-            out.errors.push(p);
-        }
     }
 }
 
@@ -672,13 +718,12 @@ pub fn emulator_seed(resources: &[Loaded], default_workspace: Option<&str>) -> S
         .collect();
     let api_keys = resources
         .iter()
-        .filter_map(|r| match &r.resource {
-            Resource::ApiKey(o) => Some(SeedApiKey {
+        .filter_map(|r| {
+            Some(SeedApiKey {
                 workspace: r.workspace().or(default_workspace)?.to_owned(),
-                name: o.spec.existing.as_ref()?.name.clone()?,
+                name: r.resource.seed_key_name()?.to_owned(),
                 scopes: Vec::new(),
-            }),
-            _ => None,
+            })
         })
         .collect();
     Seed {

@@ -10,11 +10,14 @@
 //! * [`load`]: manifests → resources, or errors naming file, line, resource and field;
 //! * [`plan()`]: resources + Portkey → a plan (read only);
 //! * [`apply`]: the plan's writes;
-//! * [`render_text`] and [`status_table`]: what is shown.
+//! * [`render_text`] and [`status_table`]: what is shown;
+//! * `kinds`: what differs per kind (plan, writes, prune, status row), one file per kind.
 
 mod apply;
+mod kinds;
 mod load;
 mod plan;
+mod remote;
 mod render;
 mod status;
 
