@@ -14,6 +14,7 @@
 //! * `kinds`: what differs per kind (plan, writes, prune, status row), one file per kind.
 
 mod apply;
+mod classify;
 mod kinds;
 mod load;
 mod plan;
@@ -22,8 +23,10 @@ mod render;
 mod status;
 
 pub use apply::{SyncReport, apply};
+pub use classify::Skipped;
 pub use load::{
-    Loaded, Manifests, Resource, Skipped, Source, emulator_seed, load, missing_workspaces,
+    Loaded, Manifests, Resource, Source, emulator_seed, emulator_seed_from, load,
+    missing_workspaces,
 };
 pub use plan::{ChangeKind, Plan, PlanItem, PlanSettings, plan};
 pub use problem::{Class, LoadError, Problem, ResourceRef, exit};
