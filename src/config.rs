@@ -268,14 +268,44 @@ impl RunArgs {
         self.resolve_with(file)
     }
 
-    /// [`RunArgs::resolve`] with an already parsed file.
+    /// [`RunArgs::resolve`] with an already parsed file. Settings are checked in this order
+    /// (the first error is returned): concurrency, write rate, metrics address, lease, the
+    /// installation ids, the intervals, the Admin API timeout.
     pub fn resolve_with(&self, file: FileConfig) -> Result<OperatorSettings, String> {
-        let d = ControllerConfig::default();
-        let le = file.leader_election.clone().unwrap_or_default();
-        let pick_d = |flag: Option<FlagDuration>, file: Option<FlagDuration>, default: Duration| {
-            flag.or(file).map_or(default, |f| f.0)
-        };
-        let api_key = if let Some(path) = self.api_key_file.clone() {
+        let api_key = self.api_key_source(&file);
+        let write_limits = self.write_limits(&file)?;
+        let metrics_bind_address = self.metrics_bind_address(&file)?;
+        let leader_election = self.leader_election(&file)?;
+        let controller = self.controller_config(&file, write_limits)?;
+        Ok(OperatorSettings {
+            admin_api_url: self
+                .admin_api_url
+                .clone()
+                .or(file.admin_api_url.clone())
+                .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
+            api_key,
+            admin_api_timeout: at_least(
+                "adminApiTimeout",
+                pick(
+                    self.admin_api_timeout,
+                    file.admin_api_timeout,
+                    Duration::from_secs(15),
+                ),
+                Duration::from_millis(100),
+            )?,
+            admin_api_rate_limit: self.admin_api_rate_limit(&file),
+            metrics_bind_address,
+            leader_election,
+            log_format: file.log_format,
+            log_level: file.log_level.clone(),
+            controller,
+        })
+    }
+
+    /// The key's source: a flag (file, Secret), else `PORTKEY_API_KEY`, else the config
+    /// file's (file, Secret), else `PORTKEY_API_KEY` (read, and missing, later).
+    fn api_key_source(&self, file: &FileConfig) -> ApiKeySource {
+        if let Some(path) = self.api_key_file.clone() {
             ApiKeySource::File(path)
         } else if let Some(name) = self.api_key_secret.clone() {
             ApiKeySource::Secret {
@@ -296,7 +326,12 @@ impl RunArgs {
             }
         } else {
             ApiKeySource::Env
-        };
+        }
+    }
+
+    /// `concurrency` and `adminApiWriteRate`, each at least 1.
+    fn write_limits(&self, file: &FileConfig) -> Result<(u16, u32), String> {
+        let d = ControllerConfig::default();
         let concurrency = self
             .concurrency
             .or(file.concurrency)
@@ -311,28 +346,59 @@ impl RunArgs {
         if write_rate == 0 {
             return Err("adminApiWriteRate: must be at least 1 write per second".into());
         }
-        let metrics = match self
+        Ok((concurrency, write_rate))
+    }
+
+    /// `metricsBindAddress`: an address, `off` (none), or `0.0.0.0:8080`.
+    fn metrics_bind_address(&self, file: &FileConfig) -> Result<Option<SocketAddr>, String> {
+        match self
             .metrics_bind_address
             .clone()
             .or(file.metrics_bind_address.clone())
         {
-            None => Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
-            Some(s) if s.eq_ignore_ascii_case("off") => None,
-            Some(s) => Some(s.parse().map_err(|e| {
+            None => Ok(Some(SocketAddr::from(([0, 0, 0, 0], 8080)))),
+            Some(s) if s.eq_ignore_ascii_case("off") => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(|e| {
                 format!(
                     "metricsBindAddress: {s:?} is not an address such as 0.0.0.0:8080 or off: {e}"
                 )
-            })?),
-        };
+            }),
+        }
+    }
+
+    /// `leaderElection`: on by default, a Lease of 15 s (at least 3 s).
+    fn leader_election(&self, file: &FileConfig) -> Result<LeaderElection, String> {
+        let le = file.leader_election.clone().unwrap_or_default();
         let lease_duration = at_least(
             "leaderElection.leaseDuration",
-            pick_d(
+            pick(
                 self.leader_election_lease_duration,
                 le.lease_duration,
                 Duration::from_secs(15),
             ),
             Duration::from_secs(3),
         )?;
+        Ok(LeaderElection {
+            enabled: self.leader_elect.or(le.enabled).unwrap_or(true),
+            namespace: self.leader_election_namespace.clone().or(le.namespace),
+            lease_name: self
+                .leader_election_lease_name
+                .clone()
+                .or(le.lease_name)
+                .unwrap_or_else(|| "portkey-budget-operator".into()),
+            lease_duration,
+        })
+    }
+
+    /// All Admin API requests per second (`None`, or 0: unlimited).
+    fn admin_api_rate_limit(&self, file: &FileConfig) -> Option<u32> {
+        self.admin_api_rate_limit
+            .or(file.admin_api_rate_limit)
+            .filter(|r| *r > 0)
+    }
+
+    /// `installationId` and `adoptFromInstallations`, each a valid installation id.
+    fn installations(&self, file: &FileConfig) -> Result<(String, Vec<String>), String> {
         let installation_id = self
             .installation_id
             .clone()
@@ -348,16 +414,48 @@ impl RunArgs {
         for id in &adopt_from {
             validate_installation_id(id).map_err(|e| format!("adoptFromInstallations: {e}"))?;
         }
-        let controller = ControllerConfig {
-            installation_id: installation_id.unwrap_or_default(),
-            adopt_from_installations: adopt_from,
+        Ok((installation_id.unwrap_or_default(), adopt_from))
+    }
+
+    /// Which key scopes issued keys may have, and which existing keys are accepted.
+    fn key_scopes(&self, file: &FileConfig) -> KeyScopePolicy {
+        KeyScopePolicy {
+            allowed: if self.allowed_key_scopes.is_empty() {
+                file.allowed_key_scopes
+                    .clone()
+                    .unwrap_or_else(|| DATA_PLANE_SCOPES.iter().map(|s| (*s).to_owned()).collect())
+            } else {
+                self.allowed_key_scopes.clone()
+            },
+            allow_user_keys: self
+                .allow_user_keys
+                .or(file.allow_user_keys)
+                .unwrap_or(false),
+            allow_broad_existing_keys: self
+                .allow_broad_existing_keys
+                .or(file.allow_broad_existing_keys)
+                .unwrap_or(false),
+        }
+    }
+
+    /// The reconcilers' settings, with the checked concurrency and write rate.
+    fn controller_config(
+        &self,
+        file: &FileConfig,
+        (concurrency, admin_api_write_rate): (u16, u32),
+    ) -> Result<ControllerConfig, String> {
+        let d = ControllerConfig::default();
+        let (installation_id, adopt_from_installations) = self.installations(file)?;
+        Ok(ControllerConfig {
+            installation_id,
+            adopt_from_installations,
             default_workspace: self
                 .default_workspace
                 .clone()
                 .or(file.default_workspace.clone()),
             usage_refresh_interval: at_least(
                 "usageRefreshInterval",
-                pick_d(
+                pick(
                     self.usage_refresh_interval,
                     file.usage_refresh_interval,
                     d.usage_refresh_interval,
@@ -366,7 +464,7 @@ impl RunArgs {
             )?,
             resync_interval: at_least(
                 "resyncInterval",
-                pick_d(
+                pick(
                     self.resync_interval,
                     file.resync_interval,
                     d.resync_interval,
@@ -378,24 +476,8 @@ impl RunArgs {
                 .or(file.require_namespace_binding)
                 .unwrap_or(false),
             single_tenant: self.single_tenant.or(file.single_tenant).unwrap_or(false),
-            key_scopes: KeyScopePolicy {
-                allowed: if self.allowed_key_scopes.is_empty() {
-                    file.allowed_key_scopes.clone().unwrap_or_else(|| {
-                        DATA_PLANE_SCOPES.iter().map(|s| (*s).to_owned()).collect()
-                    })
-                } else {
-                    self.allowed_key_scopes.clone()
-                },
-                allow_user_keys: self
-                    .allow_user_keys
-                    .or(file.allow_user_keys)
-                    .unwrap_or(false),
-                allow_broad_existing_keys: self
-                    .allow_broad_existing_keys
-                    .or(file.allow_broad_existing_keys)
-                    .unwrap_or(false),
-            },
-            create_pending_grace: pick_d(
+            key_scopes: self.key_scopes(file),
+            create_pending_grace: pick(
                 self.create_pending_grace,
                 file.create_pending_grace,
                 d.create_pending_grace,
@@ -406,52 +488,18 @@ impl RunArgs {
             } else {
                 self.namespaces.clone()
             },
-            admin_api_write_rate: write_rate,
+            admin_api_write_rate,
             dry_run: self.dry_run.or(file.dry_run).unwrap_or(false),
             // Periodic refreshes may use half of the Admin API's request rate; creates,
             // updates and first reads are never queued behind them.
-            refresh_read_rate: self
-                .admin_api_rate_limit
-                .or(file.admin_api_rate_limit)
-                .filter(|r| *r > 0)
-                .map(|r| (r / 2).max(1)),
-        };
-        Ok(OperatorSettings {
-            admin_api_url: self
-                .admin_api_url
-                .clone()
-                .or(file.admin_api_url.clone())
-                .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned()),
-            api_key,
-            admin_api_timeout: at_least(
-                "adminApiTimeout",
-                pick_d(
-                    self.admin_api_timeout,
-                    file.admin_api_timeout,
-                    Duration::from_secs(15),
-                ),
-                Duration::from_millis(100),
-            )?,
-            admin_api_rate_limit: self
-                .admin_api_rate_limit
-                .or(file.admin_api_rate_limit)
-                .filter(|r| *r > 0),
-            metrics_bind_address: metrics,
-            leader_election: LeaderElection {
-                enabled: self.leader_elect.or(le.enabled).unwrap_or(true),
-                namespace: self.leader_election_namespace.clone().or(le.namespace),
-                lease_name: self
-                    .leader_election_lease_name
-                    .clone()
-                    .or(le.lease_name)
-                    .unwrap_or_else(|| "portkey-budget-operator".into()),
-                lease_duration,
-            },
-            log_format: file.log_format,
-            log_level: file.log_level.clone(),
-            controller,
+            refresh_read_rate: self.admin_api_rate_limit(file).map(|r| (r / 2).max(1)),
         })
     }
+}
+
+/// A duration from the flag, else the file, else the default.
+fn pick(flag: Option<FlagDuration>, file: Option<FlagDuration>, default: Duration) -> Duration {
+    flag.or(file).map_or(default, |f| f.0)
 }
 
 /// Reads the API key from the environment or a file (a Secret source is read by the caller,

@@ -521,14 +521,9 @@ async fn run_emulator(args: EmulatorArgs) -> Result<(), String> {
         seed.merge(Seed::from_yaml(&text).map_err(|e| format!("--seed {}: {e}", path.display()))?);
     }
     if !args.seed_from.is_empty() {
-        let manifests = portkey_budget_operator::gitops::load(&args.seed_from);
-        if let Some(e) = manifests.errors.first() {
-            return Err(format!("--seed-from: {e}"));
-        }
-        seed.merge(portkey_budget_operator::gitops::emulator_seed(
-            &manifests.resources,
-            None,
-        ));
+        seed.merge(portkey_budget_operator::gitops::emulator_seed_from(
+            &args.seed_from,
+        )?);
     }
     let summary = emulator::seed_summary(&seed);
     let config = EmulatorConfig {

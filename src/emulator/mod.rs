@@ -29,7 +29,7 @@ use jiff::Timestamp;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 pub use control::EmulatorControl;
 use state::{ApiError, ApiResult, State, object};
@@ -1032,9 +1032,11 @@ async fn control_key_check(AxState(s): Shr, body: Bytes) -> Reply {
     ok(s.read(|st| Ok(serde_json::json!({ "works": st.key_works(&key) })))?)
 }
 
+/// The faults `POST /_emulator/faults` (and `--faults`) set: every key known, every value in
+/// its range.
 fn parse_faults(body: &Value) -> ApiResult<Faults> {
     let obj = object(body)?;
-    let known = [
+    const KNOWN: [&str; 14] = [
         "error_rate",
         "error_status",
         "latency_ms",
@@ -1050,40 +1052,15 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         "gone_as_forbidden",
         "list_without_reset",
     ];
-    if let Some(k) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(ApiError::invalid(
             k,
-            format!("unknown fault; known: {}", known.join(", ")),
+            format!("unknown fault; known: {}", KNOWN.join(", ")),
         ));
     }
-    let int = |name: &str, lo: u64, hi: u64| -> ApiResult<Option<u64>> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .filter(|n| (lo..=hi).contains(n))
-                .map(Some)
-                .ok_or_else(|| {
-                    ApiError::invalid(name, format!("must be an integer from {lo} to {hi}"))
-                }),
-        }
-    };
-    let flag = |name: &str| -> ApiResult<bool> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(ApiError::invalid(name, "must be true or false")),
-        }
-    };
-    let error_rate = match obj.get("error_rate") {
-        None | Some(Value::Null) => 0.0,
-        Some(v) => v
-            .as_f64()
-            .filter(|r| (0.0..=1.0).contains(r))
-            .ok_or_else(|| ApiError::invalid("error_rate", "must be a number from 0 to 1"))?,
-    };
+    let int = |name: &str, lo: u64, hi: u64| fault_int(obj, name, lo, hi);
     Ok(Faults {
-        error_rate,
+        error_rate: fault_rate(obj)?,
         error_status: int("error_status", 400, 599)?.map(|n| n as u16),
         latency_ms: int("latency_ms", 0, 60_000)?.unwrap_or(0),
         rate_limit_rps: int("rate_limit_rps", 1, 1_000_000)?.map(|n| n as u32),
@@ -1093,33 +1070,73 @@ fn parse_faults(body: &Value) -> ApiResult<Faults> {
         page_size_cap: int("page_size_cap", 1, 1000)?.map(|n| n as usize),
         read_after_write_lag_ms: int("read_after_write_lag_ms", 0, 600_000)?.unwrap_or(0),
         stale_read_ms: int("stale_read_ms", 0, 600_000)?.unwrap_or(0),
-        gone_as_forbidden: flag("gone_as_forbidden")?,
-        list_without_reset: flag("list_without_reset")?,
-        method: match obj.get("method") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(m))
-                if ["GET", "POST", "PUT", "DELETE"].contains(&m.to_ascii_uppercase().as_str()) =>
-            {
-                Some(m.to_ascii_uppercase())
-            }
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "method",
-                    "must be one of: GET, POST, PUT, DELETE",
-                ));
-            }
-        },
-        path_contains: match obj.get("path_contains") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= 256 => Some(p.clone()),
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "path_contains",
-                    "must be a non-empty string of at most 256 characters",
-                ));
-            }
-        },
+        gone_as_forbidden: fault_flag(obj, "gone_as_forbidden")?,
+        list_without_reset: fault_flag(obj, "list_without_reset")?,
+        method: fault_method(obj)?,
+        path_contains: fault_path(obj)?,
     })
+}
+
+/// An integer fault from `lo` to `hi`, or none.
+fn fault_int(obj: &Map<String, Value>, name: &str, lo: u64, hi: u64) -> ApiResult<Option<u64>> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (lo..=hi).contains(n))
+            .map(Some)
+            .ok_or_else(|| {
+                ApiError::invalid(name, format!("must be an integer from {lo} to {hi}"))
+            }),
+    }
+}
+
+/// A boolean fault (false when absent).
+fn fault_flag(obj: &Map<String, Value>, name: &str) -> ApiResult<bool> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid(name, "must be true or false")),
+    }
+}
+
+/// `error_rate`: from 0 to 1 (0 when absent).
+fn fault_rate(obj: &Map<String, Value>) -> ApiResult<f64> {
+    match obj.get("error_rate") {
+        None | Some(Value::Null) => Ok(0.0),
+        Some(v) => v
+            .as_f64()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| ApiError::invalid("error_rate", "must be a number from 0 to 1")),
+    }
+}
+
+/// `method`: the one HTTP method faults apply to, upper case.
+fn fault_method(obj: &Map<String, Value>) -> ApiResult<Option<String>> {
+    match obj.get("method") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(m))
+            if ["GET", "POST", "PUT", "DELETE"].contains(&m.to_ascii_uppercase().as_str()) =>
+        {
+            Ok(Some(m.to_ascii_uppercase()))
+        }
+        Some(_) => Err(ApiError::invalid(
+            "method",
+            "must be one of: GET, POST, PUT, DELETE",
+        )),
+    }
+}
+
+/// `path_contains`: faults apply to paths containing it.
+fn fault_path(obj: &Map<String, Value>) -> ApiResult<Option<String>> {
+    match obj.get("path_contains") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(p)) if !p.is_empty() && p.chars().count() <= 256 => Ok(Some(p.clone())),
+        Some(_) => Err(ApiError::invalid(
+            "path_contains",
+            "must be a non-empty string of at most 256 characters",
+        )),
+    }
 }
 
 async fn control_set_faults(AxState(s): Shr, body: Bytes) -> Reply {

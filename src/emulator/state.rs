@@ -350,6 +350,160 @@ pub(super) fn reset_fields(
     Ok((reset, days))
 }
 
+/// A checked PUT of a usage-limits policy: what it changes.
+struct UsageUpdate {
+    name: Option<String>,
+    description: Nullable<String>,
+    conditions: Option<Vec<Condition>>,
+    credit_limit: Decimal,
+    alert_threshold: Option<Decimal>,
+    reset: Nullable<PeriodicReset>,
+    days: Nullable<i64>,
+    next_reset: Nullable<Timestamp>,
+    /// `reset_usage_for_value`: the bucket whose usage restarts.
+    reset_value: Option<String>,
+}
+
+impl UsageUpdate {
+    /// Every field of the body, checked against the policy's type and limit.
+    fn parse(current: &UsageLimitsPolicy, obj: &Map<String, Value>) -> ApiResult<Self> {
+        let name = match field(obj, "name") {
+            Nullable::Absent => None,
+            Nullable::Null => return Err(ApiError::invalid("name", "must not be null")),
+            Nullable::Value(v) => Some(name_value(v)?),
+        };
+        let description = match field(obj, "description") {
+            Nullable::Absent => Nullable::Absent,
+            Nullable::Null => Nullable::Null,
+            Nullable::Value(v) => Nullable::Value(string(v, "description", MAX_DESCRIPTION_CHARS)?),
+        };
+        let conditions = match field(obj, "conditions") {
+            Nullable::Absent => None,
+            Nullable::Null => return Err(ApiError::invalid("conditions", "must not be null")),
+            Nullable::Value(v) => Some(conditions(v)?),
+        };
+        let (credit_limit, alert_threshold) = Self::limits(current, obj)?;
+        let (reset, days) = reset_fields(obj, "")?;
+        let next_reset = match field(obj, "next_usage_reset_at") {
+            Nullable::Absent => Nullable::Absent,
+            Nullable::Null => Nullable::Null,
+            Nullable::Value(v) => Nullable::Value(timestamp(v, "next_usage_reset_at")?),
+        };
+        let reset_value = match field(obj, "reset_usage_for_value") {
+            Nullable::Value(v) => Some(string(v, "reset_usage_for_value", 1024)?),
+            _ => None,
+        };
+        Ok(UsageUpdate {
+            name,
+            description,
+            conditions,
+            credit_limit,
+            alert_threshold,
+            reset,
+            days,
+            next_reset,
+            reset_value,
+        })
+    }
+
+    /// `credit_limit` (at least the type's minimum) and `alert_threshold` (below it).
+    fn limits(
+        current: &UsageLimitsPolicy,
+        obj: &Map<String, Value>,
+    ) -> ApiResult<(Decimal, Option<Decimal>)> {
+        let credit_limit = match field(obj, "credit_limit") {
+            Nullable::Absent => current.credit_limit,
+            Nullable::Null => return Err(ApiError::invalid("credit_limit", "must not be null")),
+            Nullable::Value(v) => number(v, "credit_limit")?,
+        };
+        check_credit_limit(current.limit_type, credit_limit, "credit_limit")?;
+        let alert_threshold = match field(obj, "alert_threshold") {
+            Nullable::Absent => current.alert_threshold,
+            Nullable::Null => None,
+            Nullable::Value(v) => Some(number(v, "alert_threshold")?),
+        };
+        check_threshold(alert_threshold, credit_limit, "alert_threshold")?;
+        Ok((credit_limit, alert_threshold))
+    }
+
+    /// Writes the change into the record: fields, schedule, then the buckets.
+    fn apply(self, rec: &mut UsagePolicyRecord, now: Timestamp) {
+        let p = &mut rec.policy;
+        if let Some(name) = self.name {
+            p.name = Some(name);
+        }
+        if let Some(d) = self.description.as_change() {
+            p.description = d.cloned();
+        }
+        if let Some(c) = self.conditions {
+            p.conditions = c;
+        }
+        let raised = self.credit_limit > p.credit_limit;
+        p.credit_limit = self.credit_limit;
+        p.alert_threshold = self.alert_threshold;
+        reschedule(p, &self.reset, &self.days, self.next_reset, now);
+        p.last_updated_at = Some(now);
+        let limit = p.credit_limit;
+        for bucket in rec.buckets.values_mut() {
+            if raised {
+                // Raising the limit reactivates exhausted buckets and re-arms alerts (≥ 1.20.0).
+                bucket.is_threshold_alerts_sent = false;
+                bucket.is_exhausted_alerts_sent = false;
+            }
+            refresh_bucket(bucket, limit);
+        }
+        if let Some(key) = self.reset_value
+            && let Some(bucket) = rec.buckets.get_mut(&key)
+        {
+            reset_bucket(bucket);
+        }
+    }
+}
+
+/// The schedule fields of a PUT, and the next reset they lead to. Setting one kind of schedule
+/// replaces the other; any PUT carrying `periodic_reset` or `periodic_reset_days` recomputes the
+/// next reset from now (Portkey's behaviour, docs/admin-api.md §2); an explicit
+/// `next_usage_reset_at` wins, and `null` recomputes it.
+fn reschedule(
+    p: &mut UsageLimitsPolicy,
+    reset: &Nullable<PeriodicReset>,
+    days: &Nullable<i64>,
+    next_reset: Nullable<Timestamp>,
+    now: Timestamp,
+) {
+    let schedule_touched = reset.is_present() || days.is_present();
+    if schedule_touched {
+        match (reset, days) {
+            (Nullable::Value(r), _) => {
+                p.periodic_reset = Some(*r);
+                p.periodic_reset_days = None;
+            }
+            (_, Nullable::Value(d)) => {
+                p.periodic_reset_days = Some(*d);
+                p.periodic_reset = None;
+            }
+            _ => {
+                if reset.is_present() {
+                    p.periodic_reset = None;
+                }
+                if days.is_present() {
+                    p.periodic_reset_days = None;
+                }
+            }
+        }
+        let sched = Schedule::from_fields(p.periodic_reset, p.periodic_reset_days);
+        p.next_usage_reset_at = schedule::next_reset(sched, now, POLICY_WEEK_START);
+    }
+    match next_reset {
+        Nullable::Value(t) => p.next_usage_reset_at = Some(schedule::floor_to_midnight(t)),
+        Nullable::Null if !schedule_touched => {
+            let sched = Schedule::from_fields(p.periodic_reset, p.periodic_reset_days);
+            p.next_usage_reset_at = schedule::next_reset(sched, now, POLICY_WEEK_START);
+        }
+        _ => {}
+    }
+}
+
 pub(super) fn opt<T>(n: Nullable<T>) -> Option<T> {
     match n {
         Nullable::Value(v) => Some(v),
@@ -557,25 +711,39 @@ impl State {
             .collect())
     }
 
+    /// PUT of a usage-limits policy: the whole body is checked before anything changes.
     pub fn update_usage_policy(&mut self, id: &str, body: &Value) -> ApiResult<()> {
         let idx = self.usage_index(id, PolicyStatus::Active)?;
         let current = self.usage_limits[idx].policy.clone();
         let obj = object(body)?;
+        self.check_usage_immutables(&current, obj)?;
+        let update = UsageUpdate::parse(&current, obj)?;
+        let now = self.now();
+        update.apply(&mut self.usage_limits[idx], now);
+        Ok(())
+    }
+
+    /// `type`, `group_by` and `workspace_id` cannot change in place.
+    fn check_usage_immutables(
+        &self,
+        current: &UsageLimitsPolicy,
+        obj: &Map<String, Value>,
+    ) -> ApiResult<()> {
+        let immutable = |field: &str| {
+            ApiError::invalid(
+                field,
+                "cannot be changed; archive the policy and create a new one",
+            )
+        };
         if let Some(v) = obj.get("type")
             && v.as_str() != Some(current.limit_type.as_str())
         {
-            return Err(ApiError::invalid(
-                "type",
-                "cannot be changed; archive the policy and create a new one",
-            ));
+            return Err(immutable("type"));
         }
         if let Some(v) = obj.get("group_by")
             && group_by(v).ok().as_ref() != Some(&current.group_by)
         {
-            return Err(ApiError::invalid(
-                "group_by",
-                "cannot be changed; archive the policy and create a new one",
-            ));
+            return Err(immutable("group_by"));
         }
         if let Some(v) = obj.get("workspace_id")
             && v.as_str()
@@ -583,113 +751,7 @@ impl State {
                 .as_deref()
                 != Some(current.workspace_id.as_str())
         {
-            return Err(ApiError::invalid(
-                "workspace_id",
-                "cannot be changed; archive the policy and create a new one",
-            ));
-        }
-        let name = match field(obj, "name") {
-            Nullable::Absent => None,
-            Nullable::Null => return Err(ApiError::invalid("name", "must not be null")),
-            Nullable::Value(v) => Some(name_value(v)?),
-        };
-        let description = match field(obj, "description") {
-            Nullable::Absent => Nullable::Absent,
-            Nullable::Null => Nullable::Null,
-            Nullable::Value(v) => Nullable::Value(string(v, "description", MAX_DESCRIPTION_CHARS)?),
-        };
-        let new_conditions = match field(obj, "conditions") {
-            Nullable::Absent => None,
-            Nullable::Null => return Err(ApiError::invalid("conditions", "must not be null")),
-            Nullable::Value(v) => Some(conditions(v)?),
-        };
-        let credit_limit = match field(obj, "credit_limit") {
-            Nullable::Absent => current.credit_limit,
-            Nullable::Null => return Err(ApiError::invalid("credit_limit", "must not be null")),
-            Nullable::Value(v) => number(v, "credit_limit")?,
-        };
-        check_credit_limit(current.limit_type, credit_limit, "credit_limit")?;
-        let alert_threshold = match field(obj, "alert_threshold") {
-            Nullable::Absent => current.alert_threshold,
-            Nullable::Null => None,
-            Nullable::Value(v) => Some(number(v, "alert_threshold")?),
-        };
-        check_threshold(alert_threshold, credit_limit, "alert_threshold")?;
-        let (reset, days) = reset_fields(obj, "")?;
-        let explicit_next = match field(obj, "next_usage_reset_at") {
-            Nullable::Absent => Nullable::Absent,
-            Nullable::Null => Nullable::Null,
-            Nullable::Value(v) => Nullable::Value(timestamp(v, "next_usage_reset_at")?),
-        };
-        let reset_value = match field(obj, "reset_usage_for_value") {
-            Nullable::Value(v) => Some(string(v, "reset_usage_for_value", 1024)?),
-            _ => None,
-        };
-
-        // Everything is valid: apply.
-        let now = self.now();
-        let rec = &mut self.usage_limits[idx];
-        let p = &mut rec.policy;
-        if let Some(name) = name {
-            p.name = Some(name);
-        }
-        if let Some(d) = description.as_change() {
-            p.description = d.cloned();
-        }
-        if let Some(c) = new_conditions {
-            p.conditions = c;
-        }
-        let raised = credit_limit > p.credit_limit;
-        p.credit_limit = credit_limit;
-        p.alert_threshold = alert_threshold;
-        let schedule_touched = reset.is_present() || days.is_present();
-        if schedule_touched {
-            // Setting one kind of schedule replaces the other.
-            match (&reset, &days) {
-                (Nullable::Value(r), _) => {
-                    p.periodic_reset = Some(*r);
-                    p.periodic_reset_days = None;
-                }
-                (_, Nullable::Value(d)) => {
-                    p.periodic_reset_days = Some(*d);
-                    p.periodic_reset = None;
-                }
-                _ => {
-                    if reset.is_present() {
-                        p.periodic_reset = None;
-                    }
-                    if days.is_present() {
-                        p.periodic_reset_days = None;
-                    }
-                }
-            }
-            // Portkey's behaviour (docs/admin-api.md §2): any PUT carrying periodic_reset or
-            // periodic_reset_days recomputes the next reset from now.
-            let sched = Schedule::from_fields(p.periodic_reset, p.periodic_reset_days);
-            p.next_usage_reset_at = schedule::next_reset(sched, now, POLICY_WEEK_START);
-        }
-        match explicit_next {
-            Nullable::Value(t) => p.next_usage_reset_at = Some(schedule::floor_to_midnight(t)),
-            Nullable::Null if !schedule_touched => {
-                let sched = Schedule::from_fields(p.periodic_reset, p.periodic_reset_days);
-                p.next_usage_reset_at = schedule::next_reset(sched, now, POLICY_WEEK_START);
-            }
-            _ => {}
-        }
-        p.last_updated_at = Some(now);
-        let limit = p.credit_limit;
-        for bucket in rec.buckets.values_mut() {
-            if raised {
-                // Raising the limit reactivates exhausted buckets and re-arms alerts (≥ 1.20.0).
-                bucket.is_threshold_alerts_sent = false;
-                bucket.is_exhausted_alerts_sent = false;
-            }
-            refresh_bucket(bucket, limit);
-        }
-        if let Some(key) = reset_value
-            && let Some(bucket) = rec.buckets.get_mut(&key)
-        {
-            reset_bucket(bucket);
+            return Err(immutable("workspace_id"));
         }
         Ok(())
     }

@@ -44,37 +44,10 @@ pub enum Mode {
 /// Runs `plan` or `sync`; returns the exit code. Everything it prints goes to stdout (the plan,
 /// the table, `-o json`) or stderr (warnings, errors in text mode, progress).
 pub async fn run(opts: Options, mode: Mode) -> u8 {
-    let mut manifests = super::load(&opts.paths);
-    for skipped in &manifests.skipped {
-        if opts.fail_on_unknown {
-            manifests.errors.push(skipped.problem());
-        } else if !opts.json {
-            eprintln!("warning: {}", skipped.warning());
-        }
-    }
-    if manifests.errors.is_empty() {
-        manifests.errors =
-            super::missing_workspaces(&manifests.resources, opts.default_workspace.as_deref());
-    }
-    if !manifests.errors.is_empty() {
-        return invalid(&opts, &manifests);
-    }
-    if !opts.json && manifests.ignored > 0 {
-        eprintln!(
-            "{} document(s) of other API groups skipped (--fail-on-unknown makes them errors)",
-            manifests.ignored
-        );
-    }
-    if manifests.resources.is_empty() {
-        eprintln!(
-            "no UsageLimitPolicy, RateLimitPolicy, WorkspaceBudget or ApiKeyBudget found in {}",
-            opts.paths
-                .iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
+    let manifests = match read(&opts) {
+        Ok(m) => m,
+        Err(code) => return code,
+    };
     let (client, target, _emulator) = match connect(&opts, &manifests).await {
         Ok(c) => c,
         Err((code, message)) => {
@@ -129,6 +102,44 @@ pub async fn run(opts: Options, mode: Mode) -> u8 {
     } else {
         exit::API
     }
+}
+
+/// The manifests, with warnings for what was skipped; or the exit code of invalid ones
+/// (reported, and nothing read from Portkey).
+fn read(opts: &Options) -> Result<Manifests, u8> {
+    let mut manifests = super::load(&opts.paths);
+    for skipped in &manifests.skipped {
+        if opts.fail_on_unknown {
+            manifests.errors.push(skipped.problem());
+        } else if !opts.json {
+            eprintln!("warning: {}", skipped.warning());
+        }
+    }
+    if manifests.errors.is_empty() {
+        manifests.errors =
+            super::missing_workspaces(&manifests.resources, opts.default_workspace.as_deref());
+    }
+    if !manifests.errors.is_empty() {
+        return Err(invalid(opts, &manifests));
+    }
+    if !opts.json && manifests.ignored > 0 {
+        eprintln!(
+            "{} document(s) of other API groups skipped (--fail-on-unknown makes them errors)",
+            manifests.ignored
+        );
+    }
+    if manifests.resources.is_empty() {
+        eprintln!(
+            "no {} found in {}",
+            super::kinds::listed_with("or"),
+            opts.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(manifests)
 }
 
 /// Invalid manifests: every error, and nothing read, sent or pruned.

@@ -7,15 +7,17 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Serialize;
 use serde_json::Value;
 use serde_saphyr::Spanned;
 
+use super::classify::{Known, Skipped, Verdict, classify};
+use super::kinds::{Declared, Registration};
 use super::lines::{Node, line_of};
 use super::plan::PlanSettings;
 use super::problem::{Class, LoadError, Problem, ResourceRef, shown_value};
 use crate::api::validate::{FieldError, validate_object_pointing};
-use crate::api::{self, ApiKeyBudget, RateLimitPolicy, UsageLimitPolicy, WorkspaceBudget};
 use crate::emulator::{Seed, SeedApiKey, SeedWorkspace};
 use crate::plan::marker::Identity;
 
@@ -37,18 +39,16 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// A resource read from the manifests.
-#[derive(Debug, Clone)]
-pub enum Resource {
-    Usage(Box<UsageLimitPolicy>),
-    Rate(Box<RateLimitPolicy>),
-    Workspace(Box<WorkspaceBudget>),
-    ApiKey(Box<ApiKeyBudget>),
-}
+/// A resource read from the manifests, of any kind ([`super::kinds`]).
+pub type Resource = Arc<dyn Declared>;
 
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub source: Source,
+    kind: &'static str,
+    /// `None` for cluster-scoped kinds.
+    namespace: Option<String>,
+    name: String,
     pub resource: Resource,
     /// The document's nodes with their lines (to point at a field).
     pub(super) lines: Option<Arc<Spanned<Node>>>,
@@ -100,31 +100,15 @@ impl Loaded {
     }
 
     pub fn kind(&self) -> &'static str {
-        match self.resource {
-            Resource::Usage(_) => "UsageLimitPolicy",
-            Resource::Rate(_) => "RateLimitPolicy",
-            Resource::Workspace(_) => "WorkspaceBudget",
-            Resource::ApiKey(_) => "ApiKeyBudget",
-        }
+        self.kind
     }
 
     pub fn namespace(&self) -> Option<&str> {
-        match &self.resource {
-            Resource::Usage(o) => o.metadata.namespace.as_deref(),
-            Resource::Rate(o) => o.metadata.namespace.as_deref(),
-            Resource::Workspace(_) => None,
-            Resource::ApiKey(o) => o.metadata.namespace.as_deref(),
-        }
+        self.namespace.as_deref()
     }
 
     pub fn name(&self) -> &str {
-        match &self.resource {
-            Resource::Usage(o) => o.metadata.name.as_deref(),
-            Resource::Rate(o) => o.metadata.name.as_deref(),
-            Resource::Workspace(o) => o.metadata.name.as_deref(),
-            Resource::ApiKey(o) => o.metadata.name.as_deref(),
-        }
-        .unwrap_or_default()
+        &self.name
     }
 
     /// `namespace/name` or `name`.
@@ -136,108 +120,14 @@ impl Loaded {
     }
 
     pub(super) fn identity(&self, settings: &PlanSettings) -> Identity {
-        let short = match self.resource {
-            Resource::Usage(_) => "ulp",
-            Resource::Rate(_) => "rlp",
-            Resource::Workspace(_) => "wsb",
-            Resource::ApiKey(_) => crate::controller::api_key::SHORT,
-        };
-        Identity::new(short, self.namespace(), self.name()).installed(
+        Identity::new(self.resource.short(), self.namespace(), self.name()).installed(
             &settings.installation_id,
             &settings.adopt_from_installations,
         )
     }
 
     pub fn workspace(&self) -> Option<&str> {
-        match &self.resource {
-            Resource::Usage(o) => o.spec.workspace.as_deref(),
-            Resource::Rate(o) => o.spec.workspace.as_deref(),
-            Resource::Workspace(o) => Some(&o.spec.workspace),
-            Resource::ApiKey(o) => o.spec.workspace.as_deref(),
-        }
-    }
-}
-
-/// A document of another API group (or no Kubernetes object at all), skipped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Skipped {
-    pub file: PathBuf,
-    pub line: usize,
-    pub api_version: Option<String>,
-    pub kind: Option<String>,
-    pub name: Option<String>,
-    /// A hint when it looks like one of this tool's kinds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-}
-
-impl Skipped {
-    fn what(&self) -> String {
-        match (&self.api_version, &self.kind) {
-            (None, None) => {
-                "a document that is not a Kubernetes object (no apiVersion, no kind)".into()
-            }
-            (av, kind) => format!(
-                "{} {}{}",
-                av.as_deref().unwrap_or("(no apiVersion)"),
-                kind.as_deref().unwrap_or("(no kind)"),
-                self.name
-                    .as_deref()
-                    .map(|n| format!(" {n}"))
-                    .unwrap_or_default()
-            ),
-        }
-    }
-
-    /// The warning line: `file:line: skipped v1 ConfigMap x: not a budgets.portkey-operator.io resource`.
-    pub fn warning(&self) -> String {
-        format!(
-            "{}:{}: skipped {}: not a {} resource{}",
-            self.file.display(),
-            self.line,
-            self.what(),
-            api::GROUP,
-            self.hint
-                .as_deref()
-                .map(|h| format!(" ({h})"))
-                .unwrap_or_default()
-        )
-    }
-
-    /// As an error (`--fail-on-unknown`).
-    pub fn problem(&self) -> Problem {
-        let hint = self
-            .hint
-            .as_deref()
-            .map(|h| format!(" ({h})"))
-            .unwrap_or_default();
-        let message = match &self.api_version {
-            Some(_) => format!(
-                "is not {}: {}{} is not this tool's, and --fail-on-unknown refuses documents of other API groups{hint}",
-                api::GROUP,
-                self.kind.as_deref().unwrap_or("(no kind)"),
-                self.name
-                    .as_deref()
-                    .map(|n| format!(" {n}"))
-                    .unwrap_or_default()
-            ),
-            None => format!(
-                "is required: {}, and --fail-on-unknown refuses it{hint}",
-                self.what()
-            ),
-        };
-        Problem {
-            file: Some(self.file.clone()),
-            line: Some(self.line),
-            resource: None,
-            field: Some("apiVersion".into()),
-            value: self
-                .api_version
-                .as_ref()
-                .map(|v| Value::String(v.clone()).to_string()),
-            message,
-            class: Class::Manifest,
-        }
+        self.resource.workspace()
     }
 }
 
@@ -290,144 +180,6 @@ fn documents(text: &str) -> Vec<(usize, String)> {
     docs
 }
 
-/// Levenshtein distance, ASCII case-insensitive.
-fn distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.to_ascii_lowercase().chars().collect();
-    let b: Vec<char> = b.to_ascii_lowercase().chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
-/// The known name nearest to `given`, when near enough to be a typo.
-fn nearest<'a>(given: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    known
-        .into_iter()
-        .map(|k| (distance(given, k), k))
-        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
-        .min()
-        .map(|(_, k)| k)
-}
-
-fn did_you_mean(suggestion: Option<&str>) -> String {
-    suggestion
-        .map(|s| format!(" (did you mean {s}?)"))
-        .unwrap_or_default()
-}
-
-/// The kinds and versions this tool reads: the CRDs'.
-struct Known {
-    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
-}
-
-impl Known {
-    fn kinds(&self) -> impl Iterator<Item = &str> {
-        self.crds.iter().map(|c| c.spec.names.kind.as_str())
-    }
-
-    fn versions(&self, kind: &str) -> Vec<&str> {
-        self.crds
-            .iter()
-            .filter(|c| c.spec.names.kind == kind)
-            .flat_map(|c| c.spec.versions.iter().map(|v| v.name.as_str()))
-            .collect()
-    }
-}
-
-/// What a document is: one of this tool's kinds, an error, or skipped.
-enum Verdict<'a> {
-    Ours(&'a str),
-    Error(&'static str, Option<String>, String),
-    Skip(Option<String>),
-}
-
-fn classify<'a>(known: &'a Known, api_version: Option<&str>, kind: Option<&str>) -> Verdict<'a> {
-    let kinds = || known.kinds().collect::<Vec<_>>().join(", ");
-    let quoted = |s: &str| Value::String(s.to_owned()).to_string();
-    let ours_by_name = kind.and_then(|k| nearest(k, known.kinds()));
-    let Some(api_version) = api_version else {
-        return match ours_by_name {
-            Some(k) => Verdict::Error(
-                "apiVersion",
-                None,
-                format!(
-                    "is required: {k} is apiVersion {}/{}",
-                    api::GROUP,
-                    known.versions(k).first().copied().unwrap_or("v1alpha1")
-                ),
-            ),
-            None => Verdict::Skip(None),
-        };
-    };
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    if group == api::GROUP {
-        let Some(kind) = kind else {
-            return Verdict::Error("kind", None, format!("is required (one of {})", kinds()));
-        };
-        let Some(ours) = known.kinds().find(|k| *k == kind) else {
-            return Verdict::Error(
-                "kind",
-                Some(quoted(kind)),
-                format!(
-                    "is not a kind of {}{}; the kinds are {}",
-                    api::GROUP,
-                    did_you_mean(ours_by_name),
-                    kinds()
-                ),
-            );
-        };
-        let versions = known.versions(ours);
-        if !versions.contains(&version) {
-            let suggestion = nearest(version, versions.iter().copied())
-                .or(versions.first().copied())
-                .map(|v| format!("{}/{v}", api::GROUP));
-            return Verdict::Error(
-                "apiVersion",
-                Some(quoted(api_version)),
-                format!(
-                    "is not a version of {ours}{}; the versions are {}",
-                    did_you_mean(suggestion.as_deref()),
-                    versions.join(", ")
-                ),
-            );
-        }
-        return Verdict::Ours(ours);
-    }
-    let version_of = |k: &str| {
-        format!(
-            "{}/{}",
-            api::GROUP,
-            known.versions(k).first().copied().unwrap_or("v1alpha1")
-        )
-    };
-    // A near miss of this group (`budget.portkey-operator.io`) is a typo, not another API.
-    if !group.is_empty() && distance(group, api::GROUP) <= 3 {
-        let suggestion = ours_by_name.map(version_of);
-        return Verdict::Error(
-            "apiVersion",
-            Some(quoted(api_version)),
-            format!(
-                "is not an API group this tool knows{}",
-                did_you_mean(suggestion.as_deref().or(Some(api::GROUP)))
-            ),
-        );
-    }
-    Verdict::Skip(ours_by_name.map(|k| {
-        format!(
-            "this tool's {k} is apiVersion {}; a {k} of another API is not read",
-            version_of(k)
-        )
-    }))
-}
-
 fn meta_errors(value: &Value, namespaced: bool) -> Vec<FieldError> {
     let dns =
         regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -462,7 +214,7 @@ fn meta_errors(value: &Value, namespaced: bool) -> Vec<FieldError> {
 /// Reads every YAML document under `paths`, keeps the operator's kinds and validates them.
 pub fn load(paths: &[PathBuf]) -> Manifests {
     let mut out = Manifests::default();
-    let known = Known { crds: api::crds() };
+    let known = Known::new();
     let mut seen = BTreeSet::new();
     for path in paths {
         let mut files = Vec::new();
@@ -503,6 +255,7 @@ pub fn load(paths: &[PathBuf]) -> Manifests {
     out
 }
 
+/// Reads one document: one of this tool's resources, a skipped document, or errors.
 fn load_document(
     known: &Known,
     doc: &str,
@@ -510,137 +263,193 @@ fn load_document(
     seen: &mut BTreeSet<(&'static str, String)>,
     out: &mut Manifests,
 ) {
-    let problem = |field: Option<&str>, value: Option<String>, message: String| Problem {
-        file: Some(source.file.clone()),
-        line: Some(source.line),
-        resource: None,
-        field: field.map(str::to_owned),
-        value,
-        message,
-        class: Class::Manifest,
-    };
-    let mut value: Value = match serde_saphyr::from_str(doc) {
+    let value = match parse_yaml(doc, &source) {
         Ok(v) => v,
-        Err(e) => {
-            let mut p = problem(
-                None,
-                None,
-                format!(
-                    "malformed YAML: {}",
-                    e.to_string()
-                        .lines()
-                        .next()
-                        .unwrap_or_default()
-                        .trim_start_matches("error: ")
-                ),
-            );
-            if let Some(at) = e.location().filter(|l| l.line() > 0) {
-                p.line = Some(source.first_line + at.line() as usize - 1);
-            }
-            out.errors.push(p);
-            return;
-        }
+        Err(p) => return out.errors.push(*p),
     };
-    let lines = Node::parse(doc).map(Arc::new);
-    let at = |field: &str| {
-        lines
+    let document = Document {
+        source,
+        lines: Node::parse(doc).map(Arc::new),
+    };
+    let Some(kind) = document.kind(known, &value, out) else {
+        return;
+    };
+    let (registration, crd) = known.get(kind);
+    let value = match document.validated(crd, value) {
+        Ok(v) => v,
+        Err(problems) => return out.errors.extend(problems),
+    };
+    match document.into_loaded(registration, crd, value) {
+        Ok(loaded) => admit(loaded, seen, out),
+        Err(p) => out.errors.push(*p),
+    }
+}
+
+/// The document as JSON, or the parser's error at its line.
+fn parse_yaml(doc: &str, source: &Source) -> Result<Value, Box<Problem>> {
+    serde_saphyr::from_str(doc).map_err(|e| {
+        let first = e.to_string();
+        let message = first
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim_start_matches("error: ");
+        let mut p = Problem::new(Class::Manifest, format!("malformed YAML: {message}"));
+        p.file = Some(source.file.clone());
+        p.line = Some(source.line);
+        if let Some(at) = e.location().filter(|l| l.line() > 0) {
+            p.line = Some(source.first_line + at.line() as usize - 1);
+        }
+        Box::new(p)
+    })
+}
+
+/// A resource is declared once: a second one of the same kind and name is an error.
+fn admit(loaded: Loaded, seen: &mut BTreeSet<(&'static str, String)>, out: &mut Manifests) {
+    if seen.insert((loaded.kind(), loaded.qualified())) {
+        return out.resources.push(loaded);
+    }
+    let mut p = loaded.problem(
+        Class::Manifest,
+        "metadata.name",
+        format!("{} {} is declared twice", loaded.kind(), loaded.qualified()),
+    );
+    p.value = Some(Value::String(loaded.name().to_owned()).to_string());
+    out.errors.push(p);
+}
+
+/// One parsed YAML document: where it is, and its nodes' lines (to point at a field).
+struct Document {
+    source: Source,
+    lines: Option<Arc<Spanned<Node>>>,
+}
+
+impl Document {
+    /// The line of `field` in its file (of the document when the field is not found).
+    fn line_of(&self, field: &str) -> usize {
+        self.lines
             .as_deref()
             .and_then(|root| line_of(root, field))
-            .map(|l| source.first_line + l - 1)
-            .unwrap_or(source.line)
-    };
-    let api_version = value["apiVersion"].as_str().map(str::to_owned);
-    let kind = value["kind"].as_str().map(str::to_owned);
-    let raw_ref = |value: &Value, kind: &str| ResourceRef {
+            .map(|l| self.source.first_line + l - 1)
+            .unwrap_or(self.source.line)
+    }
+
+    /// A manifest problem at the document's line.
+    fn problem(&self, field: Option<&str>, value: Option<String>, message: String) -> Problem {
+        Problem {
+            file: Some(self.source.file.clone()),
+            line: Some(self.source.line),
+            resource: None,
+            field: field.map(str::to_owned),
+            value,
+            message,
+            class: Class::Manifest,
+        }
+    }
+
+    /// Its kind, when it is one of this tool's; else the error or the skipped document is
+    /// recorded in `out`.
+    fn kind(&self, known: &Known, value: &Value, out: &mut Manifests) -> Option<&'static str> {
+        let api_version = value["apiVersion"].as_str().map(str::to_owned);
+        let kind = value["kind"].as_str().map(str::to_owned);
+        match classify(known, api_version.as_deref(), kind.as_deref()) {
+            Verdict::Ours(kind) => return Some(kind),
+            Verdict::Error(field, shown, message) => {
+                let mut p = self.problem(Some(field), shown, message);
+                p.line = Some(self.line_of(field));
+                if let Some(k) = &kind {
+                    p.resource = Some(raw_ref(value, k));
+                }
+                out.errors.push(p);
+            }
+            Verdict::Skip(hint) => out.skipped.push(Skipped {
+                file: self.source.file.clone(),
+                line: self.source.line,
+                api_version,
+                kind,
+                name: value["metadata"]["name"].as_str().map(str::to_owned),
+                hint,
+            }),
+        }
+        None
+    }
+
+    /// The object, with the default namespace when it is namespaced and names none, if it
+    /// passes its CRD's schema and rules; else a problem per failed rule.
+    fn validated(
+        &self,
+        crd: &CustomResourceDefinition,
+        mut value: Value,
+    ) -> Result<Value, Vec<Problem>> {
+        let namespaced = crd.spec.scope == "Namespaced";
+        if namespaced
+            && value["metadata"].get("namespace").is_none()
+            && value["metadata"].is_object()
+        {
+            value["metadata"]["namespace"] = Value::String("default".into());
+        }
+        let mut errors = meta_errors(&value, namespaced);
+        if errors.is_empty() {
+            errors = validate_object_pointing(crd, &value, None);
+        }
+        if errors.is_empty() {
+            return Ok(value);
+        }
+        let resource = raw_ref(&value, &crd.spec.names.kind);
+        Err(errors
+            .into_iter()
+            .map(|e| Problem {
+                file: Some(self.source.file.clone()),
+                line: Some(self.line_of(&e.field)),
+                resource: Some(resource.clone()),
+                value: shown_value(&value, &e.field),
+                field: Some(e.field),
+                message: e.message,
+                class: Class::Manifest,
+            })
+            .collect())
+    }
+
+    /// The valid object as a resource of its kind.
+    fn into_loaded(
+        self,
+        registration: &Registration,
+        crd: &CustomResourceDefinition,
+        value: Value,
+    ) -> Result<Loaded, Box<Problem>> {
+        let resource_ref = raw_ref(&value, registration.kind);
+        let name = resource_ref.name.clone();
+        let namespace = match crd.spec.scope.as_str() {
+            "Namespaced" => resource_ref.namespace.clone(),
+            _ => None,
+        };
+        match (registration.parse)(value) {
+            Ok(resource) => Ok(Loaded {
+                source: self.source,
+                kind: registration.kind,
+                namespace,
+                name,
+                resource,
+                lines: self.lines,
+            }),
+            Err(e) => {
+                let mut p = self.problem(None, None, e.to_string());
+                p.resource = Some(resource_ref);
+                Err(Box::new(p))
+            }
+        }
+    }
+}
+
+/// The resource a document names (before it is known to be valid).
+fn raw_ref(value: &Value, kind: &str) -> ResourceRef {
+    ResourceRef {
         kind: kind.to_owned(),
         namespace: value["metadata"]["namespace"].as_str().map(str::to_owned),
         name: value["metadata"]["name"]
             .as_str()
             .unwrap_or_default()
             .to_owned(),
-    };
-    let kind = match classify(known, api_version.as_deref(), kind.as_deref()) {
-        Verdict::Ours(kind) => kind,
-        Verdict::Error(field, shown, message) => {
-            let mut p = problem(Some(field), shown, message);
-            p.line = Some(at(field));
-            if let Some(k) = &kind {
-                p.resource = Some(raw_ref(&value, k));
-            }
-            out.errors.push(p);
-            return;
-        }
-        Verdict::Skip(hint) => {
-            out.skipped.push(Skipped {
-                file: source.file.clone(),
-                line: source.line,
-                api_version,
-                kind,
-                name: value["metadata"]["name"].as_str().map(str::to_owned),
-                hint,
-            });
-            return;
-        }
-    };
-    let crd = known
-        .crds
-        .iter()
-        .find(|c| c.spec.names.kind == kind)
-        .expect("a known kind");
-    let namespaced = crd.spec.scope == "Namespaced";
-    if namespaced && value["metadata"].get("namespace").is_none() && value["metadata"].is_object() {
-        value["metadata"]["namespace"] = Value::String("default".into());
-    }
-    let mut errors = meta_errors(&value, namespaced);
-    if errors.is_empty() {
-        errors = validate_object_pointing(crd, &value, None);
-    }
-    if !errors.is_empty() {
-        let resource = raw_ref(&value, kind);
-        for e in errors {
-            out.errors.push(Problem {
-                file: Some(source.file.clone()),
-                line: Some(at(&e.field)),
-                resource: Some(resource.clone()),
-                value: shown_value(&value, &e.field),
-                field: Some(e.field),
-                message: e.message,
-                class: Class::Manifest,
-            });
-        }
-        return;
-    }
-    let resource_ref = raw_ref(&value, kind);
-    let resource = match kind {
-        "UsageLimitPolicy" => serde_json::from_value(value).map(|o| Resource::Usage(Box::new(o))),
-        "RateLimitPolicy" => serde_json::from_value(value).map(|o| Resource::Rate(Box::new(o))),
-        "ApiKeyBudget" => serde_json::from_value(value).map(|o| Resource::ApiKey(Box::new(o))),
-        _ => serde_json::from_value(value).map(|o| Resource::Workspace(Box::new(o))),
-    };
-    match resource {
-        Ok(resource) => {
-            let loaded = Loaded {
-                source,
-                resource,
-                lines,
-            };
-            if !seen.insert((loaded.kind(), loaded.qualified())) {
-                let mut p = loaded.problem(
-                    Class::Manifest,
-                    "metadata.name",
-                    format!("{} {} is declared twice", loaded.kind(), loaded.qualified()),
-                );
-                p.value = Some(Value::String(loaded.name().to_owned()).to_string());
-                out.errors.push(p);
-                return;
-            }
-            out.resources.push(loaded);
-        }
-        Err(e) => {
-            let mut p = problem(None, None, e.to_string());
-            p.resource = Some(resource_ref);
-            out.errors.push(p);
-        }
     }
 }
 
@@ -663,6 +472,16 @@ pub fn missing_workspaces(resources: &[Loaded], default_workspace: Option<&str>)
         .collect()
 }
 
+/// What `emulator --seed-from PATH` seeds with: what `plan`/`sync --emulator` would for the
+/// manifests under `paths` ([`emulator_seed`]); an error when they do not load.
+pub fn emulator_seed_from(paths: &[PathBuf]) -> Result<Seed, String> {
+    let manifests = load(paths);
+    if let Some(e) = manifests.errors.first() {
+        return Err(format!("--seed-from: {e}"));
+    }
+    Ok(emulator_seed(&manifests.resources, None))
+}
+
 /// What `plan`/`sync --emulator` seed the built-in emulator with: the workspaces the manifests
 /// name, and the existing API keys they name by name (the emulator holds no keys of its own).
 pub fn emulator_seed(resources: &[Loaded], default_workspace: Option<&str>) -> Seed {
@@ -672,13 +491,12 @@ pub fn emulator_seed(resources: &[Loaded], default_workspace: Option<&str>) -> S
         .collect();
     let api_keys = resources
         .iter()
-        .filter_map(|r| match &r.resource {
-            Resource::ApiKey(o) => Some(SeedApiKey {
+        .filter_map(|r| {
+            Some(SeedApiKey {
                 workspace: r.workspace().or(default_workspace)?.to_owned(),
-                name: o.spec.existing.as_ref()?.name.clone()?,
+                name: r.resource.seed_key_name()?.to_owned(),
                 scopes: Vec::new(),
-            }),
-            _ => None,
+            })
         })
         .collect();
     Seed {
@@ -800,19 +618,5 @@ mod tests {
         let line = m.errors[0].line.unwrap();
         assert!((17..=20).contains(&line), "{e}");
         assert!(e.contains("malformed YAML"), "{e}");
-    }
-
-    #[test]
-    fn nearest_names_only_for_near_misses() {
-        let kinds = [
-            "UsageLimitPolicy",
-            "RateLimitPolicy",
-            "WorkspaceBudget",
-            "ApiKeyBudget",
-        ];
-        assert_eq!(nearest("usagelimitpolicy", kinds), Some("UsageLimitPolicy"));
-        assert_eq!(nearest("ApiKeyBudgets", kinds), Some("ApiKeyBudget"));
-        assert_eq!(nearest("ConfigMap", kinds), None);
-        assert_eq!(distance("kitten", "sitting"), 3);
     }
 }

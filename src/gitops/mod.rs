@@ -10,17 +10,23 @@
 //! * [`load`]: manifests → resources, or errors naming file, line, resource and field;
 //! * [`plan()`]: resources + Portkey → a plan (read only);
 //! * [`apply`]: the plan's writes;
-//! * [`render_text`] and [`status_table`]: what is shown.
+//! * [`render_text`] and [`status_table`]: what is shown;
+//! * `kinds`: what differs per kind (plan, writes, prune, status row), one file per kind.
 
 mod apply;
+mod classify;
+mod kinds;
 mod load;
 mod plan;
+mod remote;
 mod render;
 mod status;
 
 pub use apply::{SyncReport, apply};
+pub use classify::Skipped;
 pub use load::{
-    Loaded, Manifests, Resource, Skipped, Source, emulator_seed, load, missing_workspaces,
+    Loaded, Manifests, Resource, Source, emulator_seed, emulator_seed_from, load,
+    missing_workspaces,
 };
 pub use plan::{ChangeKind, Plan, PlanItem, PlanSettings, plan};
 pub use problem::{Class, LoadError, Problem, ResourceRef, exit};

@@ -1,3 +1,6 @@
+//! The plan as text: one block per item (kind, name, `file:line`, the change and its fields,
+//! warnings), the errors, and a summary line of counts.
+
 use std::fmt::Write as _;
 
 use super::plan::{ChangeKind, Plan};
@@ -19,17 +22,11 @@ pub fn render_text(plan: &Plan, target: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Plan against {target}\n");
     for item in &plan.items {
-        let what = match (&item.action, &item.target) {
-            (ChangeKind::Create, _) => {
+        let what = match item.action {
+            ChangeKind::Create => {
                 format!("in workspace {}", item.workspace.as_deref().unwrap_or("?"))
             }
-            (_, Some(t)) if item.kind == "WorkspaceBudget" => {
-                format!("workspace {}", item.workspace.as_deref().unwrap_or(t))
-            }
-            (_, Some(t)) if item.kind == "ApiKeyBudget" => format!("API key {t}"),
-            (_, Some(t)) => format!("policy {t}"),
-            (ChangeKind::Skipped, None) => "(issues a key: needs a cluster)".into(),
-            _ => String::new(),
+            _ => item.shown.clone().unwrap_or_default(),
         };
         let source = item
             .source
