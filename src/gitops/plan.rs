@@ -133,7 +133,15 @@ impl Plan {
 
 /// An Admin API error while planning `loaded`.
 fn api_problem(loaded: &Loaded, e: &PortkeyError) -> Problem {
-    loaded.problem_here(Class::Api, format!("reading Portkey: {e}"))
+    let needs = e
+        .missing_scope()
+        .map(|scope| {
+            format!(
+                "; the Admin API key needs the {scope} scope (docs/install.md lists each kind's)"
+            )
+        })
+        .unwrap_or_default();
+    loaded.problem_here(Class::Api, format!("reading Portkey: {e}{needs}"))
 }
 
 /// The one error a refused Admin API key gets (instead of one per resource).
@@ -150,7 +158,7 @@ fn key_refused(e: &PortkeyError, everywhere: bool) -> Problem {
         if everywhere {
             (
                 " for every request",
-                "; the key lacks the scopes plan and sync need (workspaces read; usage and rate limit policies read and write; workspaces update for WorkspaceBudgets; API keys read and update for ApiKeyBudgets)",
+                "; the key lacks the scopes plan and sync need (workspaces.read; policies.read, policies.list, policies.create, policies.update, policies.delete; workspaces.update for WorkspaceBudgets; workspace_service_api_keys.read, .list and .update for ApiKeyBudgets: docs/install.md)",
             )
         } else {
             ("", "")
