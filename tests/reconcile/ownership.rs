@@ -1,0 +1,382 @@
+//! Ownership and identity under real-world Admin API behaviour: each test is one scenario of
+//! what used to archive another team's budget, wipe limits nobody declared, or duplicate.
+
+use crate::harness::*;
+
+fn body(name: &str, ws: &str) -> CreateUsageLimitsPolicy {
+    serde_json::from_value(json!({
+        "name": name,
+        "conditions": [{"key": "metadata._team", "value": "team-a"}],
+        "group_by": [{"key": "metadata._user"}],
+        "type": "cost", "credit_limit": 100, "periodic_reset": "monthly",
+        "workspace_id": ws,
+    }))
+    .unwrap()
+}
+
+fn installed(id: &str, adopt_from: &[&str]) -> ControllerConfig {
+    ControllerConfig {
+        installation_id: id.into(),
+        adopt_from_installations: adopt_from.iter().map(|s| s.to_string()).collect(),
+        ..test_config()
+    }
+}
+
+fn reason(env: &Env, name: &str) -> String {
+    env.condition(name, "Ready").1
+}
+
+#[tokio::test]
+async fn adopting_another_workspaces_policy_is_refused_and_nothing_is_archived() {
+    let env = env().await;
+    let theirs = env
+        .portkey
+        .usage_limits()
+        .create(&body("team B's budget", WS_B))
+        .await
+        .unwrap()
+        .id;
+    let mut s = spec();
+    s.adopt_policy_id = Some(theirs.clone());
+    s.on_immutable_change = OnImmutableChange::Recreate;
+    env.kube.apply(&ulp("grab", s.clone()));
+    env.clear_requests().await;
+    env.reconcile("grab").await.unwrap();
+    assert_eq!(reason(&env, "grab"), "WorkspaceNotAllowed");
+    let status = env.obj("grab").status.unwrap();
+    assert_eq!(
+        status.common.policy_id, None,
+        "the foreign id is never recorded"
+    );
+    assert_eq!(env.api_writes().await, 0);
+    // Observe mode reads nothing of team B's into team A's status.
+    s.management_policy = ManagementPolicy::Observe;
+    env.apply("peek", s);
+    env.reconcile("peek").await.unwrap();
+    assert_eq!(reason(&env, "peek"), "WorkspaceNotAllowed");
+    assert!(env.obj("peek").status.unwrap().usage.is_none());
+    // Refused before anything was written: no finalizer, so deleting the resource is
+    // immediate and archives nothing.
+    assert!(
+        env.obj("grab")
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .is_empty()
+    );
+    env.kube.delete::<UsageLimitPolicy>(NS, "grab");
+    assert!(env.kube.get::<UsageLimitPolicy>(NS, "grab").is_none());
+    let b = env.active(WS_B).await;
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].id, theirs);
+    assert_eq!(env.api_writes().await, 0);
+}
+
+#[tokio::test]
+async fn a_create_portkey_does_not_show_yet_is_waited_for_not_duplicated() {
+    let env = env().await;
+    let ctl = env.emu.control();
+    ctl.set_faults(json!({"read_after_write_lag_ms": 600_000}))
+        .await
+        .unwrap();
+    env.apply("lagging", spec());
+    env.reconcile("lagging").await.unwrap();
+    assert_eq!(reason(&env, "lagging"), "RemotePolicyNotVisible");
+    // The Event held back for the end of the pass is recorded though the pass stopped.
+    let created: Vec<_> = env
+        .kube
+        .events()
+        .into_iter()
+        .filter(|e| e.1 == "Created")
+        .collect();
+    assert_eq!(created.len(), 1, "{created:?}");
+    let obj = env.obj("lagging");
+    assert!(
+        create_pending(&obj),
+        "the create stays pending until Portkey shows it"
+    );
+    let id = obj.status.unwrap().common.policy_id.expect("id recorded");
+    // Further passes while the new id 404s: no second create, no "Recreated".
+    for _ in 0..3 {
+        env.reconcile("lagging").await.unwrap();
+    }
+    let log = ctl.requests().await.unwrap();
+    assert_eq!(log.count("POST", "/v1/policies"), 1, "exactly one create");
+    assert!(!env.has_event("Recreated"));
+    ctl.clear_faults().await.unwrap();
+    env.reconcile("lagging").await.unwrap();
+    assert_eq!(reason(&env, "lagging"), "InForce");
+    let obj = env.obj("lagging");
+    assert!(!create_pending(&obj));
+    assert_eq!(obj.status.unwrap().common.policy_id, Some(id));
+    assert_eq!(env.active(WS_A).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_transient_404_is_confirmed_before_anything_is_recreated() {
+    let env = env().await;
+    let id = env.create("monthly", spec()).await;
+    // A transient 404 on the GET of a known policy (a lagging replica): the archive is
+    // checked with `?status=archived`, which finds it active → nothing is recreated.
+    env.fault(json!({"fail_next": 1, "error_status": 404, "method": "GET"}))
+        .await;
+    env.reconcile("monthly").await.unwrap();
+    assert_eq!(env.active(WS_A).await.len(), 1);
+    assert_eq!(
+        env.obj("monthly").status.unwrap().common.policy_id,
+        Some(id)
+    );
+    assert!(!env.has_event("Recreated"));
+}
+
+#[tokio::test]
+async fn duplicates_are_archived_at_refresh_and_all_on_deletion() {
+    let env = env().await;
+    let id = env.create("monthly", spec()).await;
+    let marker = "[k8s:ulp:team-a/monthly]";
+    // A younger policy with the same marker (a create elsewhere, an old bug): archived at
+    // the next refresh, the older kept.
+    env.portkey
+        .usage_limits()
+        .create(&body(&format!("copy {marker}"), WS_A))
+        .await
+        .unwrap();
+    // The next refresh listing (the shared one is at most 30 s old) shows it.
+    env.ctx.owned.invalidate("ulp", WS_A);
+    env.reconcile("monthly").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, id, "the oldest wins");
+    assert!(
+        env.kube
+            .events()
+            .iter()
+            .any(|e| e.0 == "Warning" && e.1 == "DuplicateArchived")
+    );
+    assert!(env.ctx.metrics.encode().contains(
+        "portkey_budget_operator_duplicates_archived_total{kind=\"UsageLimitPolicy\"} 1"
+    ));
+    // An older one (the clock set back): it wins, and the resource switches to it.
+    env.emu
+        .control()
+        .set_clock(Some("2020-01-01T00:00:00Z".parse().unwrap()))
+        .await
+        .unwrap();
+    let older = env
+        .portkey
+        .usage_limits()
+        .create(&body(&format!("older {marker}"), WS_A))
+        .await
+        .unwrap()
+        .id;
+    env.emu.control().set_clock(None).await.unwrap();
+    env.ctx.owned.invalidate("ulp", WS_A);
+    env.reconcile("monthly").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, older);
+    assert_eq!(
+        env.obj("monthly").status.unwrap().common.policy_id,
+        Some(older)
+    );
+    // On deletion every policy carrying the marker is archived.
+    env.portkey
+        .usage_limits()
+        .create(&body(&format!("late {marker}"), WS_A))
+        .await
+        .unwrap();
+    env.kube.delete::<UsageLimitPolicy>(NS, "monthly");
+    env.reconcile("monthly").await.unwrap();
+    assert!(env.active(WS_A).await.is_empty());
+}
+
+#[tokio::test]
+async fn installations_never_adopt_or_archive_each_others_policies() {
+    let env = env_with(installed("cluster-a", &[])).await;
+    // Cluster B: its own Kubernetes API, the same Portkey org, a resource of the same name.
+    let kube_b = FakeKube::new();
+    kube_b.add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-a")]);
+    let ctx_b = Context::new(
+        kube_b.client(),
+        env.portkey.clone(),
+        installed("cluster-b", &[]),
+        controller::reporter(),
+    );
+    env.apply("monthly", spec());
+    kube_b.apply(&ulp("monthly", spec()));
+    env.reconcile("monthly").await.unwrap();
+    let reconcile_b = |name: &str| {
+        let obj = kube_b.get::<UsageLimitPolicy>(NS, name).unwrap();
+        let ctx = ctx_b.clone();
+        async move { usage::reconcile(&obj, &ctx).await }
+    };
+    reconcile_b("monthly").await.unwrap();
+    let names: Vec<String> = env
+        .active(WS_A)
+        .await
+        .into_iter()
+        .filter_map(|p| p.name)
+        .collect();
+    assert_eq!(names.len(), 2, "each installation has its own: {names:?}");
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("[k8s:ulp:team-a/monthly@cluster-a]"))
+    );
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with("[k8s:ulp:team-a/monthly@cluster-b]"))
+    );
+    // Refreshes on both sides leave the other's alone (no duplicate archiving across).
+    env.reconcile("monthly").await.unwrap();
+    reconcile_b("monthly").await.unwrap();
+    assert_eq!(env.active(WS_A).await.len(), 2);
+    // Cluster B deletes its resource: only its policy is archived.
+    kube_b.delete::<UsageLimitPolicy>(NS, "monthly");
+    reconcile_b("monthly").await.unwrap();
+    let left = env.active(WS_A).await;
+    assert_eq!(left.len(), 1);
+    assert!(left[0].name.as_deref().unwrap().ends_with("@cluster-a]"));
+    // adoptPolicyId naming another installation's policy is refused without the setting.
+    let mut s = spec();
+    s.adopt_policy_id = Some(left[0].id.clone());
+    kube_b.apply(&ulp("takeover", s));
+    reconcile_b("takeover").await.unwrap();
+    let status = kube_b
+        .get::<UsageLimitPolicy>(NS, "takeover")
+        .unwrap()
+        .status
+        .unwrap();
+    let ready = conditions::get(&status.common.conditions, "Ready").unwrap();
+    assert_eq!(ready.reason, "OwnedByAnotherInstallation");
+    assert!(
+        ready.message.contains("adoptFromInstallations"),
+        "{}",
+        ready.message
+    );
+}
+
+#[tokio::test]
+async fn a_migration_takes_over_with_the_setting_and_legacy_markers_are_upgraded() {
+    let env = env_with(installed("new-cluster", &["old-cluster"])).await;
+    let from_old = env
+        .portkey
+        .usage_limits()
+        .create(&body("x [k8s:ulp:team-a/migrated@old-cluster]", WS_A))
+        .await
+        .unwrap()
+        .id;
+    let legacy = env
+        .portkey
+        .usage_limits()
+        .create(&body("y [k8s:ulp:team-a/legacy]", WS_A))
+        .await
+        .unwrap()
+        .id;
+    env.apply("migrated", spec());
+    env.apply("legacy", spec());
+    env.reconcile("migrated").await.unwrap();
+    env.reconcile("legacy").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 2, "both adopted, nothing created");
+    for (id, name) in [(&from_old, "migrated"), (&legacy, "legacy")] {
+        let p = active.iter().find(|p| &p.id == id).unwrap();
+        assert_eq!(
+            p.name.as_deref().unwrap(),
+            format!("Team A monthly [k8s:ulp:team-a/{name}@new-cluster]"),
+            "re-marked with this installation"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stale_copy_cannot_overwrite_a_newer_status() {
+    let env = env().await;
+    env.apply("monthly", spec());
+    env.reconcile("monthly").await.unwrap();
+    let stale = env.obj("monthly");
+    let id = stale.status.clone().unwrap().common.policy_id.unwrap();
+    env.add_usage(&id, "metadata._user:alice", "250").await;
+    env.reconcile("monthly").await.unwrap();
+    let newer = env.obj("monthly").status.unwrap();
+    assert_eq!(newer.usage.as_ref().unwrap().buckets, 1);
+    // A reconcile working from the older copy (watch lag) is refused by the API server.
+    let err = usage::reconcile(&stale, &env.ctx).await.unwrap_err();
+    assert!(
+        err.to_string().contains("409") || err.to_string().contains("Conflict"),
+        "{err}"
+    );
+    assert_eq!(env.obj("monthly").status.unwrap(), newer);
+}
+
+#[tokio::test]
+async fn a_refused_replacement_leaves_the_old_budget_in_force() {
+    let env = env().await;
+    let mut s = spec();
+    s.on_immutable_change = OnImmutableChange::Recreate;
+    env.kube.apply(&ulp("monthly", s.clone()));
+    env.reconcile("monthly").await.unwrap();
+    let old = env.policy_id("monthly");
+    s.group_by[0].key = "api_key".into();
+    env.apply("monthly", s);
+    env.fault(json!({"fail_next": 1, "error_status": 400, "method": "POST"}))
+        .await;
+    assert!(env.reconcile("monthly").await.is_err());
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0].id, old, "the old budget stays in force");
+    env.reconcile("monthly").await.unwrap();
+    let active = env.active(WS_A).await;
+    assert_eq!(active.len(), 1);
+    assert_ne!(active[0].id, old);
+    assert_eq!(active[0].group_by[0].key, "api_key");
+}
+
+#[tokio::test]
+async fn deletion_with_gone_objects_or_a_missing_scope() {
+    let env = env().await;
+    let ctl = env.emu.control();
+    let id = env.create("gone", spec()).await;
+    // Archived elsewhere, and Portkey answers 403 AB03 for it: the finalizer is released.
+    env.portkey.usage_limits().delete(&id).await.unwrap();
+    ctl.set_faults(json!({"gone_as_forbidden": true}))
+        .await
+        .unwrap();
+    env.kube.delete::<UsageLimitPolicy>(NS, "gone");
+    env.reconcile("gone").await.unwrap();
+    assert!(env.kube.get::<UsageLimitPolicy>(NS, "gone").is_none());
+    ctl.clear_faults().await.unwrap();
+
+    // A key without policies.delete: the finalizer stays, the condition says what to do,
+    // and switching to Retain releases it with the policy left in force.
+    let id = env.create("stuck", spec()).await;
+    ctl.set_faults(json!({"fail_next": 100, "error_status": 403, "method": "DELETE"}))
+        .await
+        .unwrap();
+    env.kube.delete::<UsageLimitPolicy>(NS, "stuck");
+    env.reconcile("stuck").await.unwrap();
+    let obj = env.obj("stuck");
+    assert!(obj.metadata.deletion_timestamp.is_some());
+    let (status, reason) = env.condition("stuck", "Ready");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "ArchiveForbidden")
+    );
+    let message = conditions::get(&obj.status.unwrap().common.conditions, "Ready")
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("policies.delete") && message.contains("deletionPolicy: Retain"),
+        "{message}"
+    );
+    env.kube
+        .replace_raw("usagelimitpolicies", NS, "stuck", |o| {
+            o["spec"]["deletionPolicy"] = json!("Retain");
+        });
+    env.reconcile("stuck").await.unwrap();
+    assert!(env.kube.get::<UsageLimitPolicy>(NS, "stuck").is_none());
+    ctl.clear_faults().await.unwrap();
+    assert_eq!(env.active(WS_A).await[0].id, id, "left in force");
+}
