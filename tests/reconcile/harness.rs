@@ -124,6 +124,20 @@ pub async fn env() -> Env {
     env_with(test_config()).await
 }
 
+/// [`env`] with [`test_config`] changed by `tune`.
+pub async fn env_tuned(tune: impl FnOnce(&mut ControllerConfig)) -> Env {
+    let mut config = test_config();
+    tune(&mut config);
+    env_with(config).await
+}
+
+/// An [`Env`] on the operator's default settings (its real intervals) changed by `tune`.
+pub async fn env_from_defaults(tune: impl FnOnce(&mut ControllerConfig)) -> Env {
+    let mut config = ControllerConfig::default();
+    tune(&mut config);
+    env_with(config).await
+}
+
 // ----- fixtures -----
 
 /// The UsageLimitPolicy every test starts from: team A's monthly $500 per user, alert at 400.
@@ -234,6 +248,39 @@ pub fn wsb_of(name: &str, spec: serde_json::Value) -> WorkspaceBudget {
     WorkspaceBudget::new(name, serde_json::from_value(spec).unwrap())
 }
 
+/// A workspace usage limit as Portkey holds it, without an alert or a reset date.
+pub fn ws_usage(
+    limit_type: UsageLimitType,
+    limit: &str,
+    reset: Option<PeriodicReset>,
+) -> WorkspaceUsageLimit {
+    WorkspaceUsageLimit {
+        limit_type,
+        credit_limit: d(limit),
+        alert_threshold: None,
+        periodic_reset: reset,
+        periodic_reset_days: None,
+        next_usage_reset_at: None,
+    }
+}
+
+/// A workspace rate limit as Portkey holds it.
+pub fn ws_rate(limit_type: RateLimitType, unit: RateLimitUnit, value: &str) -> WorkspaceRateLimit {
+    WorkspaceRateLimit {
+        limit_type,
+        unit,
+        value: d(value),
+    }
+}
+
+/// A workspace change that sets only its rate limits.
+pub fn only_rates(rates: Vec<WorkspaceRateLimit>) -> UpdateWorkspace {
+    UpdateWorkspace {
+        rate_limits: Nullable::Value(rates),
+        ..Default::default()
+    }
+}
+
 /// An ApiKeyBudget in `ns` with this spec (JSON, as in a manifest).
 pub fn akb(ns: &str, name: &str, spec: serde_json::Value) -> ApiKeyBudget {
     let mut obj = ApiKeyBudget::new(name, serde_json::from_value(spec).unwrap());
@@ -252,6 +299,15 @@ pub fn remote_policy(name: &str, ws: &str) -> CreateUsageLimitsPolicy {
         "workspace_id": ws,
     }))
     .unwrap()
+}
+
+/// The list filter of a workspace's active policies.
+pub fn active_in(ws: &str) -> ListFilter {
+    ListFilter {
+        workspace_id: Some(ws.into()),
+        status: Some(PolicyStatus::Active),
+        ..Default::default()
+    }
 }
 
 /// A create was sent that the status has not confirmed (the create-pending annotation holds a
@@ -294,9 +350,15 @@ impl Env {
 
     /// Applies a UsageLimitPolicy, reconciles it once and returns the id of its policy.
     pub async fn create(&self, name: &str, spec: UsageLimitPolicySpec) -> String {
-        self.apply(name, spec);
-        self.reconcile(name).await.unwrap();
-        self.policy_id(name)
+        self.create_in(NS, name, spec).await
+    }
+
+    /// [`Env::create`] in namespace `ns`.
+    pub async fn create_in(&self, ns: &str, name: &str, spec: UsageLimitPolicySpec) -> String {
+        self.kube.apply(&ulp_in(ns, name, spec));
+        let get = || self.kube.get::<UsageLimitPolicy>(ns, name).unwrap();
+        usage::reconcile(&get(), &self.ctx).await.unwrap();
+        get().status.unwrap().common.policy_id.unwrap()
     }
 
     /// The policy id recorded in a UsageLimitPolicy's status.
@@ -313,27 +375,34 @@ impl Env {
             .unwrap()
     }
 
+    /// Makes [`remote_policy`] `name` in workspace `ws` in Portkey (as by hand); its id.
+    pub async fn hand_made(&self, name: &str, ws: &str) -> String {
+        self.made_in_portkey(&remote_policy(name, ws)).await
+    }
+
+    /// Changes a usage-limits policy's limit and name in Portkey, as someone in its UI would.
+    pub async fn edit_remote(&self, id: &str, limit: &str, name: &str) {
+        let edit = UpdateUsageLimitsPolicy {
+            credit_limit: Some(d(limit)),
+            name: Some(name.into()),
+            ..Default::default()
+        };
+        self.portkey.usage_limits().update(id, &edit).await.unwrap();
+    }
+
     /// Makes a usage-limits policy in Portkey (as by hand); its id.
     pub async fn made_in_portkey(&self, body: &CreateUsageLimitsPolicy) -> String {
         self.portkey.usage_limits().create(body).await.unwrap().id
     }
 
     pub async fn active(&self, ws: &str) -> Vec<UsageLimitsPolicy> {
-        let filter = ListFilter {
-            workspace_id: Some(ws.into()),
-            status: Some(PolicyStatus::Active),
-            ..Default::default()
-        };
-        self.portkey.usage_limits().list(&filter).await.unwrap()
+        let active = active_in(ws);
+        self.portkey.usage_limits().list(&active).await.unwrap()
     }
 
     pub async fn active_rates(&self, ws: &str) -> Vec<RateLimitsPolicy> {
-        let filter = ListFilter {
-            workspace_id: Some(ws.into()),
-            status: Some(PolicyStatus::Active),
-            ..Default::default()
-        };
-        self.portkey.rate_limits().list(&filter).await.unwrap()
+        let active = active_in(ws);
+        self.portkey.rate_limits().list(&active).await.unwrap()
     }
 
     pub async fn api_writes(&self) -> usize {
@@ -354,8 +423,22 @@ impl Env {
         self.emu.control().set_faults(faults).await.unwrap();
     }
 
+    /// Sets the emulator's clock (`None`: the real time again).
+    pub async fn set_clock(&self, at: Option<&str>) {
+        let at = at.map(|t| t.parse().unwrap());
+        self.emu.control().set_clock(at).await.unwrap();
+    }
+
     pub async fn clear_faults(&self) {
         self.emu.control().clear_faults().await.unwrap();
+    }
+
+    /// Adds usage to the per-user buckets (`(user, amount)`) of a policy.
+    pub async fn add_user_usage(&self, id: &str, usage: &[(&str, &str)]) {
+        for (user, amount) in usage {
+            let bucket = format!("metadata._user:{user}");
+            self.add_usage(id, &bucket, amount).await;
+        }
     }
 
     pub async fn add_usage(&self, id: &str, bucket: &str, amount: &str) {
@@ -372,6 +455,17 @@ impl Env {
         condition_of(&status.common.conditions, type_)
     }
 
+    /// Asserts the status and reason of a condition of a UsageLimitPolicy.
+    #[track_caller]
+    pub fn expect_condition(&self, name: &str, type_: &str, status: &str, reason: &str) {
+        let (s, r) = self.condition(name, type_);
+        assert_eq!(
+            (s.as_str(), r.as_str()),
+            (status, reason),
+            "{name}: condition {type_}"
+        );
+    }
+
     /// The message of a condition of a UsageLimitPolicy.
     pub fn message(&self, name: &str, type_: &str) -> String {
         let status = self.obj(name).status.unwrap_or_default();
@@ -381,19 +475,25 @@ impl Env {
             .clone()
     }
 
+    /// The Events recorded with this reason: `(type, note)` each, oldest first.
+    pub fn events(&self, reason: &str) -> Vec<(String, String)> {
+        let all = self.kube.events().into_iter();
+        all.filter(|e| e.1 == reason).map(|e| (e.0, e.2)).collect()
+    }
+
     /// Whether an Event with this reason was recorded.
     pub fn has_event(&self, reason: &str) -> bool {
         self.kube.event_reasons().iter().any(|r| r == reason)
     }
 
-    /// Reconciles a RateLimitPolicy of `NS` once.
-    pub async fn reconcile_rlp(&self, name: &str) {
-        let obj = self.kube.get::<RateLimitPolicy>(NS, name).unwrap();
+    /// Reconciles a RateLimitPolicy once.
+    pub async fn reconcile_rlp(&self, ns: &str, name: &str) {
+        let obj = self.kube.get::<RateLimitPolicy>(ns, name).unwrap();
         rate::reconcile(&obj, &self.ctx).await.unwrap();
     }
 
-    pub fn rlp_status(&self, name: &str) -> RateLimitPolicyStatus {
-        let obj = self.kube.get::<RateLimitPolicy>(NS, name).unwrap();
+    pub fn rlp_status(&self, ns: &str, name: &str) -> RateLimitPolicyStatus {
+        let obj = self.kube.get::<RateLimitPolicy>(ns, name).unwrap();
         obj.status.unwrap()
     }
 
@@ -408,8 +508,30 @@ impl Env {
         obj.status.unwrap()
     }
 
+    /// `(status, reason)` of a WorkspaceBudget's `Ready` condition.
+    pub fn wsb_ready(&self, name: &str) -> (String, String) {
+        condition_of(&self.wsb_status(name).conditions, "Ready")
+    }
+
+    /// Changes a workspace in Portkey, as someone in its UI would.
+    pub async fn edit_workspace(&self, id: &str, edit: UpdateWorkspace) {
+        self.portkey.update_workspace(id, &edit).await.unwrap();
+    }
+
     pub async fn workspace(&self, id: &str) -> Workspace {
         self.portkey.get_workspace(id).await.unwrap()
+    }
+
+    /// Applies an ApiKeyBudget (spec as JSON) and reconciles it once: the reason and message
+    /// of its `Ready` condition.
+    pub async fn apply_akb(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> (String, String) {
+        self.kube.apply(&akb(ns, name, spec));
+        self.reconcile_akb(ns, name).await
     }
 
     /// Reconciles an ApiKeyBudget once; the reason and message of its `Ready` condition.
@@ -424,6 +546,16 @@ impl Env {
             .unwrap();
         let ready = conditions::get(&status.conditions, "Ready").unwrap();
         (ready.reason.clone(), ready.message.clone())
+    }
+
+    /// An API key as Portkey shows it.
+    pub async fn api_key(&self, id: &str) -> ApiKeyObject {
+        self.portkey.get_api_key(id).await.unwrap()
+    }
+
+    /// A service key of team A for completions, made in Portkey by hand: its id.
+    pub async fn app_key(&self, name: &str) -> String {
+        self.service_key(WS_A, name, &["completions.write"]).await
     }
 
     /// A service key of workspace `ws` made in Portkey by hand, with these scopes: its id.

@@ -98,6 +98,15 @@ impl Kind {
     }
 }
 
+/// The condition of this type in an object's status (JSON).
+fn condition_json(obj: &Value, type_: &str) -> Value {
+    let conditions = obj["status"]["conditions"].as_array().unwrap();
+    let found = conditions.iter().find(|c| c["type"] == type_);
+    found
+        .unwrap_or_else(|| panic!("no {type_} condition: {obj:#}"))
+        .clone()
+}
+
 /// Checks kstatus and the Argo CD health of one object; returns it.
 fn expect(
     kind: Kind,
@@ -159,25 +168,13 @@ async fn scenarios(kind: Kind) {
     kind.apply(&env, n, 700, "team-a");
     assert!(!kind.reconcile(&env, n).await);
     let obj = expect(kind, &env, n, "PUT refused", "Failed", "Degraded");
-    let stalled = obj["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Stalled")
-        .unwrap()
-        .clone();
+    let stalled = condition_json(&obj, "Stalled");
     assert!(
         stalled["message"].as_str().unwrap().contains("scope")
             || stalled["message"].as_str().unwrap().contains("key"),
         "{stalled}"
     );
-    let ready = obj["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .unwrap()
-        .clone();
+    let ready = condition_json(&obj, "Ready");
     assert_eq!(
         ready["status"], "False",
         "not Ready while the old limit is enforced"

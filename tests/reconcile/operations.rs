@@ -1,7 +1,6 @@
 //! Dry-run mode and the per-resource metrics (issue: production operations).
 
 use crate::harness::*;
-use portkey_budget_operator::controller::{rate, workspace};
 
 /// The gate's input for a resource with `status` as written, at `generation`, last compared
 /// with Portkey `ago`.
@@ -43,14 +42,8 @@ async fn dry_run_never_writes_to_portkey_and_says_what_it_would_do() {
     env.reconcile("monthly").await.unwrap();
     assert!(env.active(WS_A).await.is_empty());
     assert!(env.has_event("WouldCreate"));
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("False".into(), "DryRun".into())
-    );
-    assert_eq!(
-        env.condition("monthly", "Synced"),
-        ("True".into(), "DryRun".into())
-    );
+    env.expect_condition("monthly", "Ready", "False", "DryRun");
+    env.expect_condition("monthly", "Synced", "True", "DryRun");
     let annotations = env.obj("monthly").metadata.annotations.unwrap_or_default();
     assert!(!annotations.contains_key(CREATE_PENDING_ANNOTATION));
 
@@ -63,24 +56,17 @@ async fn dry_run_never_writes_to_portkey_and_says_what_it_would_do() {
     );
     usage::reconcile(&env.obj("monthly"), &real).await.unwrap();
     let before = env.active(WS_A).await.remove(0);
-    let mut raised = spec();
-    raised.credit_limit = Money(d("900"));
-    env.apply("monthly", raised);
+    env.apply("monthly", spec().limit("900"));
     ctl.clear_requests().await.unwrap();
     env.reconcile("monthly").await.unwrap();
     assert!(env.has_event("WouldUpdate"));
-    let events = env.kube.events();
-    let would_update = events
-        .iter()
-        .find(|(_, reason, _)| reason == "WouldUpdate")
-        .unwrap();
-    assert!(would_update.2.contains("500"), "{would_update:?}");
-    assert!(would_update.2.contains("900"), "{would_update:?}");
+    let (_, would_update) = &env.events("WouldUpdate")[0];
+    assert!(would_update.contains("500"), "{would_update:?}");
+    assert!(would_update.contains("900"), "{would_update:?}");
 
     // Type change with Recreate → WouldArchive + WouldCreate.
-    let mut replaced: UsageLimitPolicySpec = spec();
+    let mut replaced = spec().on_immutable_change(OnImmutableChange::Recreate);
     replaced.limit_type = UsageLimitType::Tokens;
-    replaced.on_immutable_change = OnImmutableChange::Recreate;
     env.apply("monthly", replaced);
     env.reconcile("monthly").await.unwrap();
     assert!(env.has_event("WouldArchive"));
@@ -106,44 +92,18 @@ async fn dry_run_never_writes_to_portkey_and_says_what_it_would_do() {
 #[tokio::test]
 async fn dry_run_covers_rate_limits_and_workspace_budgets() {
     let env = env_with(dry_run_config()).await;
-    let rlp: RateLimitPolicy = {
-        let spec: RateLimitPolicySpec = serde_json::from_value(json!({
-            "workspace": "team-a", "type": "requests", "unit": "rpm", "value": 60,
-            "conditions": [{"key": "api_key", "value": "*"}],
-            "groupBy": [{"key": "metadata._user"}]
-        }))
-        .unwrap();
-        let mut obj = RateLimitPolicy::new("rpm", spec);
-        obj.metadata.namespace = Some(NS.into());
-        obj
-    };
-    env.kube.apply(&rlp);
-    let obj = env.kube.get::<RateLimitPolicy>(NS, "rpm").unwrap();
-    rate::reconcile(&obj, &env.ctx).await.unwrap();
-
-    let spec: WorkspaceBudgetSpec = serde_json::from_value(json!({
-        "workspace": "team-b",
-        "usageLimits": [{"type": "cost", "creditLimit": 500, "periodicReset": "monthly"}],
-        "rateLimits": [{"type": "requests", "unit": "rpm", "value": 120}]
-    }))
-    .unwrap();
-    env.kube.apply(&WorkspaceBudget::new("marketing", spec));
-    let obj = env.kube.get::<WorkspaceBudget>("", "marketing").unwrap();
-    workspace::reconcile(&obj, &env.ctx).await.unwrap();
+    env.kube.apply(&rlp("rpm", 60, "rpm"));
+    env.reconcile_rlp(NS, "rpm").await;
+    env.kube
+        .apply(&wsb("marketing", "team-b", 500, "2026-11-01T00:00:00Z"));
+    env.reconcile_wsb("marketing").await;
 
     let reasons = env.kube.event_reasons();
     assert!(reasons.contains(&"WouldCreate".to_owned()), "{reasons:?}");
     assert!(reasons.contains(&"WouldUpdate".to_owned()), "{reasons:?}");
     let ws = env.workspace(WS_B).await;
     assert!(ws.usage_limits.unwrap_or_default().is_empty());
-    let wsb = env
-        .kube
-        .get::<WorkspaceBudget>("", "marketing")
-        .unwrap()
-        .status
-        .unwrap();
-    let ready = conditions::get(&wsb.conditions, "Ready").unwrap();
-    assert_eq!(ready.reason, "DryRun");
+    assert_eq!(env.wsb_ready("marketing").1, "DryRun");
     assert_eq!(env.emu.control().requests().await.unwrap().writes(), 0);
 }
 
@@ -152,10 +112,9 @@ async fn dry_run_covers_rate_limits_and_workspace_budgets() {
 /// new generation) is never held back.
 #[tokio::test]
 async fn refreshes_over_their_read_budget_are_deferred_and_work_is_not() {
-    let env = env_with(ControllerConfig {
-        refresh_read_rate: Some(1),
-        usage_refresh_interval: Duration::from_secs(1),
-        ..Default::default()
+    let env = env_from_defaults(|c| {
+        c.refresh_read_rate = Some(1);
+        c.usage_refresh_interval = Duration::from_secs(1);
     })
     .await;
     env.apply("monthly", spec());
@@ -215,13 +174,8 @@ async fn refreshes_over_their_read_budget_are_deferred_and_work_is_not() {
 /// its own wake-up of the process).
 #[tokio::test]
 async fn deferred_refreshes_land_on_the_grid() {
-    let env = env_with(ControllerConfig {
-        refresh_read_rate: Some(100),
-        ..Default::default()
-    })
-    .await;
-    env.apply("monthly", spec());
-    env.reconcile("monthly").await.unwrap();
+    let env = env_from_defaults(|c| c.refresh_read_rate = Some(100)).await;
+    env.create("monthly", spec()).await;
     let obj = env.obj("monthly");
     let status = obj.status.unwrap();
     let settled = || {
@@ -269,13 +223,8 @@ async fn deferred_refreshes_land_on_the_grid() {
 /// a pass the freshness gate turns away reads nothing and writes nothing.
 #[tokio::test]
 async fn a_refresh_takes_one_read_of_its_budget_and_a_fresh_pass_none() {
-    let env = env_with(ControllerConfig {
-        refresh_read_rate: Some(1),
-        ..Default::default()
-    })
-    .await;
-    env.apply("monthly", spec());
-    env.reconcile("monthly").await.unwrap();
+    let env = env_from_defaults(|c| c.refresh_read_rate = Some(1)).await;
+    env.create("monthly", spec()).await;
     let key = "UsageLimitPolicy/team-a/monthly";
     let ctl = env.emu.control();
     let gets = || async {
@@ -339,11 +288,7 @@ fn refreshes_start_on_the_grid() {
 /// at most 25 points), not on hundreds of different instants.
 #[tokio::test]
 async fn refresh_intervals_land_on_few_instants() {
-    let env = env_with(ControllerConfig {
-        usage_refresh_interval: Duration::from_secs(60),
-        ..test_config()
-    })
-    .await;
+    let env = env_tuned(|c| c.usage_refresh_interval = Duration::from_secs(60)).await;
     let start = std::time::Instant::now();
     let mut dues: Vec<Duration> = (0..500)
         .map(|_| start.elapsed() + env.ctx.refresh_interval(true))
@@ -393,20 +338,13 @@ async fn a_stale_copy_is_retried_at_once_without_backoff() {
     );
 }
 
-/// A service key of team A made by hand in Portkey: its id.
-async fn service_key(env: &Env, name: &str) -> String {
-    let body = CreateApiKey {
-        name: name.into(),
-        workspace_id: Some(WS_A.into()),
-        scopes: vec!["completions.write".into()],
-        ..Default::default()
-    };
-    env.portkey
-        .create_api_key(ApiKeyType::Workspace, ApiKeySubType::Service, &body)
-        .await
-        .unwrap()
-        .id
-        .unwrap()
+/// Asserts that the metrics exposition `text` has each of `lines` as a line.
+#[track_caller]
+fn expect_series<S: AsRef<str>>(text: &str, lines: &[S]) {
+    for line in lines {
+        let line = line.as_ref();
+        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    }
 }
 
 /// ApiKeyBudgets in dry-run: an existing key's changes and an issued key's create are
@@ -414,7 +352,7 @@ async fn service_key(env: &Env, name: &str) -> String {
 #[tokio::test]
 async fn dry_run_covers_api_key_budgets() {
     let env = env_with(dry_run_config()).await;
-    let key = service_key(&env, "by-hand").await;
+    let key = env.app_key("by-hand").await;
     env.clear_requests().await;
     for (name, spec) in [
         (
@@ -428,35 +366,16 @@ async fn dry_run_covers_api_key_budgets() {
                    "issue": {"scopes": ["completions.write"], "secretName": "k"}}),
         ),
     ] {
-        let mut obj = ApiKeyBudget::new(name, serde_json::from_value(spec).unwrap());
-        obj.metadata.namespace = Some(NS.into());
-        env.kube.apply(&obj);
-        let obj = env.kube.get::<ApiKeyBudget>(NS, name).unwrap();
-        controller::api_key::reconcile(&obj, &env.ctx)
-            .await
-            .unwrap();
-        let status = env
-            .kube
-            .get::<ApiKeyBudget>(NS, name)
-            .unwrap()
-            .status
-            .unwrap();
-        let ready = conditions::get(&status.conditions, "Ready").unwrap();
-        assert_eq!(ready.reason, "DryRun", "{name}: {ready:?}");
+        env.kube.apply(&akb(NS, name, spec));
+        let (reason, message) = env.reconcile_akb(NS, name).await;
+        assert_eq!(reason, "DryRun", "{name}: {message}");
     }
     let reasons = env.kube.event_reasons();
     assert!(reasons.contains(&"WouldCreate".to_owned()), "{reasons:?}");
     assert!(reasons.contains(&"WouldUpdate".to_owned()), "{reasons:?}");
     assert_eq!(env.emu.control().requests().await.unwrap().writes(), 0);
     assert_eq!(env.portkey.list_api_keys(None).await.unwrap().len(), 1);
-    assert!(
-        env.portkey
-            .get_api_key(&key)
-            .await
-            .unwrap()
-            .usage_limits
-            .is_none()
-    );
+    assert!(env.api_key(&key).await.usage_limits.is_none());
 }
 
 /// An ApiKeyBudget's budget series: the limit and the exhausted state, no usage figures
@@ -464,12 +383,10 @@ async fn dry_run_covers_api_key_budgets() {
 #[tokio::test]
 async fn api_key_budget_metrics_show_limit_and_exhaustion() {
     let env = env().await;
-    let key = service_key(&env, "svc").await;
+    let key = env.app_key("svc").await;
     let spec = json!({"workspace": "team-a", "existing": {"name": "svc"},
                       "budget": {"type": "cost", "creditLimit": 20, "alertThreshold": 15}});
-    let mut obj = ApiKeyBudget::new("svc", serde_json::from_value(spec).unwrap());
-    obj.metadata.namespace = Some(NS.into());
-    env.kube.apply(&obj);
+    env.kube.apply(&akb(NS, "svc", spec));
     let get = || env.kube.get::<ApiKeyBudget>(NS, "svc").unwrap();
     controller::reconcile_api_key(Arc::new(get()), env.ctx.clone())
         .await
@@ -492,14 +409,15 @@ async fn api_key_budget_metrics_show_limit_and_exhaustion() {
     );
     let text = env.ctx.metrics.encode();
     let labels = r#"{kind="ApiKeyBudget",namespace="team-a",name="svc",type="cost",unit="USD"}"#;
-    for line in [
-        format!("portkey_budget_operator_budget_limit{labels} 20.0"),
-        format!("portkey_budget_operator_budget_alert_ratio{labels} 0.75"),
-        format!("portkey_budget_operator_budget_exhausted_buckets{labels} 1"),
-        r#"portkey_budget_operator_reconciles_total{kind="ApiKeyBudget"} 2"#.to_owned(),
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
-    }
+    expect_series(
+        &text,
+        &[
+            format!("portkey_budget_operator_budget_limit{labels} 20.0"),
+            format!("portkey_budget_operator_budget_alert_ratio{labels} 0.75"),
+            format!("portkey_budget_operator_budget_exhausted_buckets{labels} 1"),
+            r#"portkey_budget_operator_reconciles_total{kind="ApiKeyBudget"} 2"#.to_owned(),
+        ],
+    );
     assert!(
         !text.contains(r#"portkey_budget_operator_budget_usage{kind="ApiKeyBudget""#),
         "no usage series for keys"
@@ -511,13 +429,8 @@ async fn api_key_budget_metrics_show_limit_and_exhaustion() {
 async fn budget_and_reconcile_metrics_follow_the_resource() {
     let env = env().await;
     let id = env.create("monthly", spec()).await;
-    let ctl = env.emu.control();
-    ctl.add_usage(&id, "metadata._user:alice", d("400"))
-        .await
-        .unwrap();
-    ctl.add_usage(&id, "metadata._user:bob", d("500"))
-        .await
-        .unwrap();
+    env.add_user_usage(&id, &[("alice", "400"), ("bob", "500")])
+        .await;
     // Through the entry point the controller runs, so the reconcile counters move too.
     controller::reconcile_policy(Arc::new(env.obj("monthly")), env.ctx.clone())
         .await
@@ -525,7 +438,7 @@ async fn budget_and_reconcile_metrics_follow_the_resource() {
     let text = env.ctx.metrics.encode();
     let labels =
         r#"{kind="UsageLimitPolicy",namespace="team-a",name="monthly",type="cost",unit="USD"}"#;
-    for line in [
+    expect_series(&text, &[
         format!("portkey_budget_operator_budget_limit{labels} 500.0"),
         format!("portkey_budget_operator_budget_usage{labels} 500.0"),
         format!("portkey_budget_operator_budget_usage_ratio{labels} 1.0"),
@@ -533,9 +446,7 @@ async fn budget_and_reconcile_metrics_follow_the_resource() {
         format!("portkey_budget_operator_budget_exhausted_buckets{labels} 1"),
         r#"portkey_budget_operator_reconciles_total{kind="UsageLimitPolicy"} 1"#.to_owned(),
         r#"portkey_budget_operator_resource_ready{kind="UsageLimitPolicy",namespace="team-a",name="monthly",reason="InForce"} 1"#.to_owned(),
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
-    }
+    ]);
     env.kube.delete::<UsageLimitPolicy>(NS, "monthly");
     env.reconcile("monthly").await.unwrap();
     assert!(
@@ -556,10 +467,11 @@ async fn admin_api_calls_are_counted_by_operation_outcome_and_status() {
     client.ping().await.unwrap();
     assert!(client.get_workspace("no-such-workspace").await.is_err());
     let text = metrics.encode();
-    for line in [
-        r#"portkey_budget_operator_admin_api_requests_total{operation="ping",outcome="success",status="200"} 1"#,
-        r#"portkey_budget_operator_admin_api_requests_total{operation="workspaces.get",outcome="client_error",status="404"} 1"#,
-    ] {
-        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
-    }
+    expect_series(
+        &text,
+        &[
+            r#"portkey_budget_operator_admin_api_requests_total{operation="ping",outcome="success",status="200"} 1"#,
+            r#"portkey_budget_operator_admin_api_requests_total{operation="workspaces.get",outcome="client_error",status="404"} 1"#,
+        ],
+    );
 }

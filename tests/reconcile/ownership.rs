@@ -3,17 +3,6 @@
 
 use crate::harness::*;
 
-fn body(name: &str, ws: &str) -> CreateUsageLimitsPolicy {
-    serde_json::from_value(json!({
-        "name": name,
-        "conditions": [{"key": "metadata._team", "value": "team-a"}],
-        "group_by": [{"key": "metadata._user"}],
-        "type": "cost", "credit_limit": 100, "periodic_reset": "monthly",
-        "workspace_id": ws,
-    }))
-    .unwrap()
-}
-
 fn installed(id: &str, adopt_from: &[&str]) -> ControllerConfig {
     ControllerConfig {
         installation_id: id.into(),
@@ -29,17 +18,11 @@ fn reason(env: &Env, name: &str) -> String {
 #[tokio::test]
 async fn adopting_another_workspaces_policy_is_refused_and_nothing_is_archived() {
     let env = env().await;
-    let theirs = env
-        .portkey
-        .usage_limits()
-        .create(&body("team B's budget", WS_B))
-        .await
-        .unwrap()
-        .id;
-    let mut s = spec();
-    s.adopt_policy_id = Some(theirs.clone());
-    s.on_immutable_change = OnImmutableChange::Recreate;
-    env.kube.apply(&ulp("grab", s.clone()));
+    let theirs = env.hand_made("team B's budget", WS_B).await;
+    let s = spec()
+        .adopt(&theirs)
+        .on_immutable_change(OnImmutableChange::Recreate);
+    env.apply("grab", s.clone());
     env.clear_requests().await;
     env.reconcile("grab").await.unwrap();
     assert_eq!(reason(&env, "grab"), "WorkspaceNotAllowed");
@@ -50,8 +33,7 @@ async fn adopting_another_workspaces_policy_is_refused_and_nothing_is_archived()
     );
     assert_eq!(env.api_writes().await, 0);
     // Observe mode reads nothing of team B's into team A's status.
-    s.management_policy = ManagementPolicy::Observe;
-    env.apply("peek", s);
+    env.apply("peek", s.observe());
     env.reconcile("peek").await.unwrap();
     assert_eq!(reason(&env, "peek"), "WorkspaceNotAllowed");
     assert!(env.obj("peek").status.unwrap().usage.is_none());
@@ -76,19 +58,12 @@ async fn adopting_another_workspaces_policy_is_refused_and_nothing_is_archived()
 async fn a_create_portkey_does_not_show_yet_is_waited_for_not_duplicated() {
     let env = env().await;
     let ctl = env.emu.control();
-    ctl.set_faults(json!({"read_after_write_lag_ms": 600_000}))
-        .await
-        .unwrap();
+    env.fault(json!({"read_after_write_lag_ms": 600_000})).await;
     env.apply("lagging", spec());
     env.reconcile("lagging").await.unwrap();
     assert_eq!(reason(&env, "lagging"), "RemotePolicyNotVisible");
     // The Event held back for the end of the pass is recorded though the pass stopped.
-    let created: Vec<_> = env
-        .kube
-        .events()
-        .into_iter()
-        .filter(|e| e.1 == "Created")
-        .collect();
+    let created = env.events("Created");
     assert_eq!(created.len(), 1, "{created:?}");
     let obj = env.obj("lagging");
     assert!(
@@ -103,7 +78,7 @@ async fn a_create_portkey_does_not_show_yet_is_waited_for_not_duplicated() {
     let log = ctl.requests().await.unwrap();
     assert_eq!(log.count("POST", "/v1/policies"), 1, "exactly one create");
     assert!(!env.has_event("Recreated"));
-    ctl.clear_faults().await.unwrap();
+    env.clear_faults().await;
     env.reconcile("lagging").await.unwrap();
     assert_eq!(reason(&env, "lagging"), "InForce");
     let obj = env.obj("lagging");
@@ -136,40 +111,22 @@ async fn duplicates_are_archived_at_refresh_and_all_on_deletion() {
     let marker = "[k8s:ulp:team-a/monthly]";
     // A younger policy with the same marker (a create elsewhere, an old bug): archived at
     // the next refresh, the older kept.
-    env.portkey
-        .usage_limits()
-        .create(&body(&format!("copy {marker}"), WS_A))
-        .await
-        .unwrap();
+    env.hand_made(&format!("copy {marker}"), WS_A).await;
     // The next refresh listing (the shared one is at most 30 s old) shows it.
     env.ctx.owned.invalidate("ulp", WS_A);
     env.reconcile("monthly").await.unwrap();
     let active = env.active(WS_A).await;
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].id, id, "the oldest wins");
-    assert!(
-        env.kube
-            .events()
-            .iter()
-            .any(|e| e.0 == "Warning" && e.1 == "DuplicateArchived")
-    );
+    let archived = env.events("DuplicateArchived");
+    assert!(archived.iter().any(|(type_, _)| type_ == "Warning"));
     assert!(env.ctx.metrics.encode().contains(
         "portkey_budget_operator_duplicates_archived_total{kind=\"UsageLimitPolicy\"} 1"
     ));
     // An older one (the clock set back): it wins, and the resource switches to it.
-    env.emu
-        .control()
-        .set_clock(Some("2020-01-01T00:00:00Z".parse().unwrap()))
-        .await
-        .unwrap();
-    let older = env
-        .portkey
-        .usage_limits()
-        .create(&body(&format!("older {marker}"), WS_A))
-        .await
-        .unwrap()
-        .id;
-    env.emu.control().set_clock(None).await.unwrap();
+    env.set_clock(Some("2020-01-01T00:00:00Z")).await;
+    let older = env.hand_made(&format!("older {marker}"), WS_A).await;
+    env.set_clock(None).await;
     env.ctx.owned.invalidate("ulp", WS_A);
     env.reconcile("monthly").await.unwrap();
     let active = env.active(WS_A).await;
@@ -180,11 +137,7 @@ async fn duplicates_are_archived_at_refresh_and_all_on_deletion() {
         Some(older)
     );
     // On deletion every policy carrying the marker is archived.
-    env.portkey
-        .usage_limits()
-        .create(&body(&format!("late {marker}"), WS_A))
-        .await
-        .unwrap();
+    env.hand_made(&format!("late {marker}"), WS_A).await;
     env.kube.delete::<UsageLimitPolicy>(NS, "monthly");
     env.reconcile("monthly").await.unwrap();
     assert!(env.active(WS_A).await.is_empty());
@@ -239,15 +192,10 @@ async fn installations_never_adopt_or_archive_each_others_policies() {
     assert_eq!(left.len(), 1);
     assert!(left[0].name.as_deref().unwrap().ends_with("@cluster-a]"));
     // adoptPolicyId naming another installation's policy is refused without the setting.
-    let mut s = spec();
-    s.adopt_policy_id = Some(left[0].id.clone());
-    kube_b.apply(&ulp("takeover", s));
+    kube_b.apply(&ulp("takeover", spec().adopt(&left[0].id)));
     reconcile_b("takeover").await.unwrap();
-    let status = kube_b
-        .get::<UsageLimitPolicy>(NS, "takeover")
-        .unwrap()
-        .status
-        .unwrap();
+    let taken = kube_b.get::<UsageLimitPolicy>(NS, "takeover").unwrap();
+    let status = taken.status.unwrap();
     let ready = conditions::get(&status.common.conditions, "Ready").unwrap();
     assert_eq!(ready.reason, "OwnedByAnotherInstallation");
     assert!(
@@ -261,19 +209,12 @@ async fn installations_never_adopt_or_archive_each_others_policies() {
 async fn a_migration_takes_over_with_the_setting_and_legacy_markers_are_upgraded() {
     let env = env_with(installed("new-cluster", &["old-cluster"])).await;
     let from_old = env
-        .portkey
-        .usage_limits()
-        .create(&body("x [k8s:ulp:team-a/migrated@old-cluster]", WS_A))
-        .await
-        .unwrap()
-        .id;
-    let legacy = env
-        .portkey
-        .usage_limits()
-        .create(&body("y [k8s:ulp:team-a/legacy]", WS_A))
-        .await
-        .unwrap()
-        .id;
+        .made_in_portkey(&remote_policy(
+            "x [k8s:ulp:team-a/migrated@old-cluster]",
+            WS_A,
+        ))
+        .await;
+    let legacy = env.hand_made("y [k8s:ulp:team-a/legacy]", WS_A).await;
     env.apply("migrated", spec());
     env.apply("legacy", spec());
     env.reconcile("migrated").await.unwrap();
@@ -293,10 +234,8 @@ async fn a_migration_takes_over_with_the_setting_and_legacy_markers_are_upgraded
 #[tokio::test]
 async fn a_stale_copy_cannot_overwrite_a_newer_status() {
     let env = env().await;
-    env.apply("monthly", spec());
-    env.reconcile("monthly").await.unwrap();
+    let id = env.create("monthly", spec()).await;
     let stale = env.obj("monthly");
-    let id = stale.status.clone().unwrap().common.policy_id.unwrap();
     env.add_usage(&id, "metadata._user:alice", "250").await;
     env.reconcile("monthly").await.unwrap();
     let newer = env.obj("monthly").status.unwrap();
@@ -313,13 +252,9 @@ async fn a_stale_copy_cannot_overwrite_a_newer_status() {
 #[tokio::test]
 async fn a_refused_replacement_leaves_the_old_budget_in_force() {
     let env = env().await;
-    let mut s = spec();
-    s.on_immutable_change = OnImmutableChange::Recreate;
-    env.kube.apply(&ulp("monthly", s.clone()));
-    env.reconcile("monthly").await.unwrap();
-    let old = env.policy_id("monthly");
-    s.group_by[0].key = "api_key".into();
-    env.apply("monthly", s);
+    let s = spec().on_immutable_change(OnImmutableChange::Recreate);
+    let old = env.create("monthly", s.clone()).await;
+    env.apply("monthly", s.group_by("api_key"));
     env.fault(json!({"fail_next": 1, "error_status": 400, "method": "POST"}))
         .await;
     assert!(env.reconcile("monthly").await.is_err());
@@ -336,37 +271,26 @@ async fn a_refused_replacement_leaves_the_old_budget_in_force() {
 #[tokio::test]
 async fn deletion_with_gone_objects_or_a_missing_scope() {
     let env = env().await;
-    let ctl = env.emu.control();
     let id = env.create("gone", spec()).await;
     // Archived elsewhere, and Portkey answers 403 AB03 for it: the finalizer is released.
     env.portkey.usage_limits().delete(&id).await.unwrap();
-    ctl.set_faults(json!({"gone_as_forbidden": true}))
-        .await
-        .unwrap();
+    env.fault(json!({"gone_as_forbidden": true})).await;
     env.kube.delete::<UsageLimitPolicy>(NS, "gone");
     env.reconcile("gone").await.unwrap();
     assert!(env.kube.get::<UsageLimitPolicy>(NS, "gone").is_none());
-    ctl.clear_faults().await.unwrap();
+    env.clear_faults().await;
 
     // A key without policies.delete: the finalizer stays, the condition says what to do,
     // and switching to Retain releases it with the policy left in force.
     let id = env.create("stuck", spec()).await;
-    ctl.set_faults(json!({"fail_next": 100, "error_status": 403, "method": "DELETE"}))
-        .await
-        .unwrap();
+    env.fault(json!({"fail_next": 100, "error_status": 403, "method": "DELETE"}))
+        .await;
     env.kube.delete::<UsageLimitPolicy>(NS, "stuck");
     env.reconcile("stuck").await.unwrap();
     let obj = env.obj("stuck");
     assert!(obj.metadata.deletion_timestamp.is_some());
-    let (status, reason) = env.condition("stuck", "Ready");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "ArchiveForbidden")
-    );
-    let message = conditions::get(&obj.status.unwrap().common.conditions, "Ready")
-        .unwrap()
-        .message
-        .clone();
+    env.expect_condition("stuck", "Ready", "False", "ArchiveForbidden");
+    let message = env.message("stuck", "Ready");
     assert!(
         message.contains("policies.delete") && message.contains("deletionPolicy: Retain"),
         "{message}"
@@ -377,6 +301,6 @@ async fn deletion_with_gone_objects_or_a_missing_scope() {
         });
     env.reconcile("stuck").await.unwrap();
     assert!(env.kube.get::<UsageLimitPolicy>(NS, "stuck").is_none());
-    ctl.clear_faults().await.unwrap();
+    env.clear_faults().await;
     assert_eq!(env.active(WS_A).await[0].id, id, "left in force");
 }

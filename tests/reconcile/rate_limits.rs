@@ -6,7 +6,7 @@ use crate::harness::*;
 async fn rate_limit_policy_lifecycle() {
     let env = env().await;
     env.kube.apply(&rlp("per-user", 120, "rpm"));
-    env.reconcile_rlp("per-user").await;
+    env.reconcile_rlp(NS, "per-user").await;
     let remote = env.active_rates(WS_A).await;
     assert_eq!(remote.len(), 1);
     assert_eq!(
@@ -17,7 +17,7 @@ async fn rate_limit_policy_lifecycle() {
         remote[0].name.as_deref(),
         Some("team-a/per-user [k8s:rlp:team-a/per-user]")
     );
-    let status = env.rlp_status("per-user");
+    let status = env.rlp_status(NS, "per-user");
     assert_eq!(
         status.common.policy_id.as_deref(),
         Some(remote[0].id.as_str())
@@ -27,7 +27,7 @@ async fn rate_limit_policy_lifecycle() {
     // Change the value and window: one PUT, same policy.
     env.clear_requests().await;
     env.kube.apply(&rlp("per-user", 5000, "rph"));
-    env.reconcile_rlp("per-user").await;
+    env.reconcile_rlp(NS, "per-user").await;
     let log = env.emu.control().requests().await.unwrap();
     assert_eq!(log.count("PUT", "/v1/policies/rate-limits/"), 1);
     assert_eq!(log.count("POST", "/v1/policies"), 0);
@@ -47,13 +47,13 @@ async fn rate_limit_policy_lifecycle() {
         .update(&remote[0].id, &edit)
         .await
         .unwrap();
-    env.reconcile_rlp("per-user").await;
+    env.reconcile_rlp(NS, "per-user").await;
     assert_eq!(env.active_rates(WS_A).await[0].value, d("5000"));
     assert!(env.has_event("DriftCorrected"));
 
     // Delete archives.
     env.kube.delete::<RateLimitPolicy>(NS, "per-user");
-    env.reconcile_rlp("per-user").await;
+    env.reconcile_rlp(NS, "per-user").await;
     assert!(env.active_rates(WS_A).await.is_empty());
     assert!(env.kube.get::<RateLimitPolicy>(NS, "per-user").is_none());
 }
@@ -64,8 +64,8 @@ async fn rate_limit_policy_follows_the_namespace_binding() {
     env.kube
         .add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-b")]);
     env.kube.apply(&rlp("per-user", 120, "rpm"));
-    env.reconcile_rlp("per-user").await;
-    let status = env.rlp_status("per-user");
+    env.reconcile_rlp(NS, "per-user").await;
+    let status = env.rlp_status(NS, "per-user");
     let ready = conditions::get(&status.common.conditions, "Ready").unwrap();
     assert_eq!(ready.reason, "WorkspaceNotAllowed");
     assert_eq!(env.api_calls().await, 0);

@@ -3,7 +3,6 @@
 //! resources accepted as owners; the scope allow-list guards issued and existing keys.
 
 use crate::harness::*;
-use portkey_budget_operator::controller::{api_key, rate};
 
 /// Team B's namespace, bound to team B's workspace.
 const NS_B: &str = "team-b";
@@ -12,16 +11,8 @@ const NS_B: &str = "team-b";
 async fn team_b_policy(env: &Env) -> String {
     env.kube
         .add_namespace(NS_B, &[(WORKSPACE_ANNOTATION, "team-b")]);
-    let mut body = spec();
-    body.workspace = None;
-    body.credit_limit = Money(d("900"));
-    let mut obj = UsageLimitPolicy::new("budget", body);
-    obj.metadata.namespace = Some(NS_B.into());
-    env.kube.apply(&obj);
-    let obj = env.kube.get::<UsageLimitPolicy>(NS_B, "budget").unwrap();
-    usage::reconcile(&obj, &env.ctx).await.unwrap();
-    let obj = env.kube.get::<UsageLimitPolicy>(NS_B, "budget").unwrap();
-    obj.status.unwrap().common.policy_id.unwrap()
+    env.create_in(NS_B, "budget", spec().workspace(None).limit("900"))
+        .await
 }
 
 /// Writes `status.<field>` as a tenant would (`kubectl patch --subresource=status`).
@@ -39,18 +30,8 @@ async fn a_forged_policy_id_is_neither_updated_nor_archived() {
     env.reconcile("monthly").await.unwrap();
     forge(&env, "usagelimitpolicies", "monthly", "policyId", &victim);
     env.reconcile("monthly").await.unwrap();
-    let (status, reason) = env.condition("monthly", "Ready");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "RecordedIdMismatch")
-    );
-    let message = conditions::get(
-        &env.obj("monthly").status.unwrap().common.conditions,
-        "Ready",
-    )
-    .unwrap()
-    .message
-    .clone();
+    env.expect_condition("monthly", "Ready", "False", "RecordedIdMismatch");
+    let message = env.message("monthly", "Ready");
     assert!(
         message.starts_with(&format!(
             "status.policyId: Portkey policy {victim} does not belong to this resource's workspace {WS_A}"
@@ -98,26 +79,10 @@ async fn adopt_plus_a_forged_status_cannot_take_another_resources_policy() {
     // A platform cap kept in a namespace team A cannot write, on the same workspace.
     env.kube
         .add_namespace("platform", &[(WORKSPACE_ANNOTATION, "team-a")]);
-    let mut cap = ulp("cap", spec());
-    cap.metadata.namespace = Some("platform".into());
-    cap.spec.credit_limit = Money(d("50"));
-    cap.spec.alert_threshold = None;
-    env.kube.apply(&cap);
-    let obj = env.kube.get::<UsageLimitPolicy>("platform", "cap").unwrap();
-    usage::reconcile(&obj, &env.ctx).await.unwrap();
     let target = env
-        .kube
-        .get::<UsageLimitPolicy>("platform", "cap")
-        .unwrap()
-        .status
-        .unwrap()
-        .common
-        .policy_id
-        .unwrap();
-    let mut grab = spec();
-    grab.adopt_policy_id = Some(target.clone());
-    grab.credit_limit = Money(d("999999"));
-    env.apply("grab", grab);
+        .create_in("platform", "cap", spec().limit("50").alert(None))
+        .await;
+    env.apply("grab", spec().adopt(&target).limit("999999"));
     env.reconcile("grab").await.unwrap();
     assert_eq!(env.condition("grab", "Ready").1, "AdoptTargetOwned");
     forge(&env, "usagelimitpolicies", "grab", "policyId", &target);
@@ -173,32 +138,13 @@ async fn a_forged_rate_limit_policy_id_is_refused() {
     theirs.metadata.namespace = Some(NS_B.into());
     theirs.spec.workspace = None;
     env.kube.apply(&theirs);
-    let obj = env.kube.get::<RateLimitPolicy>(NS_B, "rpm").unwrap();
-    rate::reconcile(&obj, &env.ctx).await.unwrap();
-    let victim = env
-        .kube
-        .get::<RateLimitPolicy>(NS_B, "rpm")
-        .unwrap()
-        .status
-        .unwrap()
-        .common
-        .policy_id
-        .unwrap();
+    env.reconcile_rlp(NS_B, "rpm").await;
+    let victim = env.rlp_status(NS_B, "rpm").common.policy_id.unwrap();
     env.kube.apply(&rlp("per-user", 120, "rpm"));
-    let run = |env: &Env| {
-        let obj = env.kube.get::<RateLimitPolicy>(NS, "per-user").unwrap();
-        let ctx = env.ctx.clone();
-        async move { rate::reconcile(&obj, &ctx).await.unwrap() }
-    };
-    run(&env).await;
+    env.reconcile_rlp(NS, "per-user").await;
     forge(&env, "ratelimitpolicies", "per-user", "policyId", &victim);
-    run(&env).await;
-    let status = env
-        .kube
-        .get::<RateLimitPolicy>(NS, "per-user")
-        .unwrap()
-        .status
-        .unwrap();
+    env.reconcile_rlp(NS, "per-user").await;
+    let status = env.rlp_status(NS, "per-user");
     let ready = conditions::get(&status.common.conditions, "Ready").unwrap();
     assert_eq!(ready.reason, "RecordedIdMismatch", "{ready:?}");
     let b = env
@@ -208,22 +154,6 @@ async fn a_forged_rate_limit_policy_id_is_refused() {
         .await
         .unwrap();
     assert_eq!(b.value, d("5"));
-}
-
-/// A service key of a workspace, made in Portkey by hand: its id.
-async fn key_in(env: &Env, ws: &str, name: &str, scopes: &[&str]) -> String {
-    let body = CreateApiKey {
-        name: name.into(),
-        workspace_id: Some(ws.into()),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        ..Default::default()
-    };
-    env.portkey
-        .create_api_key(ApiKeyType::Workspace, ApiKeySubType::Service, &body)
-        .await
-        .unwrap()
-        .id
-        .unwrap()
 }
 
 /// Renames a key in Portkey, as someone in its UI would.
@@ -238,25 +168,6 @@ async fn rename_key(env: &Env, id: &str, name: &str) {
     assert!(answer.status().is_success(), "{answer:?}");
 }
 
-fn akb(ns: &str, name: &str, spec: serde_json::Value) -> ApiKeyBudget {
-    let mut obj = ApiKeyBudget::new(name, serde_json::from_value(spec).unwrap());
-    obj.metadata.namespace = Some(ns.into());
-    obj
-}
-
-async fn run_akb(env: &Env, ns: &str, name: &str) -> (String, String) {
-    let obj = env.kube.get::<ApiKeyBudget>(ns, name).unwrap();
-    api_key::reconcile(&obj, &env.ctx).await.unwrap();
-    let status = env
-        .kube
-        .get::<ApiKeyBudget>(ns, name)
-        .unwrap()
-        .status
-        .unwrap();
-    let ready = conditions::get(&status.conditions, "Ready").unwrap();
-    (ready.reason.clone(), ready.message.clone())
-}
-
 fn budget(limit: u32) -> serde_json::Value {
     json!({"type": "cost", "creditLimit": limit})
 }
@@ -264,84 +175,68 @@ fn budget(limit: u32) -> serde_json::Value {
 #[tokio::test]
 async fn an_existing_key_is_pinned_by_name_and_a_renamed_one_is_not_followed() {
     let env = env().await;
-    let first = key_in(&env, WS_A, "payments", &["completions.write"]).await;
-    env.kube.apply(&akb(
-        NS,
-        "pay",
-        json!({"existing": {"name": "payments"}, "budget": budget(20)}),
-    ));
-    assert_eq!(run_akb(&env, NS, "pay").await.0, "InForce");
+    let first = env.app_key("payments").await;
+    let pinned = json!({"existing": {"name": "payments"}, "budget": budget(20)});
+    assert_eq!(env.apply_akb(NS, "pay", pinned).await.0, "InForce");
     // Renamed in Portkey, and a new key takes the old name.
     rename_key(&env, &first, "payments-old").await;
-    let second = key_in(&env, WS_A, "payments", &["completions.write"]).await;
-    let (reason, message) = run_akb(&env, NS, "pay").await;
+    let second = env.app_key("payments").await;
+    let (reason, message) = env.reconcile_akb(NS, "pay").await;
     assert_eq!(reason, "RecordedIdMismatch", "{message}");
     assert!(message.contains("spec.existing.name"), "{message}");
-    let new = env.portkey.get_api_key(&second).await.unwrap();
+    let new = env.api_key(&second).await;
     assert!(new.usage_limits.is_none(), "nothing written to the new key");
 }
 
 #[tokio::test]
 async fn a_refused_resource_does_not_block_the_keys_real_owner() {
     let env = env().await;
-    let key = key_in(&env, WS_A, "shared-app", &["completions.write"]).await;
+    let key = env.app_key("shared-app").await;
     // An unbound namespace (created first, so older) names team A's key.
     env.kube.add_namespace("intruder", &[]);
-    env.kube.apply(&akb("intruder", "grab", json!({"workspace": "team-a", "existing": {"id": key}, "budget": budget(1), "deletionPolicy": "Delete"})));
-    assert_eq!(
-        run_akb(&env, "intruder", "grab").await.0,
-        "NamespaceNotBound"
-    );
-    env.kube.apply(&akb(
-        NS,
-        "owner",
-        json!({"existing": {"id": key}, "budget": budget(30)}),
-    ));
-    let (reason, message) = run_akb(&env, NS, "owner").await;
+    let grab = json!({"workspace": "team-a", "existing": {"id": key}, "budget": budget(1),
+                      "deletionPolicy": "Delete"});
+    let (reason, _) = env.apply_akb("intruder", "grab", grab).await;
+    assert_eq!(reason, "NamespaceNotBound");
+    let owner = json!({"existing": {"id": key}, "budget": budget(30)});
+    let (reason, message) = env.apply_akb(NS, "owner", owner).await;
     assert_eq!(reason, "InForce", "{message}");
     // Deleting the refused one deletes nothing.
     env.kube.delete::<ApiKeyBudget>("intruder", "grab");
     let obj = env.kube.get::<ApiKeyBudget>("intruder", "grab").unwrap();
-    api_key::reconcile(&obj, &env.ctx).await.unwrap();
-    let k = env.portkey.get_api_key(&key).await.unwrap();
+    controller::api_key::reconcile(&obj, &env.ctx)
+        .await
+        .unwrap();
+    let k = env.api_key(&key).await;
     assert_eq!(k.usage_limits.unwrap().credit_limit, d("30"));
 }
 
 #[tokio::test]
 async fn management_keys_and_disallowed_scopes_are_refused() {
     let env = env().await;
-    let admin_like = key_in(
-        &env,
-        WS_A,
-        "ops",
-        &["completions.write", "workspace_service_api_keys.create"],
-    )
-    .await;
-    env.kube.apply(&akb(
-        NS,
-        "ops",
-        json!({"existing": {"id": admin_like}, "budget": budget(5)}),
-    ));
-    let (reason, message) = run_akb(&env, NS, "ops").await;
+    let admin_like = env
+        .service_key(
+            WS_A,
+            "ops",
+            &["completions.write", "workspace_service_api_keys.create"],
+        )
+        .await;
+    let ops = json!({"existing": {"id": admin_like}, "budget": budget(5)});
+    let (reason, message) = env.apply_akb(NS, "ops", ops).await;
     assert_eq!(reason, "KeyScopesTooBroad", "{message}");
-    assert!(
-        env.portkey
-            .get_api_key(&admin_like)
-            .await
-            .unwrap()
-            .usage_limits
-            .is_none()
-    );
+    assert!(env.api_key(&admin_like).await.usage_limits.is_none());
     let keys_before = env.portkey.list_api_keys(None).await.unwrap().len();
-    env.kube.apply(&akb(NS, "evil", json!({"issue": {"scopes": ["completions.write", "policies.delete"], "secretName": "evil"}})));
-    let (reason, message) = run_akb(&env, NS, "evil").await;
+    let evil = json!({"issue": {"scopes": ["completions.write", "policies.delete"],
+                                "secretName": "evil"}});
+    let (reason, message) = env.apply_akb(NS, "evil", evil).await;
     assert_eq!(reason, "ScopeNotAllowed");
     assert!(
         message.starts_with("spec.issue.scopes[1]: \"policies.delete\""),
         "{message}"
     );
-    env.kube.apply(&akb(NS, "user", json!({"issue": {"subType": "user", "userId": "u1", "scopes": ["completions.write"], "secretName": "u"}})));
-    assert_eq!(run_akb(&env, NS, "user").await.0, "KeyTypeNotAllowed");
+    let user = json!({"issue": {"subType": "user", "userId": "u1",
+                                "scopes": ["completions.write"], "secretName": "u"}});
+    assert_eq!(env.apply_akb(NS, "user", user).await.0, "KeyTypeNotAllowed");
     assert_eq!(
         env.portkey.list_api_keys(None).await.unwrap().len(),
         keys_before,
@@ -354,34 +249,15 @@ async fn the_operators_own_key_is_never_managed() {
     let env = env().await;
     // The operator authenticates with a workspace key of team A (its raw key is the one the
     // client sends; Portkey lists it masked).
-    let body = CreateApiKey {
-        name: "operator".into(),
-        workspace_id: Some(WS_A.into()),
-        scopes: vec!["completions.write".into()],
-        ..Default::default()
-    };
     let issued = env
-        .portkey
-        .create_api_key(ApiKeyType::Workspace, ApiKeySubType::Service, &body)
-        .await
-        .unwrap();
+        .issue_key(WS_A, "operator", &["completions.write"])
+        .await;
     let id = issued.id.clone().unwrap();
     let raw = issued.key.expose().to_owned();
     env.emu.control().set_api_keys(&[KEY, &raw]).await.unwrap();
     env.portkey.set_api_key(&ApiKey::new(raw)).unwrap();
-    env.kube.apply(&akb(
-        NS,
-        "self",
-        json!({"existing": {"id": id}, "budget": budget(1), "deletionPolicy": "Delete"}),
-    ));
-    let (reason, message) = run_akb(&env, NS, "self").await;
+    let own = json!({"existing": {"id": id}, "budget": budget(1), "deletionPolicy": "Delete"});
+    let (reason, message) = env.apply_akb(NS, "self", own).await;
     assert_eq!(reason, "OperatorKeyRefused", "{message}");
-    assert!(
-        env.portkey
-            .get_api_key(&id)
-            .await
-            .unwrap()
-            .usage_limits
-            .is_none()
-    );
+    assert!(env.api_key(&id).await.usage_limits.is_none());
 }

@@ -60,14 +60,8 @@ async fn create_makes_one_remote_policy_and_reports_ready() {
         Some("Team A monthly [k8s:ulp:team-a/monthly]")
     );
     assert_eq!(remote[0].credit_limit, d("500"));
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("True".into(), "InForce".into())
-    );
-    assert_eq!(
-        env.condition("monthly", "Synced"),
-        ("True".into(), "ReconcileSuccess".into())
-    );
+    env.expect_condition("monthly", "Ready", "True", "InForce");
+    env.expect_condition("monthly", "Synced", "True", "ReconcileSuccess");
     assert!(env.has_event("Created"));
 
     // Reconciling again writes nothing to Portkey and nothing to status.
@@ -115,10 +109,7 @@ async fn a_cached_copy_this_process_already_replaced_is_skipped() {
         .unwrap();
     assert_eq!(env.kube.writes().len(), writes);
     assert_eq!(env.active(WS_A).await.len(), 1);
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("True".into(), "InForce".into())
-    );
+    env.expect_condition("monthly", "Ready", "True", "InForce");
 }
 
 #[tokio::test]
@@ -129,9 +120,7 @@ async fn limit_change_updates_remote_without_touching_the_schedule() {
     let before = env.active(WS_A).await.remove(0);
     env.clear_requests().await;
 
-    let mut raised = spec();
-    raised.credit_limit = Money(d("800"));
-    env.apply("monthly", raised);
+    env.apply("monthly", spec().limit("800"));
     env.reconcile("monthly").await.unwrap();
 
     let after = env.active(WS_A).await.remove(0);
@@ -156,12 +145,8 @@ async fn limit_change_updates_remote_without_touching_the_schedule() {
 async fn remote_drift_is_reverted_with_an_event() {
     let env = env().await;
     let id = env.create("monthly", spec()).await;
-    let edit = UpdateUsageLimitsPolicy {
-        credit_limit: Some(d("99999")),
-        name: Some("hijacked [k8s:ulp:team-a/monthly]".into()),
-        ..Default::default()
-    };
-    env.portkey.usage_limits().update(&id, &edit).await.unwrap();
+    env.edit_remote(&id, "99999", "hijacked [k8s:ulp:team-a/monthly]")
+        .await;
 
     env.reconcile("monthly").await.unwrap();
     let p = env.remote(&id).await;
@@ -170,17 +155,12 @@ async fn remote_drift_is_reverted_with_an_event() {
         p.name.as_deref(),
         Some("Team A monthly [k8s:ulp:team-a/monthly]")
     );
-    let drift: Vec<_> = env
-        .kube
-        .events()
-        .into_iter()
-        .filter(|e| e.1 == "DriftCorrected")
-        .collect();
+    let drift = env.events("DriftCorrected");
     assert_eq!(drift.len(), 1);
     assert!(
-        drift[0].2.contains("creditLimit: 99999 → 500"),
+        drift[0].1.contains("creditLimit: 99999 → 500"),
         "{}",
-        drift[0].2
+        drift[0].1
     );
 }
 
@@ -203,20 +183,15 @@ async fn policy_archived_elsewhere_is_recreated() {
             .as_deref(),
         Some(active[0].id.as_str())
     );
-    assert!(
-        env.kube
-            .events()
-            .iter()
-            .any(|e| e.1 == "Recreated" && e.0 == "Warning")
-    );
+    let recreated = env.events("Recreated");
+    assert!(recreated.iter().any(|(type_, _)| type_ == "Warning"));
 }
 
 #[tokio::test]
 async fn delete_archives_or_retains() {
     let env = env().await;
     env.apply("archive-me", spec());
-    let mut retain = spec();
-    retain.deletion_policy = DeletionPolicy::Retain;
+    let mut retain = spec().retain();
     retain.display_name = Some("kept".into());
     env.apply("retain-me", retain);
     env.reconcile("archive-me").await.unwrap();
@@ -242,38 +217,13 @@ async fn delete_archives_or_retains() {
 #[tokio::test]
 async fn adoption_by_id_takes_over_and_marks_the_policy() {
     let env = env().await;
-    let existing = env
-        .portkey
-        .usage_limits()
-        .create(&CreateUsageLimitsPolicy {
-            name: "made by hand".into(),
-            description: None,
-            conditions: vec![Condition {
-                key: "metadata._team".into(),
-                value: ConditionValue::One("team-a".into()),
-                excludes: None,
-            }],
-            group_by: vec![GroupBy {
-                key: "metadata._user".into(),
-            }],
-            limit_type: UsageLimitType::Cost,
-            credit_limit: d("100"),
-            alert_threshold: None,
-            periodic_reset: Some(PeriodicReset::Monthly),
-            periodic_reset_days: None,
-            next_usage_reset_at: None,
-            workspace_id: Some(WS_A.into()),
-        })
-        .await
-        .unwrap();
-    let mut s = spec();
-    s.adopt_policy_id = Some(existing.id.clone());
-    env.apply("adopter", s);
+    let existing = env.hand_made("made by hand", WS_A).await;
+    env.apply("adopter", spec().adopt(&existing));
     env.reconcile("adopter").await.unwrap();
 
     let active = env.active(WS_A).await;
     assert_eq!(active.len(), 1, "adopted, not duplicated");
-    assert_eq!(active[0].id, existing.id);
+    assert_eq!(active[0].id, existing);
     assert_eq!(active[0].credit_limit, d("500"));
     assert!(
         active[0]
@@ -285,48 +235,29 @@ async fn adoption_by_id_takes_over_and_marks_the_policy() {
     assert!(env.has_event("Adopted"));
     assert_eq!(
         env.obj("adopter").status.unwrap().common.policy_id,
-        Some(existing.id)
+        Some(existing)
     );
+}
+
+/// A policy made in Portkey by hand (`body`) with `usage` on one bucket, and a resource
+/// `watcher` that adopts it in Observe mode, reconciled once after the request log was cleared.
+async fn observe_hand_made(env: &Env, body: CreateUsageLimitsPolicy, usage: &str) {
+    let created = env.made_in_portkey(&body).await;
+    env.add_usage(&created, "metadata._user:alice", usage).await;
+    env.clear_requests().await;
+    env.apply("watcher", spec().observe().adopt(&created));
+    env.reconcile("watcher").await.unwrap();
 }
 
 #[tokio::test]
 async fn observe_never_writes() {
     let env = env().await;
-    let created = env
-        .portkey
-        .usage_limits()
-        .create(&CreateUsageLimitsPolicy {
-            name: "observed".into(),
-            description: None,
-            conditions: vec![Condition {
-                key: "metadata._team".into(),
-                value: ConditionValue::One("team-a".into()),
-                excludes: None,
-            }],
-            group_by: vec![GroupBy {
-                key: "metadata._user".into(),
-            }],
-            limit_type: UsageLimitType::Cost,
-            credit_limit: d("500"),
-            alert_threshold: Some(d("400")),
-            periodic_reset: Some(PeriodicReset::Monthly),
-            periodic_reset_days: None,
-            next_usage_reset_at: None,
-            workspace_id: Some(WS_A.into()),
-        })
-        .await
-        .unwrap();
-    env.emu
-        .control()
-        .add_usage(&created.id, "metadata._user:alice", d("250"))
-        .await
-        .unwrap();
-    env.clear_requests().await;
-    let mut s = spec();
-    s.management_policy = ManagementPolicy::Observe;
-    s.adopt_policy_id = Some(created.id.clone());
-    env.apply("watcher", s);
-    env.reconcile("watcher").await.unwrap();
+    let body = CreateUsageLimitsPolicy {
+        credit_limit: d("500"),
+        alert_threshold: Some(d("400")),
+        ..remote_policy("observed", WS_A)
+    };
+    observe_hand_made(&env, body, "250").await;
     assert!(
         env.obj("watcher").metadata.finalizers.is_none(),
         "Observe needs no finalizer"
@@ -341,46 +272,14 @@ async fn observe_never_writes() {
 #[tokio::test]
 async fn observe_reports_out_of_sync_without_writing() {
     let env = env().await;
-    let created = env
-        .portkey
-        .usage_limits()
-        .create(&CreateUsageLimitsPolicy {
-            name: "observed".into(),
-            description: None,
-            conditions: vec![Condition {
-                key: "metadata._team".into(),
-                value: ConditionValue::One("team-a".into()),
-                excludes: None,
-            }],
-            group_by: vec![GroupBy {
-                key: "metadata._user".into(),
-            }],
-            limit_type: UsageLimitType::Cost,
-            credit_limit: d("10"),
-            alert_threshold: None,
-            periodic_reset: None,
-            periodic_reset_days: None,
-            next_usage_reset_at: None,
-            workspace_id: Some(WS_A.into()),
-        })
-        .await
-        .unwrap();
-    env.emu
-        .control()
-        .add_usage(&created.id, "metadata._user:alice", d("4"))
-        .await
-        .unwrap();
-    env.clear_requests().await;
-    let mut s = spec();
-    s.management_policy = ManagementPolicy::Observe;
-    s.adopt_policy_id = Some(created.id);
-    env.apply("watcher", s);
-    env.reconcile("watcher").await.unwrap();
+    let body = CreateUsageLimitsPolicy {
+        credit_limit: d("10"),
+        periodic_reset: None,
+        ..remote_policy("observed", WS_A)
+    };
+    observe_hand_made(&env, body, "4").await;
     assert_eq!(env.api_writes().await, 0);
-    assert_eq!(
-        env.condition("watcher", "Ready"),
-        ("False".into(), "OutOfSync".into())
-    );
+    env.expect_condition("watcher", "Ready", "False", "OutOfSync");
     assert_eq!(env.condition("watcher", "Synced").0, "True");
     let usage = env.obj("watcher").status.unwrap().usage.unwrap();
     assert_eq!((usage.buckets, usage.peak_percent), (1, 40));
@@ -434,17 +333,10 @@ async fn pause_stops_every_write_but_keeps_reporting_and_resume_corrects_drift()
     assert_eq!(env.api_writes().await, 0, "paused: no write to Portkey");
     let p = env.remote(&id).await;
     assert_eq!(p.credit_limit, d("5000"), "the emergency change is kept");
+    env.expect_condition("monthly", "Synced", "False", "ReconciliationPaused");
+    env.expect_condition("monthly", "Ready", "False", "OutOfSync");
     assert_eq!(
-        env.condition("monthly", "Synced"),
-        ("False".into(), "ReconciliationPaused".into())
-    );
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("False".into(), "OutOfSync".into())
-    );
-    let status = env.obj("monthly").status.unwrap();
-    assert_eq!(
-        status.usage.unwrap().buckets,
+        env.obj("monthly").status.unwrap().usage.unwrap().buckets,
         1,
         "usage is still read and reported"
     );
@@ -464,10 +356,7 @@ async fn pause_stops_every_write_but_keeps_reporting_and_resume_corrects_drift()
     let p = env.remote(&id).await;
     assert_eq!(p.credit_limit, d("500"));
     assert!(env.has_event("ReconciliationResumed"));
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("True".into(), "InForce".into())
-    );
+    env.expect_condition("monthly", "Ready", "True", "InForce");
     pause(Some("true"));
     env.kube.delete::<UsageLimitPolicy>(NS, "monthly");
     env.reconcile("monthly").await.unwrap();
@@ -523,17 +412,12 @@ async fn crash_after_create_adopts_instead_of_duplicating() {
 
 #[tokio::test]
 async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
-    let env = env_with(ControllerConfig {
-        create_pending_grace: Duration::from_secs(3600),
-        ..test_config()
-    })
-    .await;
+    let env = env_tuned(|c| c.create_pending_grace = Duration::from_secs(3600)).await;
     let ctl = env.emu.control();
     env.apply("monthly", spec());
     // A 500 on POST: Portkey may or may not have created the policy (the emulator did not).
-    ctl.set_faults(json!({"fail_next": 1, "error_status": 500, "method": "POST"}))
-        .await
-        .unwrap();
+    env.fault(json!({"fail_next": 1, "error_status": 500, "method": "POST"}))
+        .await;
     let err = env.reconcile("monthly").await.unwrap_err();
     assert_eq!(err.reason(), "PortkeyServerError");
     assert!(
@@ -553,14 +437,8 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
             .count("POST", "/v1/policies/usage-limits"),
         0
     );
-    assert_eq!(
-        env.condition("monthly", "Synced"),
-        ("Unknown".into(), "CreationResultUnknown".into())
-    );
-    assert_eq!(
-        env.condition("monthly", "Reconciling"),
-        ("True".into(), "CreationResultUnknown".into())
-    );
+    env.expect_condition("monthly", "Synced", "Unknown", "CreationResultUnknown");
+    env.expect_condition("monthly", "Reconciling", "True", "CreationResultUnknown");
 
     // Past the grace period with nothing visible: create again, once.
     env.kube
@@ -570,10 +448,7 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
     env.reconcile("monthly").await.unwrap();
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.active(WS_A).await.len(), 1);
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("True".into(), "InForce".into())
-    );
+    env.expect_condition("monthly", "Ready", "True", "InForce");
     assert!(!create_pending(&env.obj("monthly")));
 }
 
@@ -592,10 +467,7 @@ async fn rejected_create_clears_the_pending_record() {
             .unwrap_or_default()
             .contains_key(CREATE_PENDING_ANNOTATION)
     );
-    assert_eq!(
-        env.condition("monthly", "Synced"),
-        ("False".into(), "PortkeyValidationError".into())
-    );
+    env.expect_condition("monthly", "Synced", "False", "PortkeyValidationError");
     // The next attempt creates it straight away.
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.active(WS_A).await.len(), 1);
@@ -608,16 +480,11 @@ async fn namespace_binding_is_enforced_without_api_calls() {
         .add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-b")]);
     env.apply("monthly", spec());
     env.reconcile("monthly").await.unwrap();
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("False".into(), "WorkspaceNotAllowed".into())
-    );
+    env.expect_condition("monthly", "Ready", "False", "WorkspaceNotAllowed");
     assert_eq!(env.api_calls().await, 0, "no Admin API call at all");
 
     // A policy without a workspace follows the binding.
-    let mut unbound = spec();
-    unbound.workspace = None;
-    env.apply("follows", unbound);
+    env.apply("follows", spec().workspace(None));
     env.reconcile("follows").await.unwrap();
     assert_eq!(env.active(WS_B).await.len(), 1);
     assert_eq!(
@@ -637,19 +504,10 @@ async fn namespace_binding_is_enforced_without_api_calls() {
 async fn a_recorded_policy_without_the_marker_is_left_alone() {
     let env = env().await;
     let id = env.create("monthly", spec()).await;
-    let edit = UpdateUsageLimitsPolicy {
-        credit_limit: Some(d("99999")),
-        name: Some("renamed".into()),
-        ..Default::default()
-    };
-    env.portkey.usage_limits().update(&id, &edit).await.unwrap();
+    env.edit_remote(&id, "99999", "renamed").await;
     env.clear_requests().await;
     env.reconcile("monthly").await.unwrap();
-    let (status, reason) = env.condition("monthly", "Ready");
-    assert_eq!(
-        (status.as_str(), reason.as_str()),
-        ("False", "RecordedIdMismatch")
-    );
+    env.expect_condition("monthly", "Ready", "False", "RecordedIdMismatch");
     let p = env.remote(&id).await;
     assert_eq!(
         (p.credit_limit, p.name.as_deref()),
@@ -671,16 +529,9 @@ async fn an_unbound_namespace_gets_no_workspace_by_default() {
     env.kube.add_namespace(NS, &[]);
     env.apply("monthly", spec());
     env.reconcile("monthly").await.unwrap();
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("False".into(), "NamespaceNotBound".into())
-    );
+    env.expect_condition("monthly", "Ready", "False", "NamespaceNotBound");
     assert_eq!(env.api_calls().await, 0);
-    let single = env_with(ControllerConfig {
-        single_tenant: true,
-        ..test_config()
-    })
-    .await;
+    let single = env_tuned(|c| c.single_tenant = true).await;
     single.kube.add_namespace(NS, &[]);
     single.kube.apply(&ulp("monthly", spec()));
     single.reconcile("monthly").await.unwrap();
@@ -689,35 +540,25 @@ async fn an_unbound_namespace_gets_no_workspace_by_default() {
 
 #[tokio::test]
 async fn binding_can_be_required() {
-    let env = env_with(ControllerConfig {
-        require_namespace_binding: true,
-        default_workspace: Some("team-a".into()),
-        ..test_config()
+    let env = env_tuned(|c| {
+        c.require_namespace_binding = true;
+        c.default_workspace = Some("team-a".into());
     })
     .await;
     env.kube.add_namespace(NS, &[]);
     env.apply("monthly", spec());
     env.reconcile("monthly").await.unwrap();
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("False".into(), "NamespaceNotBound".into())
-    );
+    env.expect_condition("monthly", "Ready", "False", "NamespaceNotBound");
     assert_eq!(env.api_calls().await, 0);
 }
 
 #[tokio::test]
 async fn invalid_spec_is_refused_without_api_calls() {
     let env = env().await;
-    let mut bad = spec();
-    bad.alert_threshold = Some(Money(d("600")));
-    env.apply("bad", bad);
+    env.apply("bad", spec().alert(Some("600")));
     env.reconcile("bad").await.unwrap();
-    let (status, reason) = env.condition("bad", "Ready");
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "InvalidSpec"));
-    let message = conditions::get(&env.obj("bad").status.unwrap().common.conditions, "Ready")
-        .unwrap()
-        .message
-        .clone();
+    env.expect_condition("bad", "Ready", "False", "InvalidSpec");
+    let message = env.message("bad", "Ready");
     assert!(
         message.contains("alertThreshold must be greater than 0 and less than creditLimit"),
         "{message}"
@@ -729,16 +570,8 @@ async fn invalid_spec_is_refused_without_api_calls() {
 async fn usage_is_reported_and_alerts_fire_once_per_bucket() {
     let env = env().await;
     let id = env.create("monthly", spec()).await;
-    let ctl = env.emu.control();
-    ctl.add_usage(&id, "metadata._user:alice", d("420"))
-        .await
-        .unwrap();
-    ctl.add_usage(&id, "metadata._user:bob", d("500"))
-        .await
-        .unwrap();
-    ctl.add_usage(&id, "metadata._user:carol", d("10.5"))
-        .await
-        .unwrap();
+    let usage = [("alice", "420"), ("bob", "500"), ("carol", "10.5")];
+    env.add_user_usage(&id, &usage).await;
     env.reconcile("monthly").await.unwrap();
     env.reconcile("monthly").await.unwrap();
 
@@ -748,59 +581,49 @@ async fn usage_is_reported_and_alerts_fire_once_per_bucket() {
     assert_eq!(usage.peak_percent, 100);
     assert_eq!(usage.top[0].value_key, "metadata._user:bob");
     assert_eq!(usage.top[2].current_usage, "10.5");
-    let events = env.kube.events();
-    let count = |r: &str| events.iter().filter(|e| e.1 == r).count();
-    assert_eq!(count("BudgetExhausted"), 1);
-    assert_eq!(count("AlertThresholdReached"), 1);
+    assert_eq!(env.events("BudgetExhausted").len(), 1);
+    assert_eq!(env.events("AlertThresholdReached").len(), 1);
 }
 
 #[tokio::test]
 async fn immutable_change_with_recreate_replaces_the_policy() {
     let env = env().await;
     let old = env.create("monthly", spec()).await;
-    let mut changed = spec();
-    changed.group_by = vec![GroupByKey {
-        key: "api_key".into(),
-    }];
-    changed.on_immutable_change = OnImmutableChange::Recreate;
-    env.apply("monthly", changed);
+    env.apply(
+        "monthly",
+        spec()
+            .group_by("api_key")
+            .on_immutable_change(OnImmutableChange::Recreate),
+    );
     env.reconcile("monthly").await.unwrap();
     let active = env.active(WS_A).await;
     assert_eq!(active.len(), 1);
     assert_ne!(active[0].id, old);
     assert_eq!(active[0].group_by[0].key, "api_key");
+    let recreated = env.events("Recreated");
     assert!(
-        env.kube
-            .events()
+        recreated
             .iter()
-            .any(|e| e.1 == "Recreated" && e.2.contains("usage restarts from zero"))
+            .any(|(_, note)| note.contains("usage restarts from zero"))
     );
 
     // Without Recreate (admission bypassed), the change is refused and nothing is written.
-    let mut again = env.obj("monthly").spec;
-    again.group_by = vec![GroupByKey {
-        key: "metadata._user".into(),
-    }];
-    again.on_immutable_change = OnImmutableChange::Reject;
-    env.apply("monthly", again);
+    let again = env.obj("monthly").spec.group_by("metadata._user");
+    env.apply(
+        "monthly",
+        again.on_immutable_change(OnImmutableChange::Reject),
+    );
     let writes = env.api_writes().await;
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.api_writes().await, writes);
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("False".into(), "ImmutableFieldChanged".into())
-    );
+    env.expect_condition("monthly", "Ready", "False", "ImmutableFieldChanged");
 }
 
 /// The refresh requeue is jittered upwards only: a pass that came back before the interval was
 /// over would only meet the freshness gate and be queued again.
 #[tokio::test]
 async fn refresh_requeues_are_never_shorter_than_the_interval() {
-    let env = env_with(ControllerConfig {
-        usage_refresh_interval: Duration::from_secs(20),
-        ..test_config()
-    })
-    .await;
+    let env = env_tuned(|c| c.usage_refresh_interval = Duration::from_secs(20)).await;
     let delays: Vec<Duration> = (0..1000).map(|_| env.ctx.refresh_interval(true)).collect();
     assert!(delays.iter().all(|d| *d >= Duration::from_secs(20)));
     // Up to 10 % longer, then to the next point of the 250 ms refresh grid.
@@ -817,11 +640,7 @@ async fn refresh_requeues_are_never_shorter_than_the_interval() {
 
 #[tokio::test]
 async fn fresh_healthy_resources_make_no_api_calls() {
-    let env = env_with(ControllerConfig {
-        usage_refresh_interval: Duration::from_secs(3600),
-        ..test_config()
-    })
-    .await;
+    let env = env_tuned(|c| c.usage_refresh_interval = Duration::from_secs(3600)).await;
     env.apply("monthly", spec());
     env.reconcile("monthly").await.unwrap();
     env.clear_requests().await;
@@ -832,9 +651,7 @@ async fn fresh_healthy_resources_make_no_api_calls() {
         "{action:?}"
     );
     // A spec change is never skipped.
-    let mut raised = spec();
-    raised.credit_limit = Money(d("900"));
-    env.apply("monthly", raised);
+    env.apply("monthly", spec().limit("900"));
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.active(WS_A).await[0].credit_limit, d("900"));
 }
@@ -848,14 +665,8 @@ async fn transient_errors_mark_synced_unknown_and_keep_ready() {
         .await;
     let err = env.reconcile("monthly").await.unwrap_err();
     assert_eq!(err.reason(), "PortkeyServerError");
-    assert_eq!(
-        env.condition("monthly", "Synced"),
-        ("Unknown".into(), "PortkeyServerError".into())
-    );
-    assert_eq!(
-        env.condition("monthly", "Ready"),
-        ("True".into(), "InForce".into())
-    );
+    env.expect_condition("monthly", "Synced", "Unknown", "PortkeyServerError");
+    env.expect_condition("monthly", "Ready", "True", "InForce");
     env.clear_faults().await;
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.condition("monthly", "Synced").0, "True");

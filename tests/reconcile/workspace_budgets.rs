@@ -6,11 +6,7 @@ use crate::harness::*;
 #[tokio::test]
 async fn workspace_budget_lifecycle() {
     let env = env().await;
-    env.emu
-        .control()
-        .set_clock(Some("2026-11-21T14:00:00Z".parse().unwrap()))
-        .await
-        .unwrap();
+    env.set_clock(Some("2026-11-21T14:00:00Z")).await;
     env.kube
         .apply(&wsb("marketing", "team-a", 500, "2026-11-01T00:00:00Z"));
     env.reconcile_wsb("marketing").await;
@@ -40,11 +36,7 @@ async fn workspace_budget_lifecycle() {
     assert_eq!(env.api_writes().await, 0);
 
     // Raise the budget later in the month: only usage_limits is sent and the reset stays.
-    env.emu
-        .control()
-        .set_clock(Some("2026-11-25T09:00:00Z".parse().unwrap()))
-        .await
-        .unwrap();
+    env.set_clock(Some("2026-11-25T09:00:00Z")).await;
     env.kube
         .apply(&wsb("marketing", "team-a", 800, "2026-11-01T00:00:00Z"));
     env.reconcile_wsb("marketing").await;
@@ -63,31 +55,19 @@ async fn workspace_budget_lifecycle() {
         rate_limits: Nullable::Null,
         ..Default::default()
     };
-    env.portkey.update_workspace(WS_A, &edit).await.unwrap();
+    env.edit_workspace(WS_A, edit).await;
     env.reconcile_wsb("marketing").await;
     assert!(env.workspace(WS_A).await.rate_limits.is_some());
     assert!(env.has_event("DriftCorrected"));
 
     // Delete (Clear): our limits go, a hand-made tokens budget stays.
     let mut usage = env.workspace(WS_A).await.usage_limits.unwrap();
-    usage.push(WorkspaceUsageLimit {
-        limit_type: UsageLimitType::Tokens,
-        credit_limit: d("1000000"),
-        alert_threshold: None,
-        periodic_reset: None,
-        periodic_reset_days: None,
-        next_usage_reset_at: None,
-    });
-    env.portkey
-        .update_workspace(
-            WS_A,
-            &UpdateWorkspace {
-                usage_limits: Nullable::Value(usage),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    usage.push(ws_usage(UsageLimitType::Tokens, "1000000", None));
+    let edit = UpdateWorkspace {
+        usage_limits: Nullable::Value(usage),
+        ..Default::default()
+    };
+    env.edit_workspace(WS_A, edit).await;
     env.kube.delete::<WorkspaceBudget>("", "marketing");
     env.reconcile_wsb("marketing").await;
     assert!(env.kube.get::<WorkspaceBudget>("", "marketing").is_none());
@@ -104,31 +84,29 @@ async fn limits_it_does_not_declare_are_kept_unless_it_owns_all() {
     let env = env().await;
     // Finance set a $500 monthly budget and a token rate limit in the Portkey UI.
     let by_hand = UpdateWorkspace {
-        usage_limits: Nullable::Value(vec![WorkspaceUsageLimit {
-            limit_type: UsageLimitType::Cost,
-            credit_limit: d("500"),
-            alert_threshold: None,
-            periodic_reset: Some(PeriodicReset::Monthly),
-            periodic_reset_days: None,
-            next_usage_reset_at: None,
-        }]),
-        rate_limits: Nullable::Value(vec![WorkspaceRateLimit {
-            limit_type: RateLimitType::Tokens,
-            unit: RateLimitUnit::Rpd,
-            value: d("1000000"),
-        }]),
+        usage_limits: Nullable::Value(vec![ws_usage(
+            UsageLimitType::Cost,
+            "500",
+            Some(PeriodicReset::Monthly),
+        )]),
+        rate_limits: Nullable::Value(vec![ws_rate(
+            RateLimitType::Tokens,
+            RateLimitUnit::Rpd,
+            "1000000",
+        )]),
         ..Default::default()
     };
-    env.portkey.update_workspace(WS_A, &by_hand).await.unwrap();
+    env.edit_workspace(WS_A, by_hand).await;
     let reset = env.workspace(WS_A).await.usage_limits.unwrap()[0].next_usage_reset_at;
     // A WorkspaceBudget that declares only a request rate limit.
-    let spec: WorkspaceBudgetSpec = serde_json::from_value(json!({
-        "workspace": "team-a",
-        "rateLimits": [{"type": "requests", "unit": "rpm", "value": 120}]
-    }))
-    .unwrap();
-    env.kube
-        .apply(&WorkspaceBudget::new("rates-only", spec.clone()));
+    let rates_only = wsb_of(
+        "rates-only",
+        json!({
+            "workspace": "team-a",
+            "rateLimits": [{"type": "requests", "unit": "rpm", "value": 120}]
+        }),
+    );
+    env.kube.apply(&rates_only);
     env.reconcile_wsb("rates-only").await;
     let ws = env.workspace(WS_A).await;
     let usage = ws.usage_limits.unwrap();
@@ -150,15 +128,8 @@ async fn limits_it_does_not_declare_are_kept_unless_it_owns_all() {
     );
     assert!(conditions::is_true(&st.conditions, "Ready"));
     // Drift on the declared limit is corrected; the others are still left alone.
-    let drift = UpdateWorkspace {
-        rate_limits: Nullable::Value(vec![WorkspaceRateLimit {
-            limit_type: RateLimitType::Requests,
-            unit: RateLimitUnit::Rpm,
-            value: d("5"),
-        }]),
-        ..Default::default()
-    };
-    env.portkey.update_workspace(WS_A, &drift).await.unwrap();
+    let drift = ws_rate(RateLimitType::Requests, RateLimitUnit::Rpm, "5");
+    env.edit_workspace(WS_A, only_rates(vec![drift])).await;
     env.reconcile_wsb("rates-only").await;
     let ws = env.workspace(WS_A).await;
     assert_eq!(ws.usage_limits.unwrap().len(), 1);
@@ -179,7 +150,7 @@ async fn limits_it_does_not_declare_are_kept_unless_it_owns_all() {
     );
 
     // With limitOwnership: All the workspace holds exactly the spec.
-    let mut all = spec;
+    let mut all = rates_only.spec;
     all.limit_ownership = LimitOwnership::All;
     env.kube.apply(&WorkspaceBudget::new("owns-all", all));
     env.reconcile_wsb("owns-all").await;
@@ -209,12 +180,9 @@ async fn the_older_budget_wins_and_the_other_makes_no_call() {
         0,
         "the loser makes no Admin API call"
     );
+    assert_eq!(env.wsb_ready("second"), ("False".into(), "Conflict".into()));
     let st = env.wsb_status("second");
     let ready = conditions::get(&st.conditions, "Ready").unwrap();
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "Conflict")
-    );
     assert!(ready.message.contains("WorkspaceBudget first"));
     assert_eq!(
         env.workspace(WS_A).await.usage_limits.unwrap()[0].credit_limit,
@@ -225,12 +193,7 @@ async fn the_older_budget_wins_and_the_other_makes_no_call() {
     env.kube
         .apply(&wsb("third", WS_A, 700, "2026-11-03T00:00:00Z"));
     env.reconcile_wsb("third").await;
-    assert_eq!(
-        conditions::get(&env.wsb_status("third").conditions, "Ready")
-            .unwrap()
-            .reason,
-        "Conflict"
-    );
+    assert_eq!(env.wsb_ready("third").1, "Conflict");
 
     // Deleting the loser leaves the owner's limits alone.
     env.kube.delete::<WorkspaceBudget>("", "second");
@@ -248,9 +211,22 @@ async fn retain_keeps_limits_and_unknown_workspace_is_reported() {
     keep.spec.deletion_policy = WorkspaceDeletionPolicy::Retain;
     env.kube.apply(&keep);
     env.reconcile_wsb("keep").await;
+    let declared = env.workspace(WS_B).await;
+    assert_eq!(declared.usage_limits.as_ref().map(Vec::len), Some(1));
+    assert_eq!(declared.rate_limits.as_ref().map(Vec::len), Some(1));
     env.kube.delete::<WorkspaceBudget>("", "keep");
     env.reconcile_wsb("keep").await;
-    assert!(env.workspace(WS_B).await.usage_limits.is_some());
+    // The resource is gone (its finalizer released) and the workspace still holds exactly the
+    // limits it declared.
+    assert!(env.kube.get::<WorkspaceBudget>("", "keep").is_none());
+    let after = env.workspace(WS_B).await;
+    assert_eq!(
+        after.usage_limits, declared.usage_limits,
+        "usage limits kept"
+    );
+    assert_eq!(after.rate_limits, declared.rate_limits, "rate limits kept");
+    assert!(env.has_event("Retained"));
+    assert!(!env.has_event("Cleared"));
 
     env.kube.apply(&wsb(
         "ghost",
@@ -259,10 +235,5 @@ async fn retain_keeps_limits_and_unknown_workspace_is_reported() {
         "2026-11-01T00:00:00Z",
     ));
     env.reconcile_wsb("ghost").await;
-    assert_eq!(
-        conditions::get(&env.wsb_status("ghost").conditions, "Ready")
-            .unwrap()
-            .reason,
-        "WorkspaceNotFound"
-    );
+    assert_eq!(env.wsb_ready("ghost").1, "WorkspaceNotFound");
 }
