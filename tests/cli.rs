@@ -539,8 +539,17 @@ async fn sync_follows_the_controllers_ownership_rules() {
             ),
         );
     }
+    ctl.clear_requests().await.unwrap();
     let out = cli(&emu, &["plan", "-f", d]);
     let plan = text(&out);
+    let log = ctl.requests().await.unwrap();
+    assert!(log.total > 0, "plan read Portkey");
+    assert_eq!(
+        log.writes(),
+        0,
+        "plan made no write request: {:?}",
+        log.data
+    );
     assert!(plan.contains("WorkspaceNotAllowed"), "{plan}");
     assert!(
         plan.contains("Conflict: workspace marketing is managed by WorkspaceBudget a-first"),
@@ -551,11 +560,27 @@ async fn sync_follows_the_controllers_ownership_rules() {
         grab.trim_start().starts_with("! blocked") || grab.contains("! blocked"),
         "{plan}"
     );
+    // sync carries out the plan: the blocked adoption creates nothing and leaves team
+    // marketing's policy as it was.
+    let out = cli(&emu, &["sync", "-f", d]);
+    assert!(
+        text(&out).contains("WorkspaceNotAllowed"),
+        "{}{}",
+        text(&out),
+        err(&out)
+    );
     assert_eq!(
         active_usage(&c).await.len(),
         1,
         "nothing created for the refused adoption"
     );
+    let kept = c
+        .usage_limits()
+        .get(&theirs, GetOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(kept.credit_limit, Decimal::from(50));
+    assert_eq!(kept.name.as_deref(), Some("marketing budget"));
 }
 
 /// A child process killed (and reaped) when dropped, also when a test fails.

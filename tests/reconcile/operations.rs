@@ -475,3 +475,121 @@ async fn admin_api_calls_are_counted_by_operation_outcome_and_status() {
         ],
     );
 }
+
+/// Errors back off per resource (docs: "2 s doubling to 5 min, at least any `Retry-After`"):
+/// the n-th failure in a row waits a jittered step in `[step/2, step]`, the step 2 s doubling
+/// up to 300 s; a `Retry-After` longer than the step is waited instead; each resource counts
+/// its own failures, and a successful pass starts a resource over.
+#[tokio::test]
+async fn errors_back_off_per_resource_from_2s_doubling_to_5min_and_at_least_retry_after() {
+    let env = env().await;
+    env.apply("monthly", spec());
+    env.apply("other", spec());
+    let monthly = Arc::new(env.obj("monthly"));
+    let other = Arc::new(env.obj("other"));
+    let failed = |source: PortkeyError| controller::Error::portkey("read the policy", source);
+    let server = || {
+        failed(PortkeyError::Server {
+            status: 503,
+            code: None,
+            message: "unavailable".into(),
+        })
+    };
+    let rate_limited = |seconds: u64| {
+        failed(PortkeyError::RateLimited {
+            retry_after: Some(Duration::from_secs(seconds)),
+            message: "slow down".into(),
+        })
+    };
+    let delay = |obj: &Arc<UsageLimitPolicy>, err: &controller::Error| {
+        action_delay(&controller::error_policy(obj.clone(), err, env.ctx.clone()))
+    };
+    // Float rounding of the jittered step: well under a millisecond.
+    let slack = Duration::from_millis(1);
+    for n in 0..12u32 {
+        let step = Duration::from_secs(2 << n.min(8)).min(Duration::from_secs(300));
+        let got = delay(&monthly, &server());
+        assert!(
+            got + slack >= step / 2 && got <= step + slack,
+            "failure {}: {got:?} outside [{:?}, {step:?}]",
+            n + 1,
+            step / 2
+        );
+    }
+    // At the 300 s step, a short Retry-After does not shorten the wait.
+    assert!(delay(&monthly, &rate_limited(1)) + slack >= Duration::from_secs(150));
+
+    // Another resource starts from the first step; a Retry-After above its step wins.
+    assert!(delay(&other, &server()) <= Duration::from_secs(2) + slack);
+    assert!(delay(&other, &rate_limited(90)) >= Duration::from_secs(90));
+
+    // A successful pass starts the resource over.
+    controller::reconcile_policy(monthly.clone(), env.ctx.clone())
+        .await
+        .unwrap();
+    assert!(delay(&monthly, &server()) <= Duration::from_secs(2) + slack);
+}
+
+/// All Admin API writes share one rate limiter (`--admin-api-write-rate`, here 4 a second):
+/// the creates of ten resources of two kinds reconciled at once leave at that rate after a
+/// burst of 4, so the last leaves at least (10 - 4) / 4 s after the first.
+#[tokio::test]
+async fn admin_api_writes_of_every_resource_share_the_write_rate() {
+    let env = env().await;
+    let sent: Arc<std::sync::Mutex<Vec<std::time::Instant>>> = Arc::default();
+    let mut cfg = ClientConfig::new(env.emu.base_url(), ApiKey::new(KEY));
+    let record = sent.clone();
+    cfg.observer = Some(Arc::new(move |call| {
+        if call.method.as_str() != "GET" {
+            let started = std::time::Instant::now() - call.duration;
+            record.lock().unwrap().push(started);
+        }
+    }));
+    // The flag as `run` parses it.
+    #[derive(clap::Parser)]
+    struct Run {
+        #[command(flatten)]
+        args: portkey_budget_operator::config::RunArgs,
+    }
+    let run: Run = clap::Parser::try_parse_from(["run", "--admin-api-write-rate", "4"]).unwrap();
+    let settings = run.args.resolve_with(Default::default()).unwrap();
+    assert_eq!(settings.controller.admin_api_write_rate, 4);
+    let config = ControllerConfig {
+        admin_api_write_rate: settings.controller.admin_api_write_rate,
+        ..test_config()
+    };
+    let portkey = PortkeyClient::new(cfg).unwrap();
+    let ctx = Context::new(env.kube.client(), portkey, config, controller::reporter());
+    let ulps: Vec<String> = (0..6).map(|i| format!("budget-{i}")).collect();
+    let rlps: Vec<String> = (0..4).map(|i| format!("rate-{i}")).collect();
+    for name in &ulps {
+        env.apply(name, spec());
+    }
+    for name in &rlps {
+        env.kube.apply(&rlp(name, 60, "rpm"));
+    }
+    let ulp_passes = ulps.iter().map(|name| {
+        let (obj, ctx) = (env.obj(name), ctx.clone());
+        async move { usage::reconcile(&obj, &ctx).await.map(|_| ()) }
+    });
+    let rlp_passes = rlps.iter().map(|name| {
+        let obj = env.kube.get::<RateLimitPolicy>(NS, name).unwrap();
+        let ctx = ctx.clone();
+        async move { controller::rate::reconcile(&obj, &ctx).await.map(|_| ()) }
+    });
+    let (a, b) = futures::join!(
+        futures::future::join_all(ulp_passes),
+        futures::future::join_all(rlp_passes)
+    );
+    assert!(a.iter().chain(&b).all(Result::is_ok), "{a:?} {b:?}");
+    assert_eq!(env.active(WS_A).await.len(), 6);
+    assert_eq!(env.active_rates(WS_A).await.len(), 4);
+    let mut sent = sent.lock().unwrap().clone();
+    sent.sort();
+    assert_eq!(sent.len(), 10, "one create each");
+    let spread = sent[9] - sent[0];
+    assert!(
+        spread >= Duration::from_millis(1500 - 50),
+        "10 writes at 4/s after a burst of 4 took only {spread:?}"
+    );
+}
