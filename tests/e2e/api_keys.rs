@@ -246,12 +246,44 @@ async fn issued_key_lives_in_a_secret_rotates_and_resets() {
             },
         )
         .await;
-        // Another reconcile (a label) does not reset again.
+        // Later reconciles do not reset again: usage spent after the reset stays. A spec change
+        // is the positive sign of a pass since: the status observes its generation only when a
+        // pass that saw it has finished (a label alone would give no such sign).
+        ctl.add_key_usage(&key.id, Decimal::from(7)).await.unwrap();
+        ctl.clear_requests().await.unwrap();
         cp.kubectl(&["label", "akb", "payments", "-n", NS, "touched=yes"]);
-        env.wait_ready("akb/payments", Some(NS));
+        cp.kubectl(&[
+            "patch",
+            "akb",
+            "payments",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"budget":{"alertThreshold":160}}}"#,
+        ]);
+        let generation = env.jsonpath("akb", "payments", Some(NS), "{.metadata.generation}");
+        env.until(
+            ("akb", "payments", Some(NS)),
+            "a pass that observed the new generation",
+            Duration::from_secs(60),
+            || async {
+                (env.jsonpath("akb", "payments", Some(NS), "{.status.observedGeneration}")
+                    == generation)
+                    .then_some(())
+            },
+        )
+        .await;
+        let log = ctl.requests().await.unwrap();
+        assert!(
+            log.count("GET", &format!("/v1/api-keys/{}", key.id)) > 0,
+            "the operator read the key since: {:?}",
+            log.data
+        );
         let state = ctl.state().await.unwrap();
         let record = state.api_keys.iter().find(|r| r.key.id == key.id).unwrap();
         assert_eq!(record.usage_resets, 1, "one reset for one token");
+        assert_eq!(record.usage, Decimal::from(7), "the usage since stays");
         let events = cp.kubectl(&["get", "events", "-n", NS, "-o", "json"]);
         for reason in ["Issued", "Rotated", "UsageReset", "BudgetExhausted"] {
             assert!(events.contains(reason), "Event {reason} missing");

@@ -192,6 +192,70 @@ async fn usage_limit_policy_lifecycle() {
             "Retain leaves the policy in force"
         );
 
+        // Tenancy: a namespace bound to another workspace refuses a policy naming e2e, with no
+        // Admin API call at all. Every resource so far is deleted, so the operator has nothing
+        // else to refresh: any request in the log would be the refused policies'.
+        cp.kubectl(&["create", "namespace", "bound-elsewhere"]);
+        cp.kubectl(&[
+            "annotate",
+            "namespace",
+            "bound-elsewhere",
+            &format!("budgets.portkey-operator.io/workspace={OTHER_WS_SLUG}"),
+        ]);
+        ctl.clear_requests().await.unwrap();
+        cp.apply(
+            &ulp("intruder", 500)
+                .replace(&format!("namespace: {NS}"), "namespace: bound-elsewhere"),
+        );
+        env.wait_reason(
+            "ulp",
+            "intruder",
+            Some("bound-elsewhere"),
+            "Ready",
+            "WorkspaceNotAllowed",
+        )
+        .await;
+        cp.apply(&rlp_in("bound-elsewhere", "intruder", 60, ""));
+        env.wait_reason(
+            "rlp",
+            "intruder",
+            Some("bound-elsewhere"),
+            "Ready",
+            "WorkspaceNotAllowed",
+        )
+        .await;
+        let log = ctl.requests().await.unwrap();
+        assert_eq!(
+            log.total, 0,
+            "no Admin API call for a refused policy: {:?}",
+            log.data
+        );
+        assert!(env.active_rates(OTHER_WS).await.is_empty());
+        assert!(env.active_usage(OTHER_WS).await.is_empty());
+        assert!(
+            !env.active_usage(WS).await.iter().any(|p| p
+                .name
+                .as_deref()
+                .unwrap_or("")
+                .contains("intruder")),
+            "nothing created in the named workspace either"
+        );
+        // Rebinding the namespace to the workspace the policies name: they are reconciled (the
+        // namespace watch) and come into force.
+        cp.kubectl(&[
+            "annotate",
+            "namespace",
+            "bound-elsewhere",
+            "--overwrite",
+            &format!("budgets.portkey-operator.io/workspace={WS_SLUG}"),
+        ]);
+        env.wait_ready("ulp/intruder", Some("bound-elsewhere"));
+        env.wait_ready("rlp/intruder", Some("bound-elsewhere"));
+        assert!(
+            env.log_of("operator.log")
+                .contains("the workspace binding changed")
+        );
+
         // Adoption of an existing policy by id: no second policy; it gets the marker.
         let existing: CreateUsageLimitsPolicy = serde_json::from_value(json!({
             "name": "made by hand",
@@ -230,69 +294,6 @@ async fn usage_limit_policy_lifecycle() {
             env.active_usage(WS).await.len(),
             before,
             "adoption created nothing"
-        );
-
-        // Tenancy: a namespace bound to another workspace refuses a policy naming e2e, with no
-        // Admin API call.
-        cp.kubectl(&["create", "namespace", "bound-elsewhere"]);
-        cp.kubectl(&[
-            "annotate",
-            "namespace",
-            "bound-elsewhere",
-            &format!("budgets.portkey-operator.io/workspace={OTHER_WS_SLUG}"),
-        ]);
-        ctl.clear_requests().await.unwrap();
-        cp.apply(
-            &ulp("intruder", 500)
-                .replace(&format!("namespace: {NS}"), "namespace: bound-elsewhere"),
-        );
-        env.wait_reason(
-            "ulp",
-            "intruder",
-            Some("bound-elsewhere"),
-            "Ready",
-            "WorkspaceNotAllowed",
-        )
-        .await;
-        cp.apply(&rlp_in("bound-elsewhere", "intruder", 60, ""));
-        env.wait_reason(
-            "rlp",
-            "intruder",
-            Some("bound-elsewhere"),
-            "Ready",
-            "WorkspaceNotAllowed",
-        )
-        .await;
-        let log = ctl.requests().await.unwrap();
-        assert_eq!(
-            log.count("POST", "/v1/policies"),
-            0,
-            "no create for a refused policy"
-        );
-        assert!(env.active_rates(OTHER_WS).await.is_empty());
-        assert!(env.active_usage(OTHER_WS).await.is_empty());
-        assert!(
-            !env.active_usage(WS).await.iter().any(|p| p
-                .name
-                .as_deref()
-                .unwrap_or("")
-                .contains("intruder")),
-            "nothing created in the named workspace either"
-        );
-        // Rebinding the namespace to the workspace the policies name: they are reconciled (the
-        // namespace watch) and come into force.
-        cp.kubectl(&[
-            "annotate",
-            "namespace",
-            "bound-elsewhere",
-            "--overwrite",
-            &format!("budgets.portkey-operator.io/workspace={WS_SLUG}"),
-        ]);
-        env.wait_ready("ulp/intruder", Some("bound-elsewhere"));
-        env.wait_ready("rlp/intruder", Some("bound-elsewhere"));
-        assert!(
-            env.log_of("operator.log")
-                .contains("the workspace binding changed")
         );
     })
     .await;
@@ -503,7 +504,14 @@ async fn workspace_budget_lifecycle() {
             .unwrap();
         assert_eq!(limits[0].credit_limit, Decimal::from(800));
 
-        // Retain: the owner goes, its limits stay; the copy then takes over (900).
+        // Retain: the owner goes, its limits stay. The copy is paused first, so nothing but the
+        // owner's deletion can touch the workspace until it is resumed.
+        cp.kubectl(&[
+            "annotate",
+            "wsb",
+            "marketing-copy",
+            "budgets.portkey-operator.io/paused=true",
+        ]);
         cp.kubectl(&[
             "patch",
             "wsb",
@@ -514,6 +522,37 @@ async fn workspace_budget_lifecycle() {
         ]);
         env.wait_ready("wsb/marketing", None);
         cp.kubectl(&["delete", "wsb", "marketing", "--wait=true", "--timeout=60s"]);
+        assert!(
+            !cp.kubectl_raw(&["get", "wsb", "marketing"])
+                .status
+                .success(),
+            "the owner is gone"
+        );
+        // The copy, no longer in conflict, has looked at the workspace since and written
+        // nothing (paused): the workspace still holds what the owner declared.
+        env.wait_reason(
+            "wsb",
+            "marketing-copy",
+            None,
+            "Synced",
+            "ReconciliationPaused",
+        )
+        .await;
+        let w = portkey.get_workspace(WS).await.unwrap();
+        let usage = w.usage_limits.expect("the usage limits stay");
+        assert_eq!(usage.len(), 1);
+        assert_eq!(usage[0].credit_limit, Decimal::from(800));
+        assert_eq!(
+            w.rate_limits.expect("the rate limits stay")[0].value,
+            Decimal::from(120)
+        );
+        // Resumed, the copy takes over (900).
+        cp.kubectl(&[
+            "annotate",
+            "wsb",
+            "marketing-copy",
+            "budgets.portkey-operator.io/paused-",
+        ]);
         eventually("the copy to take over", Duration::from_secs(60), || async {
             let l = portkey.get_workspace(WS).await.ok()?.usage_limits?;
             (l[0].credit_limit == Decimal::from(900)).then_some(())

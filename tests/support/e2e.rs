@@ -420,6 +420,23 @@ impl Operator {
         }
     }
 
+    /// Waits (at most `timeout`) for the process to exit on its own; its exit status, or
+    /// `None` if it is still running.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(exit);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Panics with the log tail when the process has exited.
     pub fn check_alive(&mut self) {
         if let Some(child) = self.child.as_mut()
