@@ -11,6 +11,10 @@ use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::{service_key, usage_limit, usage_policy_by_id};
+
 const KEY: &str = "cli-test-key";
 
 async fn emulator() -> EmulatorHandle {
@@ -574,11 +578,7 @@ async fn sync_follows_the_controllers_ownership_rules() {
         1,
         "nothing created for the refused adoption"
     );
-    let kept = c
-        .usage_limits()
-        .get(&theirs, GetOptions::default())
-        .await
-        .unwrap();
+    let kept = usage_policy_by_id(&c, &theirs).await;
     assert_eq!(kept.credit_limit, Decimal::from(50));
     assert_eq!(kept.name.as_deref(), Some("marketing budget"));
 }
@@ -1057,36 +1057,18 @@ async fn sync_manages_existing_keys_and_skips_issued_ones() {
         name: name.into(),
         workspace_id: Some(ws.into()),
         scopes: vec!["completions.write".into()],
-        usage_limits: Some(WorkspaceUsageLimit {
-            limit_type: UsageLimitType::Cost,
-            credit_limit: Decimal::from(50),
-            alert_threshold: None,
-            periodic_reset: Some(PeriodicReset::Weekly),
-            periodic_reset_days: None,
-            next_usage_reset_at: None,
-        }),
+        usage_limits: Some(usage_limit(
+            UsageLimitType::Cost,
+            Decimal::from(50),
+            Some(PeriodicReset::Weekly),
+        )),
         ..Default::default()
     };
-    let mine = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &make(&team_a, "checkout"),
-        )
+    let mine = service_key(&c, &make(&team_a, "checkout"))
         .await
-        .unwrap()
         .id
         .unwrap();
-    let theirs = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &make(&marketing, "ads"),
-        )
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let theirs = service_key(&c, &make(&marketing, "ads")).await.id.unwrap();
     let before = c.get_api_key(&mine).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let akb = |name: &str, key: &str, limit: u32| {

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use portkey_budget_operator::api::*;
 use portkey_budget_operator::config::ControllerConfig;
 use portkey_budget_operator::controller::{self, Context, conditions};
-use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::emulator::EmulatorHandle;
 use portkey_budget_operator::plan::marker::marker_of;
 use portkey_budget_operator::portkey::*;
 use rand::Rng;
@@ -48,17 +47,7 @@ fn ulp(name: &str, limit: i64) -> UsageLimitPolicy {
 
 impl Harness {
     async fn new() -> Harness {
-        let emu = emulator::spawn(EmulatorConfig {
-            api_keys: vec![KEY.into()],
-            workspaces: vec![SeedWorkspace {
-                id: WS.into(),
-                slug: "team-a".into(),
-                name: "Team A".into(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let emu = support::fixtures::emulator(KEY, &[(WS, "team-a", "Team A")]).await;
         let kube = FakeKube::new();
         kube.add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-a")]);
         Harness { kube, emu }
@@ -166,6 +155,11 @@ impl Harness {
             out.entry(name).or_default().push(p.credit_limit);
         }
         out
+    }
+
+    /// Injects emulator faults (replacing any in force).
+    async fn fault(&self, faults: serde_json::Value) {
+        self.emu.control().set_faults(faults).await.unwrap();
     }
 
     async fn calls(&self) -> u64 {
@@ -280,7 +274,6 @@ async fn settle(h: &Harness, name: &str, crash: Crash, want: Option<i64>) -> Arc
 /// Runs one resource through create, update and delete with `crash` injected at its step,
 /// "restarts" the operator after the interrupted reconcile, and checks the outcome.
 async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
-    let ctl = h.emu.control();
     h.kube.apply(&ulp(name, 500));
     let ctx = h.restart(Duration::from_secs(5));
     // Arm the crash for the create phase.
@@ -291,9 +284,8 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
             false
         }
         Crash::AfterPostAnswerLost => {
-            ctl.set_faults(json!({"response_delay_ms": 1500, "method": "POST"}))
-                .await
-                .unwrap();
+            h.fault(json!({"response_delay_ms": 1500, "method": "POST"}))
+                .await;
             true
         }
         Crash::AfterPostBeforeStatus => {
@@ -332,9 +324,8 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
     h.kube.apply(&ulp(name, 800));
     match crash {
         Crash::UpdatePutFailed => {
-            ctl.set_faults(json!({"fail_next": 3, "error_status": 503, "method": "PUT"}))
-                .await
-                .unwrap();
+            h.fault(json!({"fail_next": 3, "error_status": 503, "method": "PUT"}))
+                .await;
         }
         Crash::UpdateBeforeStatus => {
             h.kube
@@ -355,9 +346,8 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
     h.kube.delete::<UsageLimitPolicy>(NS, name);
     match crash {
         Crash::ArchiveDeleteFailed => {
-            ctl.set_faults(json!({"fail_next": 3, "error_status": 503, "method": "DELETE"}))
-                .await
-                .unwrap();
+            h.fault(json!({"fail_next": 3, "error_status": 503, "method": "DELETE"}))
+                .await;
         }
         Crash::ArchiveBeforeFinalizer => {
             h.kube.fail_writes(&resource_suffix(name), 500, 1);
@@ -401,21 +391,10 @@ async fn randomized_crashes() {
     assert!(h.remote().await.is_empty());
 }
 
-fn catalog() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-input");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_manifest_is_rejected_naming_the_field_with_no_admin_api_call() {
     let h = Harness::new().await;
-    let files = catalog();
+    let files = support::fixtures::yaml_files("tests/bad-input");
     assert!(
         files.len() >= 40,
         "the catalog holds {} manifests",
@@ -482,14 +461,9 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         let h = Harness::new().await;
         let portkey = h.client(Duration::from_secs(5));
         // Not ours: made by hand, and another installation's policy for the same resource name.
-        let foreign = |name: &str| {
-            serde_json::from_value::<CreateUsageLimitsPolicy>(json!({
-                "name": name,
-                "conditions": [{"key": "metadata._team", "value": "x"}],
-                "group_by": [{"key": "metadata._user"}],
-                "type": "cost", "credit_limit": 7, "workspace_id": WS,
-            }))
-            .unwrap()
+        let foreign = |name: &str| CreateUsageLimitsPolicy {
+            credit_limit: Decimal::from(7),
+            ..support::fixtures::usage_policy(name, "x", WS)
         };
         let mut not_ours = Vec::new();
         for name in [
@@ -509,7 +483,7 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         for (i, name) in names.iter().enumerate() {
             h.kube.apply(&ulp(name, 100 + i as i64));
         }
-        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        h.fault(fault.clone()).await;
         let ctx = Context::new(
             h.kube.client(),
             h.client(Duration::from_secs(5)),
@@ -575,7 +549,7 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         );
 
         // Change every limit under the same fault.
-        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        h.fault(fault.clone()).await;
         for (i, name) in names.iter().enumerate() {
             h.kube.apply(&ulp(name, 1000 + i as i64));
         }
@@ -593,7 +567,7 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         assert_eq!(after, before, "{mode}: no reset moved");
 
         // Delete every resource under the same fault: finalizers released, ours archived.
-        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        h.fault(fault.clone()).await;
         for name in &names {
             h.kube.delete::<UsageLimitPolicy>(NS, name);
         }

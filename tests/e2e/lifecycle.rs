@@ -63,162 +63,164 @@ fn creates(log: &RequestLog, status: impl Fn(u16) -> bool) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_around_a_create_leaves_exactly_one_policy() {
-    let Some(env) = Env::start("kill_9_around_a_create_leaves_exactly_one_policy").await else {
-        return;
-    };
-    bounded("kill_9_around_a_create", async {
-        let ctl = env.emu.control();
-        let points = [
-            KillPoint::ReadsFailing,
-            KillPoint::PostThrottled,
-            KillPoint::PostAmbiguous,
-            KillPoint::AnswerLost,
-            KillPoint::NotVisible,
-        ];
-        for (i, point) in points.into_iter().enumerate() {
-            let name = format!("crashy-{i}");
-            let resource = ("ulp", name.as_str(), Some(NS));
-            let field = |path: &str| env.jsonpath("ulp", &name, Some(NS), path);
-            let pending = || field("{.metadata.annotations}").contains(CREATE_PENDING_ANNOTATION);
+    e2e(
+        "kill_9_around_a_create_leaves_exactly_one_policy",
+        |env| async move {
+            let ctl = env.emu.control();
+            let points = [
+                KillPoint::ReadsFailing,
+                KillPoint::PostThrottled,
+                KillPoint::PostAmbiguous,
+                KillPoint::AnswerLost,
+                KillPoint::NotVisible,
+            ];
+            for (i, point) in points.into_iter().enumerate() {
+                let name = format!("crashy-{i}");
+                let resource = ("ulp", name.as_str(), Some(NS));
+                let field = |path: &str| env.jsonpath("ulp", &name, Some(NS), path);
+                let pending =
+                    || field("{.metadata.annotations}").contains(CREATE_PENDING_ANNOTATION);
 
-            // The operator leads before anything is asked of it: the kill cannot land while
-            // it still waits for the Lease (the previous one released it on SIGTERM).
-            let op = env.operator_with(
-                &format!("operator-{i}-a.log"),
-                &format!("op-{i}-a"),
-                &["--create-pending-grace", "120s"],
-            );
-            env.until(
-                resource,
-                "the operator to lead",
-                Duration::from_secs(60),
-                || async { op.log_text().contains("became the leader").then_some(()) },
-            )
-            .await;
-            ctl.set_faults(point.faults()).await.unwrap();
-            ctl.clear_requests().await.unwrap();
-            env.cp.apply(&ulp(&name, 600));
-            let what = format!("{point:?} reached");
-            let wait = Duration::from_secs(60);
-            match point {
-                KillPoint::ReadsFailing => {
-                    env.until(resource, &what, wait, || async {
-                        (env.reason("ulp", &name, Some(NS), "Synced") == "PortkeyServerError")
-                            .then_some(())
-                    })
-                    .await
-                }
-                KillPoint::PostThrottled => {
-                    env.until(resource, &what, wait, || async {
-                        let log = ctl.requests().await.ok()?;
-                        (creates(&log, |s| s == 429) == 1).then_some(())
-                    })
-                    .await
-                }
-                KillPoint::PostAmbiguous => {
-                    env.until(resource, &what, wait, || async {
-                        let log = ctl.requests().await.ok()?;
-                        (creates(&log, |s| s == 500) == 1
-                            && env.condition("ulp", &name, Some(NS), "Synced").0 == "Unknown")
-                            .then_some(())
-                    })
-                    .await
-                }
-                KillPoint::AnswerLost => {
-                    env.until(resource, &what, wait, || async {
-                        (!env.owned_usage(&name).await.is_empty()).then_some(())
-                    })
-                    .await
-                }
-                KillPoint::NotVisible => {
-                    env.until(resource, &what, wait, || async {
-                        (env.reason("ulp", &name, Some(NS), "Ready") == "RemotePolicyNotVisible")
-                            .then_some(())
-                    })
-                    .await
-                }
-            }
-            op.kill();
-            // The faults end with the process they held (the test's own client reads
-            // Portkey below), except the lag, which the restart must meet too.
-            if !matches!(point, KillPoint::NotVisible) {
-                ctl.clear_faults().await.unwrap();
-            }
-
-            // Where the kill landed.
-            let log = ctl.requests().await.unwrap();
-            let created = creates(&log, |s| (200..300).contains(&s));
-            let id = field("{.status.policyId}");
-            let owned = env.owned_usage(&name).await.len();
-            let landed = (pending(), created, id.is_empty(), owned);
-            let expected = match point {
-                // (record, creates answered 2xx, no id in status, policies Portkey lists)
-                KillPoint::ReadsFailing => (false, 0, true, 0),
-                KillPoint::PostThrottled | KillPoint::PostAmbiguous => (true, 0, true, 0),
-                // The answer never came: the emulator logs no answered create.
-                KillPoint::AnswerLost => (true, 0, true, 1),
-                KillPoint::NotVisible => (true, 1, false, 0),
-            };
-            assert_eq!(
-                landed, expected,
-                "{point:?}: (record, answered creates, no id, listed): {:?}",
-                log.data
-            );
-            match point {
-                KillPoint::ReadsFailing => {
-                    assert_eq!(creates(&log, |_| true), 0, "{point:?}: no create was sent")
-                }
-                KillPoint::PostThrottled => assert_eq!(creates(&log, |_| true), 1),
-                _ => {}
-            }
-
-            // The restarted operator.
-            ctl.clear_requests().await.unwrap();
-            if matches!(point, KillPoint::NotVisible) {
-                // Still invisible, within the create-pending grace: the new process looks for
-                // the recorded policy and creates nothing. (Past the grace a create that does
-                // not show is taken for one that never happened.)
-                let _op = env.operator_with(
-                    &format!("operator-{i}-b0.log"),
-                    &format!("op-{i}-b0"),
+                // The operator leads before anything is asked of it: the kill cannot land while
+                // it still waits for the Lease (the previous one released it on SIGTERM).
+                let op = env.operator_with(
+                    &format!("operator-{i}-a.log"),
+                    &format!("op-{i}-a"),
                     &["--create-pending-grace", "120s"],
                 );
-                let path = format!("/v1/policies/usage-limits/{id}");
-                env.until(resource, "the restart to look for it", wait, || async {
-                    let log = ctl.requests().await.ok()?;
-                    log.data
-                        .iter()
-                        .any(|r| r.method == "GET" && r.path == path && r.status == 404)
-                        .then_some(())
-                })
+                env.until(
+                    resource,
+                    "the operator to lead",
+                    Duration::from_secs(60),
+                    || async { op.log_text().contains("became the leader").then_some(()) },
+                )
                 .await;
+                ctl.set_faults(point.faults()).await.unwrap();
+                ctl.clear_requests().await.unwrap();
+                env.cp.apply(&ulp(&name, 600));
+                let what = format!("{point:?} reached");
+                let wait = Duration::from_secs(60);
+                match point {
+                    KillPoint::ReadsFailing => {
+                        env.until(resource, &what, wait, || async {
+                            (env.reason("ulp", &name, Some(NS), "Synced") == "PortkeyServerError")
+                                .then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::PostThrottled => {
+                        env.until(resource, &what, wait, || async {
+                            let log = ctl.requests().await.ok()?;
+                            (creates(&log, |s| s == 429) == 1).then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::PostAmbiguous => {
+                        env.until(resource, &what, wait, || async {
+                            let log = ctl.requests().await.ok()?;
+                            (creates(&log, |s| s == 500) == 1
+                                && env.condition("ulp", &name, Some(NS), "Synced").0 == "Unknown")
+                                .then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::AnswerLost => {
+                        env.until(resource, &what, wait, || async {
+                            (!env.owned_usage(&name).await.is_empty()).then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::NotVisible => {
+                        env.until(resource, &what, wait, || async {
+                            (env.reason("ulp", &name, Some(NS), "Ready")
+                                == "RemotePolicyNotVisible")
+                                .then_some(())
+                        })
+                        .await
+                    }
+                }
+                op.kill();
+                // The faults end with the process they held (the test's own client reads
+                // Portkey below), except the lag, which the restart must meet too.
+                if !matches!(point, KillPoint::NotVisible) {
+                    ctl.clear_faults().await.unwrap();
+                }
+
+                // Where the kill landed.
                 let log = ctl.requests().await.unwrap();
+                let created = creates(&log, |s| (200..300).contains(&s));
+                let id = field("{.status.policyId}");
+                let owned = env.owned_usage(&name).await.len();
+                let landed = (pending(), created, id.is_empty(), owned);
+                let expected = match point {
+                    // (record, creates answered 2xx, no id in status, policies Portkey lists)
+                    KillPoint::ReadsFailing => (false, 0, true, 0),
+                    KillPoint::PostThrottled | KillPoint::PostAmbiguous => (true, 0, true, 0),
+                    // The answer never came: the emulator logs no answered create.
+                    KillPoint::AnswerLost => (true, 0, true, 1),
+                    KillPoint::NotVisible => (true, 1, false, 0),
+                };
                 assert_eq!(
-                    creates(&log, |_| true),
-                    0,
-                    "no second create while invisible"
+                    landed, expected,
+                    "{point:?}: (record, answered creates, no id, listed): {:?}",
+                    log.data
                 );
+                match point {
+                    KillPoint::ReadsFailing => {
+                        assert_eq!(creates(&log, |_| true), 0, "{point:?}: no create was sent")
+                    }
+                    KillPoint::PostThrottled => assert_eq!(creates(&log, |_| true), 1),
+                    _ => {}
+                }
+
+                // The restarted operator.
+                ctl.clear_requests().await.unwrap();
+                if matches!(point, KillPoint::NotVisible) {
+                    // Still invisible, within the create-pending grace: the new process looks for
+                    // the recorded policy and creates nothing. (Past the grace a create that does
+                    // not show is taken for one that never happened.)
+                    let _op = env.operator_with(
+                        &format!("operator-{i}-b0.log"),
+                        &format!("op-{i}-b0"),
+                        &["--create-pending-grace", "120s"],
+                    );
+                    let path = format!("/v1/policies/usage-limits/{id}");
+                    env.until(resource, "the restart to look for it", wait, || async {
+                        let log = ctl.requests().await.ok()?;
+                        log.data
+                            .iter()
+                            .any(|r| r.method == "GET" && r.path == path && r.status == 404)
+                            .then_some(())
+                    })
+                    .await;
+                    let log = ctl.requests().await.unwrap();
+                    assert_eq!(
+                        creates(&log, |_| true),
+                        0,
+                        "no second create while invisible"
+                    );
+                }
+                ctl.clear_faults().await.unwrap();
+                let op = env.operator(&format!("operator-{i}-b.log"));
+                env.wait_ready(&format!("ulp/{name}"), Some(NS));
+                let owned = env.owned_usage(&name).await;
+                assert_eq!(
+                    owned.len(),
+                    1,
+                    "{point:?}: exactly one remote policy after the restart"
+                );
+                assert_eq!(field("{.status.policyId}"), owned[0].id, "{point:?}");
+                assert_eq!(owned[0].credit_limit, Decimal::from(600));
+                // SIGTERM releases the Lease: the next operator leads at once.
+                assert!(op.terminate().await.success());
             }
-            ctl.clear_faults().await.unwrap();
-            let op = env.operator(&format!("operator-{i}-b.log"));
-            env.wait_ready(&format!("ulp/{name}"), Some(NS));
-            let owned = env.owned_usage(&name).await;
             assert_eq!(
-                owned.len(),
-                1,
-                "{point:?}: exactly one remote policy after the restart"
+                env.active_usage(WS).await.len(),
+                points.len(),
+                "no duplicate anywhere"
             );
-            assert_eq!(field("{.status.policyId}"), owned[0].id, "{point:?}");
-            assert_eq!(owned[0].credit_limit, Decimal::from(600));
-            // SIGTERM releases the Lease: the next operator leads at once.
-            assert!(op.terminate().await.success());
-        }
-        assert_eq!(
-            env.active_usage(WS).await.len(),
-            points.len(),
-            "no duplicate anywhere"
-        );
-    })
+        },
+    )
     .await;
 }
 
@@ -238,10 +240,7 @@ fn lease_holder(env: &Env) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_handover() {
-    let Some(env) = Env::start("leader_election_handover").await else {
-        return;
-    };
-    bounded("leader_election_handover", async {
+    e2e("leader_election_handover", |env| async move {
         let cp = &env.cp;
         let a = env.operator_with("op-a.log", "op-a", &[]);
         let b = env.operator_with("op-b.log", "op-b", &[]);
@@ -278,22 +277,17 @@ async fn leader_election_handover() {
         )
         .await;
         assert!(!second.starts_with(&first[..4]), "{second}");
-        cp.kubectl(&[
-            "patch",
+        env.merge_patch(
             "ulp",
             "elected",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
+            Some(NS),
             r#"{"spec":{"creditLimit":800}}"#,
-        ]);
+        );
         eventually(
             "the new leader to apply the change",
             Duration::from_secs(60),
             || async {
-                let p = env.owned_usage("elected").await;
-                (p.len() == 1 && p[0].credit_limit == Decimal::from(800)).then_some(())
+                (env.owned_limit("elected").await == Some(Decimal::from(800))).then_some(())
             },
         )
         .await;
@@ -319,55 +313,40 @@ async fn deleting_a_namespace_releases_the_finalizers() {
     let options = Options {
         controller_manager: true,
     };
-    let Some(env) = Env::start_with("deleting_a_namespace_releases_the_finalizers", options).await
-    else {
-        return;
-    };
-    bounded("deleting_a_namespace_releases_the_finalizers", async {
-        let (cp, portkey) = (&env.cp, &env.portkey);
-        let _op = env.operator("operator.log");
-        let ns = "doomed";
-        env.create_namespace(ns, Some(WS_SLUG));
-        cp.apply(
-            &ulp("budget", 500).replace(&format!("namespace: {NS}"), &format!("namespace: {ns}")),
-        );
-        cp.apply(&rlp_in(ns, "rate", 60, ""));
-        env.wait_ready("ulp/budget", Some(ns));
-        env.wait_ready("rlp/rate", Some(ns));
-        let ulp_id = env.jsonpath("ulp", "budget", Some(ns), "{.status.policyId}");
-        let rlp_id = env.jsonpath("rlp", "rate", Some(ns), "{.status.policyId}");
-        assert!(!ulp_id.is_empty() && !rlp_id.is_empty());
+    e2e_with(
+        "deleting_a_namespace_releases_the_finalizers",
+        options,
+        |env| async move {
+            let (cp, portkey) = (&env.cp, &env.portkey);
+            let _op = env.operator("operator.log");
+            let ns = "doomed";
+            env.create_namespace(ns, Some(WS_SLUG));
+            cp.apply(
+                &ulp("budget", 500)
+                    .replace(&format!("namespace: {NS}"), &format!("namespace: {ns}")),
+            );
+            cp.apply(&rlp_in(ns, "rate", 60, ""));
+            env.wait_ready("ulp/budget", Some(ns));
+            env.wait_ready("rlp/rate", Some(ns));
+            let ulp_id = env.jsonpath("ulp", "budget", Some(ns), "{.status.policyId}");
+            let rlp_id = env.jsonpath("rlp", "rate", Some(ns), "{.status.policyId}");
+            assert!(!ulp_id.is_empty() && !rlp_id.is_empty());
 
-        // The namespace controller deletes the resources; the operator archives the policies
-        // and removes its finalizers; the namespace then disappears.
-        cp.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"]);
-        let out = cp.kubectl_raw(&["get", "namespace", ns]);
-        assert!(!out.status.success(), "the namespace is gone");
-        let archived = GetOptions {
-            status: Some(PolicyStatus::Archived),
-            ..Default::default()
-        };
-        assert_eq!(
-            portkey
-                .usage_limits()
-                .get(&ulp_id, archived)
-                .await
-                .unwrap()
-                .status,
-            PolicyStatus::Archived
-        );
-        assert_eq!(
-            portkey
-                .rate_limits()
-                .get(&rlp_id, archived)
-                .await
-                .unwrap()
-                .status,
-            PolicyStatus::Archived
-        );
-        assert!(env.active_usage(WS).await.is_empty());
-        assert!(env.active_rates(WS).await.is_empty());
-    })
+            // The namespace controller deletes the resources; the operator archives the policies
+            // and removes its finalizers; the namespace then disappears.
+            cp.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"]);
+            let out = cp.kubectl_raw(&["get", "namespace", ns]);
+            assert!(!out.status.success(), "the namespace is gone");
+            let usage = portkey.usage_limits().get(&ulp_id, archived()).await;
+            let rate = portkey.rate_limits().get(&rlp_id, archived()).await;
+            assert_eq!(
+                (usage.unwrap().status, rate.unwrap().status),
+                (PolicyStatus::Archived, PolicyStatus::Archived)
+            );
+            assert!(env.active_usage(WS).await.is_empty());
+            assert!(env.active_rates(WS).await.is_empty());
+        },
+    )
     .await;
 }
 
@@ -376,10 +355,7 @@ async fn deleting_a_namespace_releases_the_finalizers() {
 /// as a standby; it does not take the Lease back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_loses_its_lease_exits() {
-    let Some(env) = Env::start("a_leader_that_loses_its_lease_exits").await else {
-        return;
-    };
-    bounded("a_leader_that_loses_its_lease_exits", async {
+    e2e("a_leader_that_loses_its_lease_exits", |env| async move {
         let mut op = env.operator_with("op.log", "op", &[]);
         let holder = eventually("a leader", Duration::from_secs(60), || async {
             let holder = lease_holder(&env);
@@ -396,16 +372,12 @@ async fn a_leader_that_loses_its_lease_exits() {
         .unwrap();
         let stolen = json!({"spec": {"holderIdentity": "someone-else", "acquireTime": now,
                                      "renewTime": now, "leaseDurationSeconds": 3600}});
-        env.cp.kubectl(&[
-            "patch",
+        env.merge_patch(
             "lease",
             "portkey-budget-operator",
-            "-n",
-            OPERATOR_NS,
-            "--type=merge",
-            "-p",
+            Some(OPERATOR_NS),
             &stolen.to_string(),
-        ]);
+        );
         let exit = op
             .exited_within(Duration::from_secs(60))
             .await
@@ -434,73 +406,68 @@ async fn a_leader_that_loses_its_lease_exits() {
 /// without a restart (there is no watch on a file: the 401 is what makes it look).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_api_key_file_is_read_again_after_a_401() {
-    let Some(env) = Env::start("a_rotated_api_key_file_is_read_again_after_a_401").await else {
-        return;
-    };
-    bounded("a_rotated_api_key_file_is_read_again_after_a_401", async {
-        let (cp, ctl) = (&env.cp, env.emu.control());
-        let (old_key, new_key) = ("file-key-before-rotation", "file-key-after-rotation");
-        let file = cp.dir.path().join("admin-api-key");
-        std::fs::write(&file, format!("{old_key}\n")).unwrap();
-        // The test's own client keeps `KEY`; the operator has only the file (no
-        // PORTKEY_API_KEY in its environment).
-        ctl.set_api_keys(&[KEY, old_key]).await.unwrap();
-        let op = Operator::start(
-            cp,
-            &cp.kubeconfig,
-            &env.emu.base_url(),
-            "operator.log",
-            "operator",
-            &[
-                "--leader-election-namespace",
-                OPERATOR_NS,
-                "--leader-election-lease-duration",
-                "4s",
-                "--api-key-file",
-                file.to_str().unwrap(),
-            ],
-            &[],
-        );
-        cp.apply(&ulp("rotating", 500));
-        env.wait_ready("ulp/rotating", Some(NS));
+    e2e(
+        "a_rotated_api_key_file_is_read_again_after_a_401",
+        |env| async move {
+            let (cp, ctl) = (&env.cp, env.emu.control());
+            let (old_key, new_key) = ("file-key-before-rotation", "file-key-after-rotation");
+            let file = cp.dir.path().join("admin-api-key");
+            std::fs::write(&file, format!("{old_key}\n")).unwrap();
+            // The test's own client keeps `KEY`; the operator has only the file (no
+            // PORTKEY_API_KEY in its environment).
+            ctl.set_api_keys(&[KEY, old_key]).await.unwrap();
+            let op = Operator::start(
+                cp,
+                &cp.kubeconfig,
+                &env.emu.base_url(),
+                "operator.log",
+                "operator",
+                &[
+                    "--leader-election-namespace",
+                    OPERATOR_NS,
+                    "--leader-election-lease-duration",
+                    "4s",
+                    "--api-key-file",
+                    file.to_str().unwrap(),
+                ],
+                &[],
+            );
+            cp.apply(&ulp("rotating", 500));
+            env.wait_ready("ulp/rotating", Some(NS));
 
-        // The key is rotated: Portkey accepts only the new one, the file holds it.
-        std::fs::write(&file, format!("{new_key}\n")).unwrap();
-        ctl.set_api_keys(&[KEY, new_key]).await.unwrap();
-        ctl.clear_requests().await.unwrap();
-        cp.kubectl(&[
-            "patch",
-            "ulp",
-            "rotating",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"creditLimit":700}}"#,
-        ]);
-        env.until(
-            ("ulp", "rotating", Some(NS)),
-            "the change applied with the new key",
-            Duration::from_secs(60),
-            || async {
-                let p = env.owned_usage("rotating").await;
-                (p.len() == 1 && p[0].credit_limit == Decimal::from(700)).then_some(())
-            },
-        )
-        .await;
-        let log = ctl.requests().await.unwrap();
-        assert!(
-            log.data.iter().any(|r| r.status == 401),
-            "the old key was refused first: {:?}",
-            log.data
-        );
-        let text = op.log_text();
-        assert!(text.contains("reading the key file again"), "{text}");
-        assert!(text.contains("the Admin API key changed"), "{text}");
-        assert!(
-            !text.contains(old_key) && !text.contains(new_key),
-            "a key in the log"
-        );
-    })
+            // The key is rotated: Portkey accepts only the new one, the file holds it.
+            std::fs::write(&file, format!("{new_key}\n")).unwrap();
+            ctl.set_api_keys(&[KEY, new_key]).await.unwrap();
+            ctl.clear_requests().await.unwrap();
+            env.merge_patch(
+                "ulp",
+                "rotating",
+                Some(NS),
+                r#"{"spec":{"creditLimit":700}}"#,
+            );
+            env.until(
+                ("ulp", "rotating", Some(NS)),
+                "the change applied with the new key",
+                Duration::from_secs(60),
+                || async {
+                    (env.owned_limit("rotating").await == Some(Decimal::from(700))).then_some(())
+                },
+            )
+            .await;
+            let log = ctl.requests().await.unwrap();
+            assert!(
+                log.data.iter().any(|r| r.status == 401),
+                "the old key was refused first: {:?}",
+                log.data
+            );
+            let text = op.log_text();
+            assert!(text.contains("reading the key file again"), "{text}");
+            assert!(text.contains("the Admin API key changed"), "{text}");
+            assert!(
+                !text.contains(old_key) && !text.contains(new_key),
+                "a key in the log"
+            );
+        },
+    )
     .await;
 }

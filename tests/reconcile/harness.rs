@@ -9,10 +9,11 @@ pub use std::sync::Arc;
 pub use std::time::Duration;
 
 pub use crate::support::fake_kube::FakeKube;
+pub use crate::support::fixtures::{usage_limit, usage_policy};
 pub use portkey_budget_operator::api::*;
 pub use portkey_budget_operator::config::ControllerConfig;
 pub use portkey_budget_operator::controller::{self, Context, conditions, usage};
-pub use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+pub use portkey_budget_operator::emulator::EmulatorHandle;
 pub use portkey_budget_operator::portkey::*;
 pub use rust_decimal::Decimal;
 pub use serde_json::json;
@@ -75,24 +76,8 @@ pub fn client_with(emu: &EmulatorHandle, retry: RetryPolicy) -> PortkeyClient {
 }
 
 pub async fn env_with(config: ControllerConfig) -> Env {
-    let emu = emulator::spawn(EmulatorConfig {
-        api_keys: vec![KEY.into()],
-        workspaces: vec![
-            SeedWorkspace {
-                id: WS_A.into(),
-                slug: "team-a".into(),
-                name: "Team A".into(),
-            },
-            SeedWorkspace {
-                id: WS_B.into(),
-                slug: "team-b".into(),
-                name: "Team B".into(),
-            },
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let workspaces = [(WS_A, "team-a", "Team A"), (WS_B, "team-b", "Team B")];
+    let emu = crate::support::fixtures::emulator(KEY, &workspaces).await;
     let portkey = client_with(
         &emu,
         RetryPolicy {
@@ -254,14 +239,7 @@ pub fn ws_usage(
     limit: &str,
     reset: Option<PeriodicReset>,
 ) -> WorkspaceUsageLimit {
-    WorkspaceUsageLimit {
-        limit_type,
-        credit_limit: d(limit),
-        alert_threshold: None,
-        periodic_reset: reset,
-        periodic_reset_days: None,
-        next_usage_reset_at: None,
-    }
+    usage_limit(limit_type, d(limit), reset)
 }
 
 /// A workspace rate limit as Portkey holds it.
@@ -291,14 +269,10 @@ pub fn akb(ns: &str, name: &str, spec: serde_json::Value) -> ApiKeyBudget {
 /// A usage-limits policy as someone would make it in Portkey by hand: team A's users, a
 /// monthly $100 (change fields with `..remote_policy(name, ws)`).
 pub fn remote_policy(name: &str, ws: &str) -> CreateUsageLimitsPolicy {
-    serde_json::from_value(json!({
-        "name": name,
-        "conditions": [{"key": "metadata._team", "value": "team-a"}],
-        "group_by": [{"key": "metadata._user"}],
-        "type": "cost", "credit_limit": 100, "periodic_reset": "monthly",
-        "workspace_id": ws,
-    }))
-    .unwrap()
+    CreateUsageLimitsPolicy {
+        periodic_reset: Some(PeriodicReset::Monthly),
+        ..usage_policy(name, "team-a", ws)
+    }
 }
 
 /// The list filter of a workspace's active policies.
@@ -400,6 +374,12 @@ impl Env {
         self.portkey.usage_limits().list(&active).await.unwrap()
     }
 
+    /// The names of a workspace's active usage-limits policies.
+    pub async fn active_names(&self, ws: &str) -> Vec<String> {
+        let active = self.active(ws).await;
+        active.into_iter().filter_map(|p| p.name).collect()
+    }
+
     pub async fn active_rates(&self, ws: &str) -> Vec<RateLimitsPolicy> {
         let active = active_in(ws);
         self.portkey.rate_limits().list(&active).await.unwrap()
@@ -427,6 +407,12 @@ impl Env {
     pub async fn set_clock(&self, at: Option<&str>) {
         let at = at.map(|t| t.parse().unwrap());
         self.emu.control().set_clock(at).await.unwrap();
+    }
+
+    /// The next `n` Admin API requests with this method fail with `status`.
+    pub async fn fail_next(&self, n: u32, method: &str, status: u16) {
+        let faults = json!({"fail_next": n, "error_status": status, "method": method});
+        self.fault(faults).await;
     }
 
     pub async fn clear_faults(&self) {

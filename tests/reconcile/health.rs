@@ -162,9 +162,7 @@ async fn scenarios(kind: Kind) {
     expect(kind, &env, n, "in force", "Current", "Healthy");
 
     // Spec changed; the key may not update (403): only a human can fix it.
-    ctl.set_faults(json!({"fail_next": 1000, "error_status": 403, "method": "PUT"}))
-        .await
-        .unwrap();
+    env.fail_next(1000, "PUT", 403).await;
     kind.apply(&env, n, 700, "team-a");
     assert!(!kind.reconcile(&env, n).await);
     let obj = expect(kind, &env, n, "PUT refused", "Failed", "Degraded");
@@ -181,9 +179,7 @@ async fn scenarios(kind: Kind) {
     );
 
     // Spec changed; the PUT keeps failing transiently (503): in progress.
-    ctl.set_faults(json!({"fail_next": 1000, "error_status": 503, "method": "PUT"}))
-        .await
-        .unwrap();
+    env.fail_next(1000, "PUT", 503).await;
     kind.apply(&env, n, 800, "team-a");
     assert!(!kind.reconcile(&env, n).await);
     expect(kind, &env, n, "PUT failing", "InProgress", "Progressing");
@@ -225,9 +221,7 @@ async fn scenarios(kind: Kind) {
     } else {
         "DELETE"
     };
-    ctl.set_faults(json!({"fail_next": 1000, "error_status": 403, "method": method}))
-        .await
-        .unwrap();
+    env.fail_next(1000, method, 403).await;
     kind.delete(&env, n);
     kind.reconcile(&env, n).await;
     expect(

@@ -93,8 +93,7 @@ async fn a_transient_404_is_confirmed_before_anything_is_recreated() {
     let id = env.create("monthly", spec()).await;
     // A transient 404 on the GET of a known policy (a lagging replica): the archive is
     // checked with `?status=archived`, which finds it active → nothing is recreated.
-    env.fault(json!({"fail_next": 1, "error_status": 404, "method": "GET"}))
-        .await;
+    env.fail_next(1, "GET", 404).await;
     env.reconcile("monthly").await.unwrap();
     assert_eq!(env.active(WS_A).await.len(), 1);
     assert_eq!(
@@ -164,12 +163,7 @@ async fn installations_never_adopt_or_archive_each_others_policies() {
         async move { usage::reconcile(&obj, &ctx).await }
     };
     reconcile_b("monthly").await.unwrap();
-    let names: Vec<String> = env
-        .active(WS_A)
-        .await
-        .into_iter()
-        .filter_map(|p| p.name)
-        .collect();
+    let names = env.active_names(WS_A).await;
     assert_eq!(names.len(), 2, "each installation has its own: {names:?}");
     assert!(
         names
@@ -255,8 +249,7 @@ async fn a_refused_replacement_leaves_the_old_budget_in_force() {
     let s = spec().on_immutable_change(OnImmutableChange::Recreate);
     let old = env.create("monthly", s.clone()).await;
     env.apply("monthly", s.group_by("api_key"));
-    env.fault(json!({"fail_next": 1, "error_status": 400, "method": "POST"}))
-        .await;
+    env.fail_next(1, "POST", 400).await;
     assert!(env.reconcile("monthly").await.is_err());
     let active = env.active(WS_A).await;
     assert_eq!(active.len(), 1);
@@ -283,8 +276,7 @@ async fn deletion_with_gone_objects_or_a_missing_scope() {
     // A key without policies.delete: the finalizer stays, the condition says what to do,
     // and switching to Retain releases it with the policy left in force.
     let id = env.create("stuck", spec()).await;
-    env.fault(json!({"fail_next": 100, "error_status": 403, "method": "DELETE"}))
-        .await;
+    env.fail_next(100, "DELETE", 403).await;
     env.kube.delete::<UsageLimitPolicy>(NS, "stuck");
     env.reconcile("stuck").await.unwrap();
     let obj = env.obj("stuck");

@@ -416,8 +416,7 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
     let ctl = env.emu.control();
     env.apply("monthly", spec());
     // A 500 on POST: Portkey may or may not have created the policy (the emulator did not).
-    env.fault(json!({"fail_next": 1, "error_status": 500, "method": "POST"}))
-        .await;
+    env.fail_next(1, "POST", 500).await;
     let err = env.reconcile("monthly").await.unwrap_err();
     assert_eq!(err.reason(), "PortkeyServerError");
     assert!(
@@ -456,8 +455,7 @@ async fn ambiguous_create_failure_waits_then_creates_exactly_once() {
 async fn rejected_create_clears_the_pending_record() {
     let env = env().await;
     env.apply("monthly", spec());
-    env.fault(json!({"fail_next": 1, "error_status": 400, "method": "POST"}))
-        .await;
+    env.fail_next(1, "POST", 400).await;
     let err = env.reconcile("monthly").await.unwrap_err();
     assert_eq!(err.reason(), "PortkeyValidationError");
     assert!(
