@@ -12,6 +12,10 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::copy_dir;
+
 fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/portkey-budget-operator")
 }
@@ -203,19 +207,6 @@ print(json.dumps(asyncio.run(Lint(Configuration()).run(sys.argv[1]))))\n";
     let stdout = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .unwrap_or_else(|e| panic!("lint output {stdout:?}: {e}"))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Paths of lint messages at error severity (Helm: 1 info, 2 warning, 3 error).

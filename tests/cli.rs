@@ -11,6 +11,10 @@ use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::Value;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::{service_key, usage_limit, usage_policy_by_id};
+
 const KEY: &str = "cli-test-key";
 
 async fn emulator() -> EmulatorHandle {
@@ -539,8 +543,17 @@ async fn sync_follows_the_controllers_ownership_rules() {
             ),
         );
     }
+    ctl.clear_requests().await.unwrap();
     let out = cli(&emu, &["plan", "-f", d]);
     let plan = text(&out);
+    let log = ctl.requests().await.unwrap();
+    assert!(log.total > 0, "plan read Portkey");
+    assert_eq!(
+        log.writes(),
+        0,
+        "plan made no write request: {:?}",
+        log.data
+    );
     assert!(plan.contains("WorkspaceNotAllowed"), "{plan}");
     assert!(
         plan.contains("Conflict: workspace marketing is managed by WorkspaceBudget a-first"),
@@ -551,11 +564,23 @@ async fn sync_follows_the_controllers_ownership_rules() {
         grab.trim_start().starts_with("! blocked") || grab.contains("! blocked"),
         "{plan}"
     );
+    // sync carries out the plan: the blocked adoption creates nothing and leaves team
+    // marketing's policy as it was.
+    let out = cli(&emu, &["sync", "-f", d]);
+    assert!(
+        text(&out).contains("WorkspaceNotAllowed"),
+        "{}{}",
+        text(&out),
+        err(&out)
+    );
     assert_eq!(
         active_usage(&c).await.len(),
         1,
         "nothing created for the refused adoption"
     );
+    let kept = usage_policy_by_id(&c, &theirs).await;
+    assert_eq!(kept.credit_limit, Decimal::from(50));
+    assert_eq!(kept.name.as_deref(), Some("marketing budget"));
 }
 
 /// A child process killed (and reaped) when dropped, also when a test fails.
@@ -1032,36 +1057,18 @@ async fn sync_manages_existing_keys_and_skips_issued_ones() {
         name: name.into(),
         workspace_id: Some(ws.into()),
         scopes: vec!["completions.write".into()],
-        usage_limits: Some(WorkspaceUsageLimit {
-            limit_type: UsageLimitType::Cost,
-            credit_limit: Decimal::from(50),
-            alert_threshold: None,
-            periodic_reset: Some(PeriodicReset::Weekly),
-            periodic_reset_days: None,
-            next_usage_reset_at: None,
-        }),
+        usage_limits: Some(usage_limit(
+            UsageLimitType::Cost,
+            Decimal::from(50),
+            Some(PeriodicReset::Weekly),
+        )),
         ..Default::default()
     };
-    let mine = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &make(&team_a, "checkout"),
-        )
+    let mine = service_key(&c, &make(&team_a, "checkout"))
         .await
-        .unwrap()
         .id
         .unwrap();
-    let theirs = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &make(&marketing, "ads"),
-        )
-        .await
-        .unwrap()
-        .id
-        .unwrap();
+    let theirs = service_key(&c, &make(&marketing, "ads")).await.id.unwrap();
     let before = c.get_api_key(&mine).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let akb = |name: &str, key: &str, limit: u32| {

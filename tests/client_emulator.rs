@@ -8,6 +8,10 @@ use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::json;
 
+#[path = "support/fixtures.rs"]
+mod fixtures;
+use fixtures::{archived, service_key};
+
 const WS_ID: &str = "2f1d4e8a-1111-4c3b-9d2e-000000000001";
 const WS_SLUG: &str = "team-a";
 const KEY: &str = "test-admin-key-0123456789";
@@ -412,17 +416,7 @@ async fn delete_archives() {
         err.is_not_found(),
         "an archived id is 404 by default: {err}"
     );
-    let archived = client
-        .usage_limits()
-        .get(
-            &id,
-            GetOptions {
-                status: Some(PolicyStatus::Archived),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let archived = client.usage_limits().get(&id, archived()).await.unwrap();
     assert_eq!(archived.status, PolicyStatus::Archived);
     assert!(
         client
@@ -1276,14 +1270,7 @@ async fn api_keys_lifecycle() {
     ctl.set_clock(Some("2026-11-18T10:00:00Z".parse().unwrap())) // a Wednesday
         .await
         .unwrap();
-    let issued = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &key_body(WS_SLUG, "svc"),
-        )
-        .await
-        .unwrap();
+    let issued = service_key(&c, &key_body(WS_SLUG, "svc")).await;
     let id = issued.id.clone().unwrap();
     assert!(
         format!("{issued:?}").contains("ApiKey(***)"),
@@ -1325,13 +1312,7 @@ async fn api_keys_lifecycle() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("user_id"), "{err}");
-    c.create_api_key(
-        ApiKeyType::Workspace,
-        ApiKeySubType::Service,
-        &key_body("team-b", "b"),
-    )
-    .await
-    .unwrap();
+    service_key(&c, &key_body("team-b", "b")).await;
     assert_eq!(c.list_api_keys(Some(WS_ID)).await.unwrap().len(), 2);
     assert_eq!(c.list_api_keys(None).await.unwrap().len(), 3);
     for listed in c.list_api_keys(None).await.unwrap() {
@@ -1444,14 +1425,7 @@ async fn rotation_keeps_one_previous_key() {
     ctl.set_clock(Some("2026-11-25T10:00:00Z".parse().unwrap()))
         .await
         .unwrap();
-    let issued = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &key_body(WS_SLUG, "rot"),
-        )
-        .await
-        .unwrap();
+    let issued = service_key(&c, &key_body(WS_SLUG, "rot")).await;
     let id = issued.id.clone().unwrap();
     let raw0 = issued.key.expose().to_owned();
     assert_eq!(issued.key_transition_expires_at, None, "create has none");
@@ -1517,14 +1491,7 @@ async fn rotation_keeps_one_previous_key() {
 #[tokio::test]
 async fn key_update_replaces_scopes() {
     let (emu, c) = setup().await;
-    let issued = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &key_body(WS_SLUG, "scoped"),
-        )
-        .await
-        .unwrap();
+    let issued = service_key(&c, &key_body(WS_SLUG, "scoped")).await;
     let id = issued.id.clone().unwrap();
     let before = c.get_api_key(&id).await.unwrap();
     let scopes = vec!["completions.write".to_owned(), "logs.write".to_owned()];
@@ -1578,14 +1545,7 @@ async fn a_lost_rotate_answer_still_rotated_the_key() {
     let emu = start(default_config()).await;
     let c = client_for(&emu, fast_retry(4), 100);
     let ctl = emu.control();
-    let issued = c
-        .create_api_key(
-            ApiKeyType::Workspace,
-            ApiKeySubType::Service,
-            &key_body(WS_SLUG, "lost"),
-        )
-        .await
-        .unwrap();
+    let issued = service_key(&c, &key_body(WS_SLUG, "lost")).await;
     let id = issued.id.clone().unwrap();
     let raw = issued.key.expose().to_owned();
     let set = ctl
@@ -1623,13 +1583,7 @@ async fn a_lost_rotate_answer_still_rotated_the_key() {
     )
     .await
     .unwrap();
-    c.create_api_key(
-        ApiKeyType::Workspace,
-        ApiKeySubType::Service,
-        &key_body(WS_SLUG, "other"),
-    )
-    .await
-    .unwrap();
+    service_key(&c, &key_body(WS_SLUG, "other")).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "GET, PUT and a create answered at once: {:?}",

@@ -5,7 +5,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use std::time::Duration;
 use portkey_budget_operator::api::*;
 use portkey_budget_operator::config::ControllerConfig;
 use portkey_budget_operator::controller::{self, Context, conditions};
-use portkey_budget_operator::emulator::{self, EmulatorConfig, EmulatorHandle, SeedWorkspace};
+use portkey_budget_operator::emulator::EmulatorHandle;
 use portkey_budget_operator::plan::marker::marker_of;
 use portkey_budget_operator::portkey::*;
 use rand::Rng;
@@ -48,17 +47,7 @@ fn ulp(name: &str, limit: i64) -> UsageLimitPolicy {
 
 impl Harness {
     async fn new() -> Harness {
-        let emu = emulator::spawn(EmulatorConfig {
-            api_keys: vec![KEY.into()],
-            workspaces: vec![SeedWorkspace {
-                id: WS.into(),
-                slug: "team-a".into(),
-                name: "Team A".into(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        let emu = support::fixtures::emulator(KEY, &[(WS, "team-a", "Team A")]).await;
         let kube = FakeKube::new();
         kube.add_namespace(NS, &[(WORKSPACE_ANNOTATION, "team-a")]);
         Harness { kube, emu }
@@ -168,14 +157,19 @@ impl Harness {
         out
     }
 
+    /// Injects emulator faults (replacing any in force).
+    async fn fault(&self, faults: serde_json::Value) {
+        self.emu.control().set_faults(faults).await.unwrap();
+    }
+
     async fn calls(&self) -> u64 {
         self.emu.control().requests().await.unwrap().total
     }
 }
 
 /// Converges `n` policies, switching the injected fault between 503 and 429 (Retry-After 1 s)
-/// every round when `faults`; returns the Admin API calls made.
-async fn converge_many(h: &Harness, n: usize, faults: bool) -> u64 {
+/// every round when `faults`; checks exactly one remote policy per resource with its limit.
+async fn converge_many(h: &Harness, n: usize, faults: bool) {
     let names: Vec<String> = (0..n).map(|i| format!("budget-{i:02}")).collect();
     for (i, name) in names.iter().enumerate() {
         h.kube.apply(&ulp(name, 100 + i as i64));
@@ -199,7 +193,6 @@ async fn converge_many(h: &Harness, n: usize, faults: bool) -> u64 {
         let pending: Vec<&String> = names.iter().filter(|n| !h.ready(n)).collect();
         futures::future::join_all(pending.iter().map(|n| h.reconcile(&ctx, n))).await;
     }
-    let calls = h.calls().await;
     let remote = h.remote().await;
     for (i, name) in names.iter().enumerate() {
         assert_eq!(
@@ -209,18 +202,16 @@ async fn converge_many(h: &Harness, n: usize, faults: bool) -> u64 {
         );
     }
     assert_eq!(remote.len(), n, "no policy that no resource owns");
-    calls
 }
 
+/// The injected failures are drawn by the emulator's OS-seeded generator, so how many calls a
+/// run makes varies from run to run: that figure belongs to `bench`, not to a test. What must
+/// hold on every draw is checked: convergence within the bounded rounds, exactly one remote
+/// policy per resource with its limit, none lost, none extra (and the same without faults).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn converges_under_30_percent_failures_without_duplicates_or_losses() {
-    let clean = converge_many(&Harness::new().await, 16, false).await;
-    let faulty = converge_many(&Harness::new().await, 16, true).await;
-    assert!(clean > 0);
-    assert!(
-        faulty <= 3 * clean,
-        "with 30 % failures the operator made {faulty} calls, more than 3x the {clean} of a fault-free run"
-    );
+    converge_many(&Harness::new().await, 16, false).await;
+    converge_many(&Harness::new().await, 16, true).await;
 }
 
 /// Where the apply path is interrupted.
@@ -283,7 +274,6 @@ async fn settle(h: &Harness, name: &str, crash: Crash, want: Option<i64>) -> Arc
 /// Runs one resource through create, update and delete with `crash` injected at its step,
 /// "restarts" the operator after the interrupted reconcile, and checks the outcome.
 async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
-    let ctl = h.emu.control();
     h.kube.apply(&ulp(name, 500));
     let ctx = h.restart(Duration::from_secs(5));
     // Arm the crash for the create phase.
@@ -294,9 +284,8 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
             false
         }
         Crash::AfterPostAnswerLost => {
-            ctl.set_faults(json!({"response_delay_ms": 1500, "method": "POST"}))
-                .await
-                .unwrap();
+            h.fault(json!({"response_delay_ms": 1500, "method": "POST"}))
+                .await;
             true
         }
         Crash::AfterPostBeforeStatus => {
@@ -335,9 +324,8 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
     h.kube.apply(&ulp(name, 800));
     match crash {
         Crash::UpdatePutFailed => {
-            ctl.set_faults(json!({"fail_next": 3, "error_status": 503, "method": "PUT"}))
-                .await
-                .unwrap();
+            h.fault(json!({"fail_next": 3, "error_status": 503, "method": "PUT"}))
+                .await;
         }
         Crash::UpdateBeforeStatus => {
             h.kube
@@ -358,9 +346,8 @@ async fn crash_scenario(h: &Harness, name: &str, crash: Crash) {
     h.kube.delete::<UsageLimitPolicy>(NS, name);
     match crash {
         Crash::ArchiveDeleteFailed => {
-            ctl.set_faults(json!({"fail_next": 3, "error_status": 503, "method": "DELETE"}))
-                .await
-                .unwrap();
+            h.fault(json!({"fail_next": 3, "error_status": 503, "method": "DELETE"}))
+                .await;
         }
         Crash::ArchiveBeforeFinalizer => {
             h.kube.fail_writes(&resource_suffix(name), 500, 1);
@@ -404,21 +391,10 @@ async fn randomized_crashes() {
     assert!(h.remote().await.is_empty());
 }
 
-fn catalog() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-input");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_manifest_is_rejected_naming_the_field_with_no_admin_api_call() {
     let h = Harness::new().await;
-    let files = catalog();
+    let files = support::fixtures::yaml_files("tests/bad-input");
     assert!(
         files.len() >= 40,
         "the catalog holds {} manifests",
@@ -485,14 +461,9 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         let h = Harness::new().await;
         let portkey = h.client(Duration::from_secs(5));
         // Not ours: made by hand, and another installation's policy for the same resource name.
-        let foreign = |name: &str| {
-            serde_json::from_value::<CreateUsageLimitsPolicy>(json!({
-                "name": name,
-                "conditions": [{"key": "metadata._team", "value": "x"}],
-                "group_by": [{"key": "metadata._user"}],
-                "type": "cost", "credit_limit": 7, "workspace_id": WS,
-            }))
-            .unwrap()
+        let foreign = |name: &str| CreateUsageLimitsPolicy {
+            credit_limit: Decimal::from(7),
+            ..support::fixtures::usage_policy(name, "x", WS)
         };
         let mut not_ours = Vec::new();
         for name in [
@@ -512,7 +483,7 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         for (i, name) in names.iter().enumerate() {
             h.kube.apply(&ulp(name, 100 + i as i64));
         }
-        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        h.fault(fault.clone()).await;
         let ctx = Context::new(
             h.kube.client(),
             h.client(Duration::from_secs(5)),
@@ -540,13 +511,24 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
         };
         settle(|h, n| h.ready(n)).await;
         // Let the faults' windows pass, then read what Portkey holds.
-        let schedules =
-            |remote: &[UsageLimitsPolicy]| -> BTreeMap<String, Option<jiff::Timestamp>> {
-                remote
-                    .iter()
-                    .map(|p| (p.id.clone(), p.next_usage_reset_at))
-                    .collect()
-            };
+        let filter = ListFilter {
+            workspace_id: Some(WS.into()),
+            status: Some(PolicyStatus::Active),
+            ..Default::default()
+        };
+        // Each active policy's next reset, read by id (list items may lack the reset fields).
+        let schedules = || async {
+            let mut out: BTreeMap<String, Option<jiff::Timestamp>> = BTreeMap::new();
+            for p in portkey.usage_limits().list(&filter).await.unwrap() {
+                let by_id = portkey
+                    .usage_limits()
+                    .get(&p.id, GetOptions::default())
+                    .await
+                    .unwrap();
+                out.insert(p.id, by_id.next_usage_reset_at);
+            }
+            out
+        };
         let check = |when: &str, remote: &BTreeMap<String, Vec<Decimal>>, bump: i64| {
             for (i, name) in names.iter().enumerate() {
                 assert_eq!(
@@ -556,32 +538,36 @@ async fn real_world_admin_api_behaviour_keeps_every_invariant() {
                 );
             }
         };
-        let filter = ListFilter {
-            workspace_id: Some(WS.into()),
-            status: Some(PolicyStatus::Active),
-            ..Default::default()
-        };
         let remote = h.remote().await;
         check("after create", &remote, 0);
-        let before = schedules(&portkey.usage_limits().list(&filter).await.unwrap());
+        let before = schedules().await;
+        let ours: Vec<&String> = before.keys().filter(|id| !not_ours.contains(id)).collect();
+        assert_eq!(ours.len(), names.len(), "{mode}: one policy per resource");
+        assert!(
+            ours.iter().all(|id| before[*id].is_some()),
+            "{mode}: every policy of ours has a reset scheduled: {before:?}"
+        );
 
         // Change every limit under the same fault.
-        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        h.fault(fault.clone()).await;
         for (i, name) in names.iter().enumerate() {
             h.kube.apply(&ulp(name, 1000 + i as i64));
         }
         settle(|h, n| h.ready(n)).await;
         let remote = h.remote().await;
         check("after the change", &remote, 900);
-        let after = schedules(&portkey.usage_limits().list(&filter).await.unwrap());
-        for (id, next) in &before {
-            if let Some(now) = after.get(id) {
-                assert_eq!(now, next, "{mode}: the reset of {id} did not move");
-            }
-        }
+        let after = schedules().await;
+        // The same policies, updated in place (a recreated one would carry a new reset and
+        // make the comparison below vacuous), and no reset moved.
+        assert_eq!(
+            after.keys().collect::<Vec<_>>(),
+            before.keys().collect::<Vec<_>>(),
+            "{mode}: the changes updated the policies in place"
+        );
+        assert_eq!(after, before, "{mode}: no reset moved");
 
         // Delete every resource under the same fault: finalizers released, ours archived.
-        h.emu.control().set_faults(fault.clone()).await.unwrap();
+        h.fault(fault.clone()).await;
         for name in &names {
             h.kube.delete::<UsageLimitPolicy>(NS, name);
         }

@@ -153,6 +153,15 @@ fn limit_change_sends_only_the_limit_and_never_the_schedule() {
     assert_eq!(changes[0].to_string(), "creditLimit: 500 → 800");
 }
 
+/// The body of the update the planner sends to bring `remote` to `spec` (as JSON).
+fn update_body(spec: &UsageLimitPolicySpec, remote: &UsageLimitsPolicy) -> serde_json::Value {
+    let decision = plan(&desired(spec), Some(remote), PlanOptions::default());
+    let Decision::Apply(UsageAction::Update { body, .. }) = decision else {
+        panic!("expected an update: {decision:?}")
+    };
+    serde_json::to_value(&body).unwrap()
+}
+
 #[test]
 fn schedule_changes_are_sent_and_cleared_explicitly() {
     let s = spec();
@@ -160,25 +169,15 @@ fn schedule_changes_are_sent_and_cleared_explicitly() {
     let mut days = s.clone();
     days.periodic_reset = None;
     days.periodic_reset_days = Some(10);
-    let Decision::Apply(UsageAction::Update { body, .. }) =
-        plan(&desired(&days), Some(&remote), PlanOptions::default())
-    else {
-        panic!()
-    };
     assert_eq!(
-        serde_json::to_value(&body).unwrap(),
+        update_body(&days, &remote),
         serde_json::json!({"periodic_reset": null, "periodic_reset_days": 10})
     );
     let mut cumulative = s.clone();
     cumulative.periodic_reset = None;
     cumulative.alert_threshold = None;
-    let Decision::Apply(UsageAction::Update { body, .. }) =
-        plan(&desired(&cumulative), Some(&remote), PlanOptions::default())
-    else {
-        panic!()
-    };
     assert_eq!(
-        serde_json::to_value(&body).unwrap(),
+        update_body(&cumulative, &remote),
         serde_json::json!({"periodic_reset": null, "alert_threshold": null})
     );
 }

@@ -11,20 +11,7 @@ use portkey_budget_operator::gitops;
 
 use crate::support::control_plane::{ControlPlane, require_assets};
 use crate::support::e2e::bounded;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn yaml_files(dir: &str) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(repo(dir))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    files
-}
+use crate::support::fixtures::{repo, yaml_files};
 
 /// Cases where the project is deliberately stricter than kubectl, with the reason. The test
 /// asserts exactly this difference (server accepts, client refuses), so it notices if either
@@ -44,13 +31,7 @@ async fn every_crd_is_established_on_the_real_api_server() {
         let cp = ControlPlane::start(assets);
         // The chart's templates, rendered by Helm itself (crds.install), then `crds/` on top.
         crate::helm::install_for_crds(&cp.kubeconfig);
-        cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ]);
+        cp.wait_crds_established();
         cp.install_crds_from(&repo("crds"));
         let names = cp.kubectl(&["get", "crd", "-o", "jsonpath={.items[*].metadata.name}"]);
         let mut names: Vec<&str> = names.split_whitespace().collect();

@@ -14,6 +14,7 @@ use std::time::Duration;
 use portkey_budget_operator::portkey::{ApiKeySubType, ApiKeyType, CreateApiKey};
 
 use crate::support::e2e::*;
+use crate::support::fixtures::copy_dir;
 use crate::{rlp_in, ulp, wsb};
 
 const RELEASE: &str = "pbo";
@@ -134,10 +135,7 @@ async fn scrape(op: &Operator) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_chart_installs_and_its_rbac_is_sufficient_and_least_privilege() {
-    let Some(env) = Env::start("helm_chart_installs_and_its_rbac_is_sufficient").await else {
-        return;
-    };
-    bounded("helm_chart", async {
+    e2e("helm_chart_installs_and_its_rbac_is_sufficient", |env| async move {
         let cp = &env.cp;
         cp.kubectl(&["create", "namespace", RELEASE_NS]);
         cp.kubectl(&[
@@ -736,13 +734,7 @@ async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
 
         let values = serde_json::json!({"portkey": {"apiKey": "k"}});
         helm(&cp.kubeconfig, "install", &previous, &values);
-        cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ]);
+        cp.wait_crds_established();
         cp.kubectl(&["create", "namespace", NS]);
         cp.apply(&ulp("kept", 600));
         let with_field = wsb("marketing", 500, "  limitOwnership: All\n");
@@ -806,17 +798,4 @@ async fn helm_upgrade_upgrades_the_crds_and_uninstall_keeps_them() {
         assert_eq!(keep, "keep");
     })
     .await;
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }

@@ -3,10 +3,8 @@
 
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, ResourceExt};
-use portkey_budget_operator::api::{CREATE_PENDING_ANNOTATION, UsageLimitPolicy};
+use portkey_budget_operator::api::CREATE_PENDING_ANNOTATION;
+use portkey_budget_operator::emulator::control::RequestLog;
 use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -15,97 +13,214 @@ use crate::support::control_plane::Options;
 use crate::support::e2e::*;
 use crate::{rlp_in, ulp};
 
-/// When the operator is killed during a create.
+/// Where in a create the operator is killed. Each point is reached through an emulator fault
+/// that holds the operator there for longer than the test needs, and proved at the moment of
+/// the kill from what the resource and the emulator show (nothing moves once the process is
+/// gone).
 #[derive(Debug, Clone, Copy)]
 enum KillPoint {
-    /// As soon as the create-pending record is on the resource (before or during the POST).
-    PendingRecorded,
-    /// Once the policy exists in Portkey while the POST's answer is held back.
-    CreatedAnswerLost,
-    /// A fixed time after the resource was applied.
-    After(Duration),
+    /// Before the create-pending record: the leader's reads of Portkey fail (503); nothing is
+    /// recorded and no create is sent.
+    ReadsFailing,
+    /// The record is written and the POST refused with 429 (`Retry-After` 25 s): the operator
+    /// waits in-process to send it again; nothing is created.
+    PostThrottled,
+    /// The POST failed with a 500 (the emulator did not create the policy): the record stays
+    /// and the operator waits out the create-pending grace (120 s here).
+    PostAmbiguous,
+    /// The POST was carried out and its answer is held back (15 s): the policy exists, no id
+    /// is recorded.
+    AnswerLost,
+    /// Created and the id recorded, but Portkey does not show the policy yet (read-after-write
+    /// lag): the create is not confirmed.
+    NotVisible,
+}
+
+impl KillPoint {
+    /// The emulator faults that hold the operator at this point.
+    fn faults(self) -> serde_json::Value {
+        match self {
+            KillPoint::ReadsFailing => json!({"fail_next": 100_000, "error_status": 503}),
+            KillPoint::PostThrottled => json!({"fail_next": 1, "error_status": 429,
+                                               "retry_after_s": 25, "method": "POST"}),
+            KillPoint::PostAmbiguous => {
+                json!({"fail_next": 1, "error_status": 500, "method": "POST"})
+            }
+            KillPoint::AnswerLost => json!({"response_delay_ms": 15_000, "method": "POST"}),
+            KillPoint::NotVisible => json!({"read_after_write_lag_ms": 600_000}),
+        }
+    }
+}
+
+/// Creates (POSTs) of usage-limits policies in the request log answered with `status`.
+fn creates(log: &RequestLog, status: impl Fn(u16) -> bool) -> usize {
+    log.data
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/policies/usage-limits")
+        .filter(|r| status(r.status))
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_around_a_create_leaves_exactly_one_policy() {
-    let Some(env) = Env::start("kill_9_around_a_create_leaves_exactly_one_policy").await else {
-        return;
-    };
-    bounded("kill_9_around_a_create", async {
-        let (cp, ctl) = (&env.cp, env.emu.control());
-        let points = [
-            KillPoint::CreatedAnswerLost,
-            KillPoint::PendingRecorded,
-            KillPoint::After(Duration::from_millis(300)),
-            KillPoint::After(Duration::from_millis(900)),
-            KillPoint::CreatedAnswerLost,
-        ];
-        for (i, point) in points.into_iter().enumerate() {
-            let name = format!("crashy-{i}");
-            if matches!(point, KillPoint::CreatedAnswerLost) {
-                ctl.set_faults(json!({"response_delay_ms": 15000, "method": "POST"}))
-                    .await
-                    .unwrap();
-            }
-            // Watch the resource from before it exists, so a record that lives for only a few
-            // milliseconds is still seen.
-            let api: Api<UsageLimitPolicy> = Api::namespaced(cp.client().await, NS);
-            let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            let mut changes = watcher(api, config).applied_objects().boxed();
-            let op = env.operator(&format!("operator-{i}-a.log"));
-            cp.apply(&ulp(&name, 600));
-            match point {
-                KillPoint::PendingRecorded => {
-                    let seen = tokio::time::timeout(Duration::from_secs(60), async {
-                        while let Some(obj) = changes.try_next().await.unwrap() {
-                            if obj.annotations().contains_key(CREATE_PENDING_ANNOTATION) {
-                                return;
-                            }
-                        }
+    e2e(
+        "kill_9_around_a_create_leaves_exactly_one_policy",
+        |env| async move {
+            let ctl = env.emu.control();
+            let points = [
+                KillPoint::ReadsFailing,
+                KillPoint::PostThrottled,
+                KillPoint::PostAmbiguous,
+                KillPoint::AnswerLost,
+                KillPoint::NotVisible,
+            ];
+            for (i, point) in points.into_iter().enumerate() {
+                let name = format!("crashy-{i}");
+                let resource = ("ulp", name.as_str(), Some(NS));
+                let field = |path: &str| env.jsonpath("ulp", &name, Some(NS), path);
+                let pending =
+                    || field("{.metadata.annotations}").contains(CREATE_PENDING_ANNOTATION);
+
+                // The operator leads before anything is asked of it: the kill cannot land while
+                // it still waits for the Lease (the previous one released it on SIGTERM).
+                let op = env.operator_with(
+                    &format!("operator-{i}-a.log"),
+                    &format!("op-{i}-a"),
+                    &["--create-pending-grace", "120s"],
+                );
+                env.until(
+                    resource,
+                    "the operator to lead",
+                    Duration::from_secs(60),
+                    || async { op.log_text().contains("became the leader").then_some(()) },
+                )
+                .await;
+                ctl.set_faults(point.faults()).await.unwrap();
+                ctl.clear_requests().await.unwrap();
+                env.cp.apply(&ulp(&name, 600));
+                let what = format!("{point:?} reached");
+                let wait = Duration::from_secs(60);
+                match point {
+                    KillPoint::ReadsFailing => {
+                        env.until(resource, &what, wait, || async {
+                            (env.reason("ulp", &name, Some(NS), "Synced") == "PortkeyServerError")
+                                .then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::PostThrottled => {
+                        env.until(resource, &what, wait, || async {
+                            let log = ctl.requests().await.ok()?;
+                            (creates(&log, |s| s == 429) == 1).then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::PostAmbiguous => {
+                        env.until(resource, &what, wait, || async {
+                            let log = ctl.requests().await.ok()?;
+                            (creates(&log, |s| s == 500) == 1
+                                && env.condition("ulp", &name, Some(NS), "Synced").0 == "Unknown")
+                                .then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::AnswerLost => {
+                        env.until(resource, &what, wait, || async {
+                            (!env.owned_usage(&name).await.is_empty()).then_some(())
+                        })
+                        .await
+                    }
+                    KillPoint::NotVisible => {
+                        env.until(resource, &what, wait, || async {
+                            (env.reason("ulp", &name, Some(NS), "Ready")
+                                == "RemotePolicyNotVisible")
+                                .then_some(())
+                        })
+                        .await
+                    }
+                }
+                op.kill();
+                // The faults end with the process they held (the test's own client reads
+                // Portkey below), except the lag, which the restart must meet too.
+                if !matches!(point, KillPoint::NotVisible) {
+                    ctl.clear_faults().await.unwrap();
+                }
+
+                // Where the kill landed.
+                let log = ctl.requests().await.unwrap();
+                let created = creates(&log, |s| (200..300).contains(&s));
+                let id = field("{.status.policyId}");
+                let owned = env.owned_usage(&name).await.len();
+                let landed = (pending(), created, id.is_empty(), owned);
+                let expected = match point {
+                    // (record, creates answered 2xx, no id in status, policies Portkey lists)
+                    KillPoint::ReadsFailing => (false, 0, true, 0),
+                    KillPoint::PostThrottled | KillPoint::PostAmbiguous => (true, 0, true, 0),
+                    // The answer never came: the emulator logs no answered create.
+                    KillPoint::AnswerLost => (true, 0, true, 1),
+                    KillPoint::NotVisible => (true, 1, false, 0),
+                };
+                assert_eq!(
+                    landed, expected,
+                    "{point:?}: (record, answered creates, no id, listed): {:?}",
+                    log.data
+                );
+                match point {
+                    KillPoint::ReadsFailing => {
+                        assert_eq!(creates(&log, |_| true), 0, "{point:?}: no create was sent")
+                    }
+                    KillPoint::PostThrottled => assert_eq!(creates(&log, |_| true), 1),
+                    _ => {}
+                }
+
+                // The restarted operator.
+                ctl.clear_requests().await.unwrap();
+                if matches!(point, KillPoint::NotVisible) {
+                    // Still invisible, within the create-pending grace: the new process looks for
+                    // the recorded policy and creates nothing. (Past the grace a create that does
+                    // not show is taken for one that never happened.)
+                    let _op = env.operator_with(
+                        &format!("operator-{i}-b0.log"),
+                        &format!("op-{i}-b0"),
+                        &["--create-pending-grace", "120s"],
+                    );
+                    let path = format!("/v1/policies/usage-limits/{id}");
+                    env.until(resource, "the restart to look for it", wait, || async {
+                        let log = ctl.requests().await.ok()?;
+                        log.data
+                            .iter()
+                            .any(|r| r.method == "GET" && r.path == path && r.status == 404)
+                            .then_some(())
                     })
                     .await;
-                    assert!(seen.is_ok(), "the create-pending record was never written");
+                    let log = ctl.requests().await.unwrap();
+                    assert_eq!(
+                        creates(&log, |_| true),
+                        0,
+                        "no second create while invisible"
+                    );
                 }
-                KillPoint::CreatedAnswerLost => {
-                    eventually(
-                        "the create to reach Portkey",
-                        Duration::from_secs(60),
-                        || async { (!env.owned_usage(&name).await.is_empty()).then_some(()) },
-                    )
-                    .await;
-                }
-                KillPoint::After(d) => tokio::time::sleep(d).await,
-            }
-            op.kill();
-            ctl.clear_faults().await.unwrap();
-            if matches!(point, KillPoint::CreatedAnswerLost) {
-                assert!(
-                    env.jsonpath("ulp", &name, Some(NS), "{.status.policyId}")
-                        .is_empty(),
-                    "{point:?}: the operator died before recording the id"
+                ctl.clear_faults().await.unwrap();
+                let op = env.operator(&format!("operator-{i}-b.log"));
+                env.wait_ready(&format!("ulp/{name}"), Some(NS));
+                let owned = env.owned_usage(&name).await;
+                assert_eq!(
+                    owned.len(),
+                    1,
+                    "{point:?}: exactly one remote policy after the restart"
                 );
+                assert_eq!(field("{.status.policyId}"), owned[0].id, "{point:?}");
+                assert_eq!(owned[0].credit_limit, Decimal::from(600));
+                // SIGTERM releases the Lease: the next operator leads at once.
+                assert!(op.terminate().await.success());
             }
-            let _op = env.operator(&format!("operator-{i}-b.log"));
-            env.wait_ready(&format!("ulp/{name}"), Some(NS));
-            let owned = env.owned_usage(&name).await;
             assert_eq!(
-                owned.len(),
-                1,
-                "{point:?}: exactly one remote policy after the restart"
+                env.active_usage(WS).await.len(),
+                points.len(),
+                "no duplicate anywhere"
             );
-            assert_eq!(
-                env.jsonpath("ulp", &name, Some(NS), "{.status.policyId}"),
-                owned[0].id,
-                "{point:?}"
-            );
-            assert_eq!(owned[0].credit_limit, Decimal::from(600));
-        }
-        assert_eq!(
-            env.active_usage(WS).await.len(),
-            points.len(),
-            "no duplicate anywhere"
-        );
-    })
+        },
+    )
     .await;
 }
 
@@ -125,10 +240,7 @@ fn lease_holder(env: &Env) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_election_handover() {
-    let Some(env) = Env::start("leader_election_handover").await else {
-        return;
-    };
-    bounded("leader_election_handover", async {
+    e2e("leader_election_handover", |env| async move {
         let cp = &env.cp;
         let a = env.operator_with("op-a.log", "op-a", &[]);
         let b = env.operator_with("op-b.log", "op-b", &[]);
@@ -165,22 +277,17 @@ async fn leader_election_handover() {
         )
         .await;
         assert!(!second.starts_with(&first[..4]), "{second}");
-        cp.kubectl(&[
-            "patch",
+        env.merge_patch(
             "ulp",
             "elected",
-            "-n",
-            NS,
-            "--type=merge",
-            "-p",
+            Some(NS),
             r#"{"spec":{"creditLimit":800}}"#,
-        ]);
+        );
         eventually(
             "the new leader to apply the change",
             Duration::from_secs(60),
             || async {
-                let p = env.owned_usage("elected").await;
-                (p.len() == 1 && p[0].credit_limit == Decimal::from(800)).then_some(())
+                (env.owned_limit("elected").await == Some(Decimal::from(800))).then_some(())
             },
         )
         .await;
@@ -206,54 +313,161 @@ async fn deleting_a_namespace_releases_the_finalizers() {
     let options = Options {
         controller_manager: true,
     };
-    let Some(env) = Env::start_with("deleting_a_namespace_releases_the_finalizers", options).await
-    else {
-        return;
-    };
-    bounded("deleting_a_namespace_releases_the_finalizers", async {
-        let (cp, portkey) = (&env.cp, &env.portkey);
-        let _op = env.operator("operator.log");
-        let ns = "doomed";
-        env.create_namespace(ns, Some(WS_SLUG));
-        cp.apply(
-            &ulp("budget", 500).replace(&format!("namespace: {NS}"), &format!("namespace: {ns}")),
-        );
-        cp.apply(&rlp_in(ns, "rate", 60, ""));
-        env.wait_ready("ulp/budget", Some(ns));
-        env.wait_ready("rlp/rate", Some(ns));
-        let ulp_id = env.jsonpath("ulp", "budget", Some(ns), "{.status.policyId}");
-        let rlp_id = env.jsonpath("rlp", "rate", Some(ns), "{.status.policyId}");
-        assert!(!ulp_id.is_empty() && !rlp_id.is_empty());
+    e2e_with(
+        "deleting_a_namespace_releases_the_finalizers",
+        options,
+        |env| async move {
+            let (cp, portkey) = (&env.cp, &env.portkey);
+            let _op = env.operator("operator.log");
+            let ns = "doomed";
+            env.create_namespace(ns, Some(WS_SLUG));
+            cp.apply(
+                &ulp("budget", 500)
+                    .replace(&format!("namespace: {NS}"), &format!("namespace: {ns}")),
+            );
+            cp.apply(&rlp_in(ns, "rate", 60, ""));
+            env.wait_ready("ulp/budget", Some(ns));
+            env.wait_ready("rlp/rate", Some(ns));
+            let ulp_id = env.jsonpath("ulp", "budget", Some(ns), "{.status.policyId}");
+            let rlp_id = env.jsonpath("rlp", "rate", Some(ns), "{.status.policyId}");
+            assert!(!ulp_id.is_empty() && !rlp_id.is_empty());
 
-        // The namespace controller deletes the resources; the operator archives the policies
-        // and removes its finalizers; the namespace then disappears.
-        cp.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"]);
-        let out = cp.kubectl_raw(&["get", "namespace", ns]);
-        assert!(!out.status.success(), "the namespace is gone");
-        let archived = GetOptions {
-            status: Some(PolicyStatus::Archived),
-            ..Default::default()
-        };
-        assert_eq!(
-            portkey
-                .usage_limits()
-                .get(&ulp_id, archived)
-                .await
-                .unwrap()
-                .status,
-            PolicyStatus::Archived
+            // The namespace controller deletes the resources; the operator archives the policies
+            // and removes its finalizers; the namespace then disappears.
+            cp.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"]);
+            let out = cp.kubectl_raw(&["get", "namespace", ns]);
+            assert!(!out.status.success(), "the namespace is gone");
+            let usage = portkey.usage_limits().get(&ulp_id, archived()).await;
+            let rate = portkey.rate_limits().get(&rlp_id, archived()).await;
+            assert_eq!(
+                (usage.unwrap().status, rate.unwrap().status),
+                (PolicyStatus::Archived, PolicyStatus::Archived)
+            );
+            assert!(env.active_usage(WS).await.is_empty());
+            assert!(env.active_rates(WS).await.is_empty());
+        },
+    )
+    .await;
+}
+
+/// A leader whose Lease is taken over (as after a network partition: another holder, renewed
+/// just now) stops its controllers and exits with an error, so that Kubernetes restarts it
+/// as a standby; it does not take the Lease back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lease_exits() {
+    e2e("a_leader_that_loses_its_lease_exits", |env| async move {
+        let mut op = env.operator_with("op.log", "op", &[]);
+        let holder = eventually("a leader", Duration::from_secs(60), || async {
+            let holder = lease_holder(&env);
+            holder.starts_with("op-").then_some(holder)
+        })
+        .await;
+        env.cp.apply(&ulp("led", 500));
+        env.wait_ready("ulp/led", Some(NS));
+        assert!(op.log_text().contains("became the leader"));
+
+        let now = serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            jiff::Timestamp::now(),
+        ))
+        .unwrap();
+        let stolen = json!({"spec": {"holderIdentity": "someone-else", "acquireTime": now,
+                                     "renewTime": now, "leaseDurationSeconds": 3600}});
+        env.merge_patch(
+            "lease",
+            "portkey-budget-operator",
+            Some(OPERATOR_NS),
+            &stolen.to_string(),
+        );
+        let exit = op
+            .exited_within(Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|| panic!("still running after losing {holder}'s Lease"));
+        assert!(!exit.success(), "exit status {exit:?}");
+        let log = op.log_text();
+        assert!(
+            log.contains("lost the leader Lease; stopping the controllers"),
+            "{log}"
+        );
+        assert!(
+            log.contains("exiting so that a restart rejoins the election as a standby"),
+            "{log}"
         );
         assert_eq!(
-            portkey
-                .rate_limits()
-                .get(&rlp_id, archived)
-                .await
-                .unwrap()
-                .status,
-            PolicyStatus::Archived
+            lease_holder(&env),
+            "someone-else",
+            "the Lease was not taken back"
         );
-        assert!(env.active_usage(WS).await.is_empty());
-        assert!(env.active_rates(WS).await.is_empty());
     })
+    .await;
+}
+
+/// `--api-key-file`: the operator reads its Admin API key from the file; when Portkey refuses
+/// the key (401: it was rotated), it reads the file again and carries on with the new key,
+/// without a restart (there is no watch on a file: the 401 is what makes it look).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_api_key_file_is_read_again_after_a_401() {
+    e2e(
+        "a_rotated_api_key_file_is_read_again_after_a_401",
+        |env| async move {
+            let (cp, ctl) = (&env.cp, env.emu.control());
+            let (old_key, new_key) = ("file-key-before-rotation", "file-key-after-rotation");
+            let file = cp.dir.path().join("admin-api-key");
+            std::fs::write(&file, format!("{old_key}\n")).unwrap();
+            // The test's own client keeps `KEY`; the operator has only the file (no
+            // PORTKEY_API_KEY in its environment).
+            ctl.set_api_keys(&[KEY, old_key]).await.unwrap();
+            let op = Operator::start(
+                cp,
+                &cp.kubeconfig,
+                &env.emu.base_url(),
+                "operator.log",
+                "operator",
+                &[
+                    "--leader-election-namespace",
+                    OPERATOR_NS,
+                    "--leader-election-lease-duration",
+                    "4s",
+                    "--api-key-file",
+                    file.to_str().unwrap(),
+                ],
+                &[],
+            );
+            cp.apply(&ulp("rotating", 500));
+            env.wait_ready("ulp/rotating", Some(NS));
+
+            // The key is rotated: Portkey accepts only the new one, the file holds it.
+            std::fs::write(&file, format!("{new_key}\n")).unwrap();
+            ctl.set_api_keys(&[KEY, new_key]).await.unwrap();
+            ctl.clear_requests().await.unwrap();
+            env.merge_patch(
+                "ulp",
+                "rotating",
+                Some(NS),
+                r#"{"spec":{"creditLimit":700}}"#,
+            );
+            env.until(
+                ("ulp", "rotating", Some(NS)),
+                "the change applied with the new key",
+                Duration::from_secs(60),
+                || async {
+                    (env.owned_limit("rotating").await == Some(Decimal::from(700))).then_some(())
+                },
+            )
+            .await;
+            let log = ctl.requests().await.unwrap();
+            assert!(
+                log.data.iter().any(|r| r.status == 401),
+                "the old key was refused first: {:?}",
+                log.data
+            );
+            let text = op.log_text();
+            assert!(text.contains("reading the key file again"), "{text}");
+            assert!(text.contains("the Admin API key changed"), "{text}");
+            assert!(
+                !text.contains(old_key) && !text.contains(new_key),
+                "a key in the log"
+            );
+        },
+    )
     .await;
 }

@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use portkey_budget_operator::emulator::keys::{ApiKeyRecord, mask};
-use portkey_budget_operator::plan::marker::marker_of;
 use portkey_budget_operator::portkey::*;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
@@ -145,43 +144,6 @@ async fn key_now(env: &Env, id: &str) -> Option<Value> {
     }
 }
 
-/// Keys of a workspace carrying the marker of `ns/name`.
-async fn marked_keys(env: &Env, ws: &str, ns: &str, name: &str) -> Vec<ApiKeyObject> {
-    let owner = format!("{ns}/{name}");
-    env.portkey
-        .list_api_keys(Some(ws))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|k| {
-            k.name
-                .as_deref()
-                .and_then(marker_of)
-                .is_some_and(|m| m.kind == "akb" && m.owner == owner)
-        })
-        .collect()
-}
-
-/// The raw key a Secret in `NS` holds and the key id it is annotated with (read by the admin:
-/// the tenant cannot read Secrets).
-fn secret(env: &Env, name: &str) -> Option<(String, String)> {
-    let out = env.cp.kubectl_raw(&[
-        "get",
-        "secret",
-        name,
-        "-n",
-        NS,
-        "-o",
-        r#"go-template={{index .data "PORTKEY_API_KEY" | base64decode}} {{index .metadata.annotations "budgets.portkey-operator.io/key-id"}}"#,
-    ]);
-    if !out.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (raw, id) = text.trim().split_once(' ')?;
-    Some((raw.to_owned(), id.to_owned()))
-}
-
 /// The tenant changes the spec (a field the scenario does not care about) and the operator
 /// reconciles that generation: a pass that started after every earlier move of the tenant.
 async fn touch(env: &Env, tenant: &Tenant, kind: &str, name: &str, ns: &str, spec: Value) {
@@ -216,10 +178,7 @@ fn assert_refused(env: &Env, kind: &str, name: &str, ns: &str, reason: &str, fie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_status_key_id_rotates_nothing_of_another_workspace() {
     let test = "a_forged_status_key_id_rotates_nothing_of_another_workspace";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
         let (theirs, their_raw) = create_key(
             &env,
@@ -235,7 +194,7 @@ async fn a_forged_status_key_id_rotates_nothing_of_another_workspace() {
         tenant.apply(&issued("app", "app-key", "completions.write", ""));
         env.wait_ready_true("akb", "app", Some(NS)).await;
         let mine = env.jsonpath("akb", "app", Some(NS), "{.status.keyId}");
-        let (raw, _) = secret(&env, "app-key").expect("the Secret");
+        let (raw, _) = env.secret_key("app-key").expect("the Secret");
 
         // The forgery, then the rotation request.
         tenant.patch_status("akb", "app", NS, json!({"keyId": theirs}));
@@ -277,7 +236,7 @@ async fn a_forged_status_key_id_rotates_nothing_of_another_workspace() {
             "the other team's key was changed"
         );
         assert_eq!(
-            secret(&env, "app-key"),
+            env.secret_key("app-key"),
             Some((raw.clone(), mine.clone())),
             "the tenant's Secret must keep its own key"
         );
@@ -289,20 +248,9 @@ async fn a_forged_status_key_id_rotates_nothing_of_another_workspace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_status_policy_id_archives_nothing_of_another_workspace() {
     let test = "a_forged_status_policy_id_archives_nothing_of_another_workspace";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
-        let body: CreateUsageLimitsPolicy = serde_json::from_value(json!({
-            "name": "other team budget",
-            "conditions": [{"key": "metadata._team", "value": "other"}],
-            "group_by": [{"key": "metadata._user"}],
-            "type": "cost",
-            "credit_limit": 100,
-            "workspace_id": OTHER_WS,
-        }))
-        .unwrap();
+        let body = usage_policy("other team budget", "other", OTHER_WS);
         let theirs = env.portkey.usage_limits().create(&body).await.unwrap().id;
         let policy = || async {
             env.portkey
@@ -375,10 +323,7 @@ async fn a_forged_status_policy_id_archives_nothing_of_another_workspace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unbound_namespace_cannot_name_another_teams_workspace() {
     let test = "an_unbound_namespace_cannot_name_another_teams_workspace";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         env.create_namespace(NS2, None);
         let tenant = env.tenant(&[NS2]);
         let (theirs, their_raw) = create_key(
@@ -449,10 +394,7 @@ async fn an_unbound_namespace_cannot_name_another_teams_workspace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_scopes_and_types_are_the_platform_teams_choice() {
     let test = "key_scopes_and_types_are_the_platform_teams_choice";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
         // A management key of the tenant's own workspace.
         let (admin_key, _) = create_key(
@@ -489,7 +431,7 @@ async fn key_scopes_and_types_are_the_platform_teams_choice() {
                 Duration::from_secs(60),
                 || async {
                     let got = env.reason("akb", name, Some(NS), READY);
-                    (got == reason || !marked_keys(&env, WS, NS, name).await.is_empty())
+                    (got == reason || !env.marked_keys(WS, NS, name).await.is_empty())
                         .then_some(())
                 },
             )
@@ -509,11 +451,11 @@ async fn key_scopes_and_types_are_the_platform_teams_choice() {
         .await;
 
         assert!(
-            marked_keys(&env, WS, NS, "wide").await.is_empty(),
+            env.marked_keys(WS, NS, "wide").await.is_empty(),
             "a key with scope policies.delete was issued"
         );
         assert!(
-            marked_keys(&env, WS, NS, "as-user").await.is_empty(),
+            env.marked_keys(WS, NS, "as-user").await.is_empty(),
             "a user key was issued"
         );
         assert_eq!(
@@ -537,10 +479,7 @@ async fn key_scopes_and_types_are_the_platform_teams_choice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_resource_does_not_block_the_real_owner() {
     let test = "a_refused_resource_does_not_block_the_real_owner";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         env.create_namespace(NS2, None);
         let tenant = env.tenant(&[NS2]);
         let (key, _) = create_key(&env, WS, "checkout", &["completions.write"], Some(50)).await;
@@ -604,10 +543,7 @@ async fn a_refused_resource_does_not_block_the_real_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_rotate_answer_rotates_at_most_twice() {
     let test = "a_lost_rotate_answer_rotates_at_most_twice";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let ctl = env.emu.control();
         let tenant = env.tenant(&[]);
         // Answers slower than this are lost to the operator.
@@ -664,7 +600,7 @@ async fn a_lost_rotate_answer_rotates_at_most_twice() {
         .await;
         let total = rotations(&env, &id).await;
         assert!((1..=2).contains(&total), "rotated {total} times in all");
-        let (raw, _) = secret(&env, "rot-key").expect("the Secret");
+        let (raw, _) = env.secret_key("rot-key").expect("the Secret");
         if !works(&env, &raw).await {
             let (_, reason, message) = env.condition("akb", "rot", Some(NS), READY);
             assert_eq!(
@@ -690,10 +626,7 @@ async fn a_lost_rotate_answer_rotates_at_most_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_out_of_band_rotation_is_noticed_and_never_loops() {
     let test = "an_out_of_band_rotation_is_noticed_and_never_loops";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
         let _op = env.operator("operator.log");
         tenant.apply(&issued("oob", "oob-key", "completions.write", ""));
@@ -703,7 +636,7 @@ async fn an_out_of_band_rotation_is_noticed_and_never_loops() {
         // Someone rotates the key in the Portkey UI.
         env.portkey.rotate_api_key(&id, 1_800_000).await.unwrap();
         let matches = || async {
-            let (raw, _) = secret(&env, "oob-key")?;
+            let (raw, _) = env.secret_key("oob-key")?;
             let shown = env.portkey.get_api_key(&id).await.ok()?.key?;
             Some(mask(&raw) == shown)
         };
@@ -723,7 +656,7 @@ async fn an_out_of_band_rotation_is_noticed_and_never_loops() {
             )
             .await;
         if repaired {
-            let (raw, key_id) = secret(&env, "oob-key").unwrap();
+            let (raw, key_id) = env.secret_key("oob-key").unwrap();
             assert_eq!(key_id, id);
             assert!(works(&env, &raw).await, "the repaired Secret's key works");
             let events = env.cp.kubectl(&[
@@ -769,10 +702,7 @@ async fn an_out_of_band_rotation_is_noticed_and_never_loops() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_resource_name_issues_its_key() {
     let test = "a_long_resource_name_issues_its_key";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
         let _op = env.operator("operator.log");
         let name = format!("payments-{}", "x".repeat(64));
@@ -781,10 +711,10 @@ async fn a_long_resource_name_issues_its_key() {
         tenant.apply(&issued(&name, &secret_name, "completions.write", ""));
         env.wait_ready_true("akb", &name, Some(NS)).await;
         let id = env.jsonpath("akb", &name, Some(NS), "{.status.keyId}");
-        let (raw, key_id) = secret(&env, &secret_name).expect("the Secret");
+        let (raw, key_id) = env.secret_key(&secret_name).expect("the Secret");
         assert_eq!(key_id, id);
         assert!(works(&env, &raw).await);
-        assert_eq!(marked_keys(&env, WS, NS, &name).await.len(), 1);
+        assert_eq!(env.marked_keys(WS, NS, &name).await.len(), 1);
     })
     .await;
 }
@@ -792,10 +722,7 @@ async fn a_long_resource_name_issues_its_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_key_found_by_name_is_pinned() {
     let test = "an_existing_key_found_by_name_is_pinned";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
         let (first, _) = create_key(&env, WS, "billing", &["completions.write"], Some(50)).await;
         let _op = env.operator("operator.log");
@@ -853,10 +780,7 @@ async fn an_existing_key_found_by_name_is_pinned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_and_pause_never_delete_keys() {
     let test = "dry_run_and_pause_never_delete_keys";
-    let Some(env) = Env::start(test).await else {
-        return;
-    };
-    bounded(test, async {
+    e2e(test, |env| async move {
         let tenant = env.tenant(&[]);
         let op = env.operator("operator.log");
         // Two keys carrying the marker of each resource: one the operator issued (its resource
@@ -874,7 +798,7 @@ async fn dry_run_and_pause_never_delete_keys() {
             let key_name = env.portkey.get_api_key(&id).await.unwrap().name.unwrap();
             tenant.kubectl(&["delete", "akb", name, "-n", NS, "--timeout=60s"]);
             let (copy, _) = create_key(&env, WS, &key_name, &["completions.write"], None).await;
-            assert_eq!(marked_keys(&env, WS, NS, name).await.len(), 2);
+            assert_eq!(env.marked_keys(WS, NS, name).await.len(), 2);
             twins.push((name, [id, copy]));
         }
         let all_exist = |name: &'static str, ids: [String; 2]| {

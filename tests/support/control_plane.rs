@@ -55,6 +55,20 @@ pub fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// Runs `cmd` with `stdin` written to its standard input; its output.
+pub fn output_with_stdin(mut cmd: Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
 /// Spawns `cmd` with its output in `log`, killed by the kernel if this process dies.
 pub fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let out = std::fs::File::create(log).unwrap();
@@ -216,22 +230,20 @@ impl ControlPlane {
 
     /// `kubectl <args> -f -` with `stdin`; returns the raw output.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .kubectl_cmd()
-            .args(args)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut cmd = self.kubectl_cmd();
+        cmd.args(args).args(["-f", "-"]);
+        output_with_stdin(cmd, stdin)
+    }
+
+    /// Waits (60 s) until every CRD is `Established`.
+    pub fn wait_crds_established(&self) {
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]);
     }
 
     /// `kubectl apply -f -` with a manifest on stdin; panics when it fails.
@@ -271,13 +283,7 @@ impl ControlPlane {
     /// Applies every CRD in `dir` and waits until each is `Established`.
     pub fn install_crds_from(&self, dir: &Path) {
         self.kubectl(&["apply", "-f", dir.to_str().unwrap()]);
-        self.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ]);
+        self.wait_crds_established();
     }
 
     /// A kubeconfig for a ServiceAccount, with a token from the TokenRequest API.

@@ -14,6 +14,8 @@ use portkey_budget_operator::plan::marker::marker_of;
 use portkey_budget_operator::portkey::*;
 
 use super::control_plane::{ControlPlane, Options, require_assets, spawn_logged, tail, under_ci};
+#[allow(unused_imports)]
+pub use super::fixtures::*;
 
 pub const WS: &str = "3a1d4e8a-2222-4c3b-9d2e-0000000000e2";
 pub const WS_SLUG: &str = "e2e";
@@ -139,19 +141,37 @@ impl Env {
 
     /// All active usage-limits policies of a workspace.
     pub async fn active_usage(&self, ws: &str) -> Vec<UsageLimitsPolicy> {
-        self.portkey
-            .usage_limits()
-            .list(&active_in(ws))
-            .await
-            .unwrap()
+        let active = active_in(ws);
+        self.portkey.usage_limits().list(&active).await.unwrap()
     }
 
     pub async fn active_rates(&self, ws: &str) -> Vec<RateLimitsPolicy> {
-        self.portkey
-            .rate_limits()
-            .list(&active_in(ws))
-            .await
-            .unwrap()
+        let active = active_in(ws);
+        self.portkey.rate_limits().list(&active).await.unwrap()
+    }
+
+    /// The limit of the one active policy carrying the marker of `NS/name`; `None` while there
+    /// is not exactly one.
+    pub async fn owned_limit(&self, name: &str) -> Option<rust_decimal::Decimal> {
+        match self.owned_usage(name).await.as_slice() {
+            [one] => Some(one.credit_limit),
+            _ => None,
+        }
+    }
+
+    /// The raw key a Secret in `NS` holds and the key id it is annotated with (read by the
+    /// admin); `None` when there is no such Secret.
+    pub fn secret_key(&self, name: &str) -> Option<(String, String)> {
+        let template = r#"go-template={{index .data "PORTKEY_API_KEY" | base64decode}} {{index .metadata.annotations "budgets.portkey-operator.io/key-id"}}"#;
+        let out = self
+            .cp
+            .kubectl_raw(&["get", "secret", name, "-n", NS, "-o", template]);
+        if !out.status.success() {
+            return None;
+        }
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (raw, id) = text.trim().split_once(' ')?;
+        Some((raw.to_owned(), id.to_owned()))
     }
 
     /// Active usage-limits policies carrying the marker of `NS/name` (any installation).
@@ -169,6 +189,20 @@ impl Env {
             .collect()
     }
 
+    /// API keys of workspace `ws` carrying the marker of the ApiKeyBudget `ns/name`.
+    pub async fn marked_keys(&self, ws: &str, ns: &str, name: &str) -> Vec<ApiKeyObject> {
+        let owner = format!("{ns}/{name}");
+        let keys = self.portkey.list_api_keys(Some(ws)).await.unwrap();
+        keys.into_iter()
+            .filter(|k| {
+                k.name
+                    .as_deref()
+                    .and_then(marker_of)
+                    .is_some_and(|m| m.kind == "akb" && m.owner == owner)
+            })
+            .collect()
+    }
+
     /// `kubectl get <kind> <name> -o jsonpath=<path>` in `NS` (or cluster-wide when `ns` is
     /// `None`).
     pub fn jsonpath(&self, kind: &str, name: &str, ns: Option<&str>, path: &str) -> String {
@@ -178,6 +212,15 @@ impl Env {
             args.extend(["-n", ns]);
         }
         self.cp.kubectl(&args)
+    }
+
+    /// `kubectl patch --type=merge` of a resource (in `ns`, or cluster-scoped).
+    pub fn merge_patch(&self, kind: &str, name: &str, ns: Option<&str>, patch: &str) {
+        let mut args = vec!["patch", kind, name, "--type=merge", "-p", patch];
+        if let Some(ns) = ns {
+            args.extend(["-n", ns]);
+        }
+        self.cp.kubectl(&args);
     }
 
     /// The `reason` of a condition of a resource.
@@ -265,18 +308,15 @@ impl Env {
         resource: (&str, &str, Option<&str>),
         what: &str,
         timeout: Duration,
-        mut check: F,
+        check: F,
     ) -> T
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(v) = check().await {
-                return v;
-            }
-            if Instant::now() >= deadline {
+        match poll(timeout, check).await {
+            Some(v) => v,
+            None => {
                 let (kind, name, ns) = resource;
                 panic!(
                     "timed out after {timeout:?} waiting for: {what}\n{kind}/{name}: {}\n{}",
@@ -284,7 +324,6 @@ impl Env {
                     self.operator_logs(15)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -420,6 +459,23 @@ impl Operator {
         }
     }
 
+    /// Waits (at most `timeout`) for the process to exit on its own; its exit status, or
+    /// `None` if it is still running.
+    pub async fn exited_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(exit) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(exit);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Panics with the log tail when the process has exited.
     pub fn check_alive(&mut self) {
         if let Some(child) = self.child.as_mut()
@@ -447,8 +503,8 @@ impl Drop for Operator {
     }
 }
 
-/// Polls `check` until it yields a value, for at most `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+/// Polls `check` every 200 ms until it yields a value; `None` once `timeout` has passed.
+async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -456,14 +512,46 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Polls `check` until it yields a value, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let found = poll(timeout, check).await;
+    found.unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for: {what}"))
+}
+
+/// An e2e test: a fresh [`Env`] (or one skip line, see [`Env::start`]) handed to `body`, run
+/// with the e2e time limit ([`bounded`]); the environment is dropped (and so its control
+/// plane and operators killed) with the body.
+pub async fn e2e<F, Fut>(test: &str, body: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    e2e_with(test, Options::default(), body).await
+}
+
+/// [`e2e`] with control-plane options.
+pub async fn e2e_with<F, Fut>(test: &str, options: Options, body: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(env) = Env::start_with(test, options).await else {
+        return;
+    };
+    bounded(test, body(env)).await;
 }
 
 /// Runs a test body with the e2e time limit; on timeout it panics, and dropping the body drops

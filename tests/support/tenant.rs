@@ -7,9 +7,8 @@
 
 #![allow(dead_code)]
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use super::e2e::{Env, NS, OPERATOR_NS};
 
@@ -186,21 +185,9 @@ impl Tenant {
 
     /// `kubectl apply -f -` as the tenant.
     pub fn apply(&self, manifest: &str) -> String {
-        let mut child = self
-            .cmd()
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(manifest.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut cmd = self.cmd();
+        cmd.args(["apply", "-f", "-"]);
+        let out = super::control_plane::output_with_stdin(cmd, manifest);
         assert!(
             out.status.success(),
             "kubectl apply (as the tenant) failed: {}\n{manifest}",
