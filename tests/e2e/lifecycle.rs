@@ -67,12 +67,14 @@ async fn kill_9_around_a_create_leaves_exactly_one_policy() {
         "kill_9_around_a_create_leaves_exactly_one_policy",
         |env| async move {
             let ctl = env.emu.control();
+            // NotVisible first: its read-after-write lag hides every policy created within the
+            // lag, so a restart under it would take the earlier points' policies for gone.
             let points = [
+                KillPoint::NotVisible,
                 KillPoint::ReadsFailing,
                 KillPoint::PostThrottled,
                 KillPoint::PostAmbiguous,
                 KillPoint::AnswerLost,
-                KillPoint::NotVisible,
             ];
             for (i, point) in points.into_iter().enumerate() {
                 let name = format!("crashy-{i}");
