@@ -44,6 +44,41 @@ pub trait PolicyResource: GitopsKind {
     ) -> impl Future<Output = Shown> + Send;
 }
 
+/// The `GitopsKind` of a policy kind: the shared policy plan, status and prune of this module,
+/// and its `spec.workspace` (both policy kinds' specs have one).
+macro_rules! policy_gitops_kind {
+    ($kind:ident) => {
+        impl $crate::gitops::kinds::GitopsKind for $kind {
+            const KIND: &'static str = stringify!($kind);
+
+            fn workspace(&self) -> Option<&str> {
+                self.spec.workspace.as_deref()
+            }
+
+            async fn plan(
+                &self,
+                cx: &mut $crate::gitops::kinds::Scope<'_>,
+            ) -> Result<Vec<$crate::gitops::plan::PlanItem>, $crate::portkey::PortkeyError> {
+                $crate::gitops::kinds::policy::plan(self, cx).await
+            }
+
+            async fn status(
+                &self,
+                cx: &mut $crate::gitops::kinds::Scope<'_>,
+            ) -> $crate::gitops::kinds::Shown {
+                $crate::gitops::kinds::policy::status(self, cx).await
+            }
+
+            async fn prune(
+                cx: &mut $crate::gitops::kinds::PruneScope<'_>,
+            ) -> Result<Vec<$crate::gitops::plan::PlanItem>, $crate::portkey::PortkeyError> {
+                $crate::gitops::kinds::policy::prune::<Self>(cx).await
+            }
+        }
+    };
+}
+pub(crate) use policy_gitops_kind;
+
 /// Plan items for one policy resource: the planner's decision against what it has in Portkey
 /// (by the shared ownership rules), plus archives of its duplicates.
 pub async fn plan<R: PolicyResource>(

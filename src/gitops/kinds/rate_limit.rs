@@ -1,34 +1,15 @@
 //! `RateLimitPolicy` in `plan` and `sync`: a rate-limits policy per resource (the shared
 //! policy plan, [`super::policy`]); the status row shows its rate.
 
+use super::Shown;
 use super::policy::{self, PolicyResource};
-use super::{GitopsKind, PruneScope, Scope, Shown};
 use crate::api::RateLimitPolicy;
-use crate::gitops::plan::PlanItem;
 use crate::plan::marker::Identity;
 use crate::plan::policy::PlanOptions;
 use crate::plan::rate::DesiredRatePolicy;
 use crate::portkey::*;
 
-impl GitopsKind for RateLimitPolicy {
-    const KIND: &'static str = "RateLimitPolicy";
-
-    fn workspace(&self) -> Option<&str> {
-        self.spec.workspace.as_deref()
-    }
-
-    async fn plan(&self, cx: &mut Scope<'_>) -> Result<Vec<PlanItem>, PortkeyError> {
-        policy::plan(self, cx).await
-    }
-
-    async fn status(&self, cx: &mut Scope<'_>) -> Shown {
-        policy::status(self, cx).await
-    }
-
-    async fn prune(cx: &mut PruneScope<'_>) -> Result<Vec<PlanItem>, PortkeyError> {
-        policy::prune::<Self>(cx).await
-    }
-}
+policy::policy_gitops_kind!(RateLimitPolicy);
 
 impl PolicyResource for RateLimitPolicy {
     type Family = RateLimits;

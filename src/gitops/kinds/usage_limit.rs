@@ -2,10 +2,9 @@
 //! policy plan, [`super::policy`]); a create shows its limit, threshold and reset; the status
 //! row shows the limit, the peak usage of its buckets and the next reset.
 
+use super::Shown;
 use super::policy::{self, PolicyResource};
-use super::{GitopsKind, PruneScope, Scope, Shown};
 use crate::api::UsageLimitPolicy;
-use crate::gitops::plan::PlanItem;
 use crate::plan::marker::Identity;
 use crate::plan::policy::PlanOptions;
 use crate::plan::report::percent;
@@ -13,25 +12,7 @@ use crate::plan::usage::DesiredUsagePolicy;
 use crate::plan::{fmt_opt, schedule_text};
 use crate::portkey::*;
 
-impl GitopsKind for UsageLimitPolicy {
-    const KIND: &'static str = "UsageLimitPolicy";
-
-    fn workspace(&self) -> Option<&str> {
-        self.spec.workspace.as_deref()
-    }
-
-    async fn plan(&self, cx: &mut Scope<'_>) -> Result<Vec<PlanItem>, PortkeyError> {
-        policy::plan(self, cx).await
-    }
-
-    async fn status(&self, cx: &mut Scope<'_>) -> Shown {
-        policy::status(self, cx).await
-    }
-
-    async fn prune(cx: &mut PruneScope<'_>) -> Result<Vec<PlanItem>, PortkeyError> {
-        policy::prune::<Self>(cx).await
-    }
-}
+policy::policy_gitops_kind!(UsageLimitPolicy);
 
 impl PolicyResource for UsageLimitPolicy {
     type Family = UsageLimits;
